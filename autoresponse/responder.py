@@ -1,0 +1,46 @@
+"""The interface between the intake core and the auto-responder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import datetime as dt
+
+    from sqlalchemy.orm import Session
+
+    from gateway.classify import Classification
+    from gateway.envelope import Envelope, Outcome
+    from gateway.parse import ParsedMessage
+    from rules.route import Route
+    from ticketstore.models import Article, Ticket
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """Everything the responder may need about a message that was just stored."""
+
+    msg: ParsedMessage
+    envelope: Envelope
+    classification: Classification
+    route: Route
+    ticket: Ticket
+    article: Article
+    outcome: Outcome
+    # "reopen" / "reject" / "new-ticket" when this was a follow-up to a closed ticket.
+    closed_policy: str | None
+    # True when the ticket went to a queue that accepts no new tickets.
+    queue_refused_new: bool
+    now: dt.datetime
+
+
+class Responder(Protocol):
+    def after_store(self, session: Session, stored: StoredMessage) -> None: ...
+
+
+class NullResponder:
+    """Auto-responses off: nothing is planned."""
+
+    def after_store(self, session: Session, stored: StoredMessage) -> None:
+        return None

@@ -1,0 +1,97 @@
+"""CLI handlers: init, db upgrade, spool list/replay."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib import resources
+from pathlib import Path
+
+from .runtime import load_or_exit, setup_logging
+
+STARTER = "starter"
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """Copy the starter config, rules and templates into DIR; never overwrite a file."""
+    target = Path(args.dir)
+    root = resources.files("gateway").joinpath(STARTER)
+    plan: list[tuple[Path, bytes]] = []
+    for src, rel in _walk(root, Path()):
+        plan.append((target / rel, src.read_bytes()))
+    existing = [str(p) for p, _ in plan if p.exists()]
+    if existing:
+        print("ticketgate init: refusing to overwrite existing files:", file=sys.stderr)
+        for p in existing:
+            print(f"  {p}", file=sys.stderr)
+        return 1
+    for path, data in plan:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    for folder in ("rules", "templates", "var"):
+        (target / folder).mkdir(parents=True, exist_ok=True)
+    print(f"wrote {len(plan)} files to {target}/ — edit {target / 'ticketgate.toml'}, then "
+          f"`ticketgate -c {target / 'ticketgate.toml'} serve`")
+    return 0
+
+
+def _walk(node: object, rel: Path) -> list[tuple[object, Path]]:
+    out: list[tuple[object, Path]] = []
+    for child in sorted(node.iterdir(), key=lambda c: c.name):  # type: ignore[attr-defined]
+        if child.name.startswith((".", "__")):
+            continue
+        if child.is_dir():
+            out.extend(_walk(child, rel / child.name))
+        else:
+            out.append((child, rel / child.name))
+    return out
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from ticketstore.db import make_engine, upgrade
+
+    config = load_or_exit(args.config)
+    setup_logging(args.verbose)
+    engine = make_engine(config.database_url, config.database.busy_timeout)
+    upgrade(engine)
+    engine.dispose()
+    print(f"database schema is up to date ({engine.url.render_as_string(hide_password=True)})")
+    return 0
+
+
+def cmd_spool_list(args: argparse.Namespace) -> int:
+    from .spool import entries
+
+    config = load_or_exit(args.config)
+    items = entries(config.path(config.intake.spool_dir))
+    if not items:
+        print("spool is empty")
+    for entry in items:
+        _raw, _env, meta = entry.read()
+        print(f"{entry.path.name}  {meta.get('error', '?')}")
+    return 0
+
+
+def cmd_spool_replay(args: argparse.Namespace) -> int:
+    """Process quarantined messages again; each one that is stored leaves the spool."""
+    from .runtime import build_intake, open_store
+    from .spool import entries
+
+    config = load_or_exit(args.config)
+    setup_logging(args.verbose)
+    intake = build_intake(config, open_store(config))
+    failed = 0
+    items = entries(config.path(config.intake.spool_dir))
+    for entry in items:
+        raw, envelope, _meta = entry.read()
+        try:
+            disposition = intake.process(raw, envelope)
+        except Exception as exc:
+            failed += 1
+            print(f"{entry.path.name}: still failing: {type(exc).__name__}: {exc}")
+            continue
+        entry.remove()
+        print(f"{entry.path.name}: {disposition.outcome.value} "
+              f"{disposition.ticket_number or ''}".rstrip())
+    print(f"replayed {len(items) - failed} of {len(items)}")
+    return 1 if failed else 0

@@ -1,0 +1,196 @@
+"""CLI handlers: tickets list/show/set and article raw.
+
+The `--json` shapes are documented in docs/cli-json.md and kept stable: fields are only
+ever added, never renamed or removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from ticketstore.models import TICKET_STATES, Article, Event, Queue, Ticket, utcnow
+
+from .runtime import Store, load_or_exit, open_store
+
+
+def ticket_json(t: Ticket) -> dict[str, Any]:
+    return {
+        "number": t.number,
+        "title": t.title,
+        "queue": t.queue.name,
+        "state": t.state,
+        "priority": t.priority,
+        "customer": {"address": t.customer_address, "name": t.customer_name,
+                     "domain": t.customer_domain, "id": t.customer_id},
+        "tags": list(t.tags or []),
+        "thread_key": t.thread_key,
+        "created_at": t.created_at.isoformat(),
+        "updated_at": t.updated_at.isoformat(),
+        "closed_at": t.closed_at.isoformat() if t.closed_at else None,
+    }
+
+
+def article_json(a: Article) -> dict[str, Any]:
+    return {
+        "id": a.id,
+        "message_id": a.message_id,
+        "direction": a.direction,
+        "kind": a.kind,
+        "from": a.from_address,
+        "from_name": a.from_name,
+        "subject": a.subject,
+        "size": a.size,
+        "attachments": [
+            {"filename": x.filename, "content_type": x.content_type, "size": x.size,
+             "sha256": x.sha256} for x in a.attachments
+        ],
+        "created_at": a.created_at.isoformat(),
+    }
+
+
+def event_json(e: Event) -> dict[str, Any]:
+    return {"id": e.id, "kind": e.kind, "article_id": e.article_id, "detail": e.detail,
+            "created_at": e.created_at.isoformat()}
+
+
+def _store(args: argparse.Namespace) -> Store:
+    return open_store(load_or_exit(args.config))
+
+
+def _table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(out)
+
+
+def _short(text: str, n: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    store = _store(args)
+    with store.factory() as session:
+        q = select(Ticket).join(Queue).order_by(Ticket.id.desc()).limit(args.limit)
+        if args.queue:
+            q = q.where(Queue.name == args.queue)
+        if args.state:
+            q = q.where(Ticket.state == args.state)
+        tickets = session.execute(q).scalars().all()
+        if args.json:
+            json.dump([ticket_json(t) for t in tickets], sys.stdout, indent=2,
+                      ensure_ascii=False)
+            print()
+            return 0
+        rows = [[t.number, t.queue.name, t.state, str(t.priority), _short(t.customer_address, 30),
+                 t.created_at.strftime("%Y-%m-%d %H:%M"), _short(t.title, 50)] for t in tickets]
+        print(_table(rows, ["NUMBER", "QUEUE", "STATE", "PRIO", "CUSTOMER", "CREATED",
+                            "TITLE"]))
+    return 0
+
+
+def _load_ticket(session: Session, number: str) -> Ticket | None:
+    return session.execute(
+        select(Ticket).where(Ticket.number == number).options(
+            selectinload(Ticket.articles).selectinload(Article.attachments),
+            selectinload(Ticket.events),
+        )
+    ).scalar_one_or_none()
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    store = _store(args)
+    with store.factory() as session:
+        t = _load_ticket(session, args.number)
+        if t is None:
+            print(f"ticketgate: no ticket {args.number}", file=sys.stderr)
+            return 1
+        if args.json:
+            data = ticket_json(t)
+            data["articles"] = [article_json(a) for a in t.articles]
+            data["history"] = [event_json(e) for e in t.events]
+            json.dump(data, sys.stdout, indent=2, ensure_ascii=False)
+            print()
+            return 0
+        print(f"Ticket {t.number}  [{t.state}]  queue {t.queue.name}  priority {t.priority}")
+        print(f"Title:    {t.title}")
+        print(f"Customer: {t.customer_name} <{t.customer_address}>"
+              + (f"  id {t.customer_id}" if t.customer_id else ""))
+        if t.tags:
+            print(f"Tags:     {', '.join(t.tags)}")
+        print(f"Created:  {t.created_at:%Y-%m-%d %H:%M:%S %Z}   Updated: "
+              f"{t.updated_at:%Y-%m-%d %H:%M:%S %Z}")
+        print("\nArticles:")
+        rows = [[str(a.id), a.direction, a.kind, a.created_at.strftime("%Y-%m-%d %H:%M"),
+                 _short(a.from_address, 30), _short(a.subject, 40), _short(a.message_id, 40)]
+                for a in t.articles]
+        print(_table(rows, ["ID", "DIR", "KIND", "CREATED", "FROM", "SUBJECT", "MESSAGE-ID"]))
+        print("\nHistory:")
+        rows = [[e.created_at.strftime("%Y-%m-%d %H:%M:%S"), e.kind,
+                 _short(json.dumps(e.detail, ensure_ascii=False), 80)] for e in t.events]
+        print(_table(rows, ["WHEN", "EVENT", "DETAIL"]))
+    return 0
+
+
+def cmd_set(args: argparse.Namespace) -> int:
+    if args.state is None and args.queue is None and args.priority is None:
+        print("ticketgate: nothing to change (use --state, --queue or --priority)",
+              file=sys.stderr)
+        return 64
+    store = _store(args)
+    now = utcnow()
+    with store.factory() as session, session.begin():
+        t = session.execute(select(Ticket).where(Ticket.number == args.number)).scalar_one_or_none()
+        if t is None:
+            print(f"ticketgate: no ticket {args.number}", file=sys.stderr)
+            return 1
+        changes: list[Event] = []
+        if args.state and args.state != t.state:
+            assert args.state in TICKET_STATES
+            changes.append(Event(ticket_id=t.id, kind="state-changed", created_at=now,
+                                 detail={"from": t.state, "to": args.state, "by": "cli"}))
+            t.state = args.state
+            t.closed_at = now if args.state == "closed" else None
+        if args.queue and args.queue != t.queue.name:
+            qid = session.execute(select(Queue.id).where(Queue.name == args.queue)).scalar()
+            if qid is None:
+                known = session.execute(select(Queue.name).order_by(Queue.name)).scalars().all()
+                print(f"ticketgate: unknown queue {args.queue!r} (known: {', '.join(known)})",
+                      file=sys.stderr)
+                return 1
+            changes.append(Event(ticket_id=t.id, kind="queue-changed", created_at=now,
+                                 detail={"from": t.queue.name, "to": args.queue, "by": "cli"}))
+            t.queue_id = qid
+        if args.priority and args.priority != t.priority:
+            changes.append(Event(ticket_id=t.id, kind="priority-changed", created_at=now,
+                                 detail={"from": t.priority, "to": args.priority, "by": "cli"}))
+            t.priority = args.priority
+        if changes:
+            t.updated_at = now
+            session.add_all(changes)
+        print(f"ticket {t.number}: " + (", ".join(
+            f"{e.kind.removesuffix('-changed')} {e.detail['from']} -> {e.detail['to']}"
+            for e in changes) or "unchanged"))
+    return 0
+
+
+def cmd_article_raw(args: argparse.Namespace) -> int:
+    store = _store(args)
+    with store.factory() as session:
+        raw = session.execute(select(Article.raw).where(Article.id == args.id)).scalar()
+        if raw is None:
+            print(f"ticketgate: no article {args.id}", file=sys.stderr)
+            return 1
+    sys.stdout.buffer.write(raw)
+    sys.stdout.buffer.flush()
+    return 0
+

@@ -1,0 +1,384 @@
+"""One typed configuration object, built and validated once at start.
+
+The TOML file is mapped onto frozen dataclasses. Every key is checked against the
+dataclass fields, so a typo is an error that names the file and the key instead of a
+setting silently ignored. Relative paths are resolved against the config file's folder
+(or the working directory for built-in defaults), so a config works wherever it is run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CONFIG_ENV = "TICKETGATE_CONFIG"
+DEFAULT_CONFIG_NAME = "ticketgate.toml"
+
+
+class ConfigError(Exception):
+    """A configuration problem, phrased as `file: key: what is wrong`."""
+
+    def __init__(self, source: str, key: str, problem: str) -> None:
+        self.source, self.key, self.problem = source, key, problem
+        super().__init__(f"{source}: {key}: {problem}")
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: str = "sqlite:///var/ticketgate.db"
+    # Seconds a writer waits for a SQLite lock before we give up and temp-fail (451/75).
+    busy_timeout: float = 10.0
+    pool_size: int = 5
+
+
+@dataclass(frozen=True)
+class TicketsConfig:
+    hook: str = "Ticket#"
+    generator: str = "date-checksum"
+    system_id: str = "10"
+    default_queue: str = "Postmaster"
+    # Digits the per-day (or global) counter is padded to, as OTRS does.
+    min_counter_size: int = 5
+    # Also thread on a ticket number found only in the body (off: too easy to misthread).
+    body_threading: bool = False
+    # Subject of outgoing mail: "[Ticket#N] subject"; "{hook}" and "{number}" are replaced.
+    subject_tag: str = "[{hook}{number}]"
+
+
+FOLLOW_UP_POLICIES = ("reopen", "reject", "new-ticket")
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    name: str
+    addresses: tuple[str, ...] = ()
+    follow_up_closed: str = "reopen"
+    # False: the queue takes no new tickets (auto-reply "new-ticket-rejected", mail kept).
+    accept_new: bool = True
+    # Agent notification addresses for new tickets and follow-ups in this queue.
+    notify: tuple[str, ...] = ()
+    # Template set (a sub-folder of [templates] dir) used for this queue's auto-responses.
+    templates: str = ""
+    auto_response: bool = True
+    # Send an acknowledgement for follow-ups too (off by default).
+    follow_up_ack: bool = False
+
+
+@dataclass(frozen=True)
+class IntakeConfig:
+    # Refuse unknown recipients (550 5.1.1 / exit 67) instead of routing them to the default queue.
+    strict_recipients: bool = False
+    max_message_size: int = 25 * 1024 * 1024
+    spool_dir: str = "var/spool"
+
+
+@dataclass(frozen=True)
+class LmtpConfig:
+    listen: tuple[str, ...] = ("127.0.0.1:8024",)
+    # Messages whose commits are grouped into one transaction at most.
+    group_commit_max: int = 64
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    listen: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PipeConfig:
+    # Hand the message to a running daemon over LMTP on this Unix socket ("" = never).
+    handoff_socket: str = "var/run/lmtp.sock"
+    # Exit 75 instead of processing in-process when the daemon is not reachable.
+    require_daemon: bool = False
+    handoff_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class RulesConfig:
+    dir: str = "rules"
+    # Longest text a regex condition is matched against (bounds backtracking cost).
+    max_match_chars: int = 65536
+    # Seconds between checks for changed rule files in the daemon (0 = only on SIGHUP).
+    watch_interval: float = 2.0
+
+
+@dataclass(frozen=True)
+class TemplatesConfig:
+    dir: str = "templates"
+    language: str = "en"
+    # Per customer domain or customer id, the template set to use instead of the queue's.
+    overrides: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AutoResponseConfig:
+    enabled: bool = True
+    max_per_day: int = 10
+    company_name: str = "Support"
+    # Senders that never get an answer (robots); matched against the local part.
+    noreply_pattern: str = (
+        r"^(mailer-daemon|postmaster|no-?reply|do-?not-?reply|bounces?|"
+        r"auto-?reply|daemon|root|abuse)([+-].*)?$"
+    )
+    loop_header: str = "X-Ticketgate-Loop"
+
+
+@dataclass(frozen=True)
+class DkimConfig:
+    domain: str = ""
+    selector: str = ""
+    key_file: str = ""
+
+
+@dataclass(frozen=True)
+class OutboundConfig:
+    smarthost: str = "127.0.0.1:25"
+    starttls: bool = False
+    username: str = ""
+    # The password is read from this file, never from the config itself.
+    password_file: str = ""
+    helo: str = ""
+    timeout: float = 30.0
+    max_attempts: int = 12
+    retry_base: float = 60.0
+    retry_max: float = 3600.0
+    dkim: DkimConfig = field(default_factory=DkimConfig)
+
+
+@dataclass(frozen=True)
+class StatusConfig:
+    listen: str = "127.0.0.1:8025"
+    token: str = ""
+    max_outbox_backlog: int = 1000
+    max_spool_files: int = 0
+
+
+@dataclass(frozen=True)
+class Config:
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    tickets: TicketsConfig = field(default_factory=TicketsConfig)
+    queues: tuple[QueueConfig, ...] = ()
+    intake: IntakeConfig = field(default_factory=IntakeConfig)
+    lmtp: LmtpConfig = field(default_factory=LmtpConfig)
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    pipe: PipeConfig = field(default_factory=PipeConfig)
+    rules: RulesConfig = field(default_factory=RulesConfig)
+    templates: TemplatesConfig = field(default_factory=TemplatesConfig)
+    autoresponse: AutoResponseConfig = field(default_factory=AutoResponseConfig)
+    outbound: OutboundConfig = field(default_factory=OutboundConfig)
+    status: StatusConfig = field(default_factory=StatusConfig)
+    # Where the config came from and what relative paths are resolved against.
+    source: str = "<defaults>"
+    base_dir: str = "."
+
+    def path(self, value: str) -> Path:
+        """Resolve a configured path relative to the config file's folder."""
+        p = Path(value)
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+    def queue(self, name: str) -> QueueConfig:
+        for q in self.queues:
+            if q.name == name:
+                return q
+        return QueueConfig(name=name)
+
+    @property
+    def queue_names(self) -> tuple[str, ...]:
+        names = [q.name for q in self.queues]
+        if self.tickets.default_queue not in names:
+            names.append(self.tickets.default_queue)
+        return tuple(names)
+
+    @property
+    def database_url(self) -> str:
+        """The URL with a relative SQLite path resolved against base_dir."""
+        url = self.database.url
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and not url.startswith(prefix + "/"):
+            rest = url[len(prefix):]
+            if rest and rest != ":memory:":
+                return prefix + str(self.path(rest).resolve())
+        return url
+
+
+# Environment overrides for what deployments change most: env var -> (section, key).
+ENV_OVERRIDES: dict[str, tuple[str, str]] = {
+    "TICKETGATE_DATABASE_URL": ("database", "url"),
+    "TICKETGATE_LMTP_LISTEN": ("lmtp", "listen"),
+    "TICKETGATE_SMTP_LISTEN": ("smtp", "listen"),
+    "TICKETGATE_SMARTHOST": ("outbound", "smarthost"),
+    "TICKETGATE_STATUS_LISTEN": ("status", "listen"),
+}
+
+
+def find_config_file(explicit: str | None, env: typing.Mapping[str, str]) -> Path | None:
+    """`-c PATH`, else $TICKETGATE_CONFIG, else ./ticketgate.toml, else None (defaults)."""
+    if explicit:
+        return Path(explicit)
+    if env.get(CONFIG_ENV):
+        return Path(env[CONFIG_ENV])
+    local = Path(DEFAULT_CONFIG_NAME)
+    return local if local.is_file() else None
+
+
+def load_config(
+    explicit: str | None = None, env: typing.Mapping[str, str] | None = None
+) -> Config:
+    env = os.environ if env is None else env
+    path = find_config_file(explicit, env)
+    if path is None:
+        data: dict[str, Any] = {}
+        source, base = "<defaults>", str(Path.cwd())
+    else:
+        source, base = str(path), str(path.resolve().parent)
+        try:
+            with path.open("rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(source, "-", "file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(source, "-", f"not valid TOML: {exc}") from None
+    for var, (section, key) in ENV_OVERRIDES.items():
+        if env.get(var):
+            value: Any = env[var]
+            if _field_type(section, key) is not str:
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            data.setdefault(section, {})[key] = value
+    return config_from_dict(data, source=source, base_dir=base)
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<dict>", base_dir: str = ".") -> Config:
+    cfg = _build(Config, data, source, prefix="", skip={"source", "base_dir"})
+    cfg = dataclasses.replace(cfg, source=source, base_dir=base_dir)
+    _validate(cfg)
+    return cfg
+
+
+def _field_type(section: str, key: str) -> Any:
+    hints = typing.get_type_hints(Config)
+    sub = typing.get_type_hints(hints[section])
+    return sub[key]
+
+
+def _build(cls: type, data: Any, source: str, prefix: str, skip: set[str] | None = None) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(source, prefix or "-", "must be a table")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)} - (skip or set())
+    for key in data:
+        if key not in names:
+            raise ConfigError(source, _join(prefix, key), "unknown key")
+    kwargs = {}
+    for key, value in data.items():
+        kwargs[key] = _coerce(hints[key], value, source, _join(prefix, key))
+    required = [
+        f.name for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    for name in required:
+        if name not in kwargs:
+            raise ConfigError(source, _join(prefix, name), "is required")
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, source, key)
+    if origin is tuple:
+        (item_tp, _ellipsis) = typing.get_args(tp)
+        if isinstance(value, str) and item_tp is str:
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(source, key, f"must be a list, not {_tname(value)}")
+        return tuple(_coerce(item_tp, v, source, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(source, key, f"must be a table, not {_tname(value)}")
+        _k, v_tp = typing.get_args(tp)
+        return {str(k): _coerce(v_tp, v, source, f"{key}.{k}") for k, v in value.items()}
+    if isinstance(tp, types.UnionType):
+        raise TypeError(f"unsupported config type {tp}")  # pragma: no cover
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(source, key, f"must be true or false, not {_tname(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(source, key, f"must be an integer, not {_tname(value)}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(source, key, f"must be a number, not {_tname(value)}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(source, key, f"must be a string, not {_tname(value)}")
+        return value
+    raise TypeError(f"unsupported config type {tp}")  # pragma: no cover
+
+
+def _tname(value: Any) -> str:
+    return {list: "a list", dict: "a table", bool: "a boolean", str: "a string",
+            int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+_ADDRESS = re.compile(r"^[^@\s]+@[^@\s]+$")
+GENERATORS = ("date-checksum", "date", "autoincrement")
+
+
+def _validate(cfg: Config) -> None:
+    src = cfg.source
+    t = cfg.tickets
+    if t.generator not in GENERATORS:
+        raise ConfigError(src, "tickets.generator", f"must be one of {', '.join(GENERATORS)}")
+    if not t.system_id.isdigit():
+        raise ConfigError(src, "tickets.system_id", "must be digits only")
+    if not t.hook or any(c.isspace() for c in t.hook):
+        raise ConfigError(src, "tickets.hook", "must be non-empty without spaces")
+    if t.min_counter_size < 1 or t.min_counter_size > 12:
+        raise ConfigError(src, "tickets.min_counter_size", "must be between 1 and 12")
+    if not cfg.database.url:
+        raise ConfigError(src, "database.url", "must not be empty")
+    seen_names: set[str] = set()
+    seen_addrs: dict[str, str] = {}
+    for i, q in enumerate(cfg.queues):
+        key = f"queues[{i}]"
+        if not q.name.strip():
+            raise ConfigError(src, f"{key}.name", "must not be empty")
+        if q.name in seen_names:
+            raise ConfigError(src, f"{key}.name", f"queue {q.name!r} is defined twice")
+        seen_names.add(q.name)
+        if q.follow_up_closed not in FOLLOW_UP_POLICIES:
+            raise ConfigError(
+                src, f"{key}.follow_up_closed", f"must be one of {', '.join(FOLLOW_UP_POLICIES)}"
+            )
+        for j, addr in enumerate(q.addresses + q.notify):
+            if not _ADDRESS.match(addr):
+                raise ConfigError(src, f"{key}.addresses[{j}]", f"{addr!r} is not an address")
+        for addr in q.addresses:
+            other = seen_addrs.setdefault(addr.lower(), q.name)
+            if other != q.name:
+                raise ConfigError(src, f"{key}.addresses", f"{addr} already belongs to {other}")
+    if cfg.intake.max_message_size < 1024:
+        raise ConfigError(src, "intake.max_message_size", "must be at least 1024 bytes")
+    if cfg.autoresponse.max_per_day < 0:
+        raise ConfigError(src, "autoresponse.max_per_day", "must not be negative")
+    try:
+        re.compile(cfg.autoresponse.noreply_pattern)
+    except re.error as exc:
+        raise ConfigError(src, "autoresponse.noreply_pattern", f"bad regex: {exc}") from None
+    d = cfg.outbound.dkim
+    if d.domain and not (d.selector and d.key_file):
+        raise ConfigError(src, "outbound.dkim", "domain needs selector and key_file too")

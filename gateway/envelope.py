@@ -1,0 +1,36 @@
+"""What every entry point hands the intake core, and what it gets back."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """SMTP envelope. mail_from is "" for the null sender `<>`, None when unknown."""
+
+    mail_from: str | None = None
+    rcpt_tos: tuple[str, ...] = ()
+
+
+class Outcome(enum.Enum):
+    CREATED = "created"
+    FOLLOW_UP = "follow-up"
+    DUPLICATE = "duplicate"
+    IGNORED = "ignored"
+    REJECTED = "rejected"  # stored on a closed ticket of a "reject" queue
+    SIZE_REJECTED = "size-rejected"
+
+
+@dataclass(frozen=True)
+class Disposition:
+    """The result of one message: entry points turn this into 250 / exit 0."""
+
+    outcome: Outcome
+    message_id: str
+    ticket_number: str | None = None
+    queue: str | None = None
+    article_id: int | None = None
+    # Names of the rules that matched, and other notes for the log line.
+    notes: tuple[str, ...] = field(default_factory=tuple)

@@ -1,0 +1,64 @@
+"""Build the configured pieces (store, router, responder, intake) from a Config.
+
+Entry points call these instead of wiring things themselves, so the pipe, the server
+and `spool replay` run exactly the same intake.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from ticketstore.db import ensure_schema, make_engine, make_sessionmaker
+
+from .config import Config, ConfigError, load_config
+from .intake import Intake
+
+
+@dataclass
+class Store:
+    engine: Engine
+    factory: sessionmaker[Session]
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def open_store(config: Config, create: bool = True) -> Store:
+    engine = make_engine(config.database_url, config.database.busy_timeout,
+                         config.database.pool_size)
+    if create:
+        ensure_schema(engine)
+    return Store(engine, make_sessionmaker(engine))
+
+
+def build_intake(config: Config, store: Store) -> Intake:
+    """The intake with the configured rules and auto-responder plugged in."""
+    from autoresponse.factory import load_responder
+    from rules.loader import load_router
+
+    intake = Intake(config, store.factory, router=load_router(config),
+                    responder=load_responder(config))
+    intake.sync_queues()
+    return intake
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def load_or_exit(path: str | None) -> Config:
+    """Load the config for a CLI command; a bad config is a clear message and exit 78."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"ticketgate: config error: {exc}", file=sys.stderr)
+        raise SystemExit(78) from None

@@ -1,0 +1,119 @@
+"""Ticket number generators: OTRS-compatible formats, check digits, concurrency."""
+
+from __future__ import annotations
+
+import datetime as dt
+import multiprocessing
+from pathlib import Path
+
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from ticketstore import numbers
+from ticketstore.db import make_engine, make_sessionmaker, upgrade
+
+DAY = dt.date(2013, 12, 16)
+
+
+def test_known_valid_date_checksum_number() -> None:
+    assert numbers.format_number("date-checksum", "10", 13, DAY) == "2013121610000137"
+    assert numbers.is_plausible("date-checksum", "2013121610000137")
+
+
+def test_wrong_check_digit_is_rejected() -> None:
+    assert not numbers.is_plausible("date-checksum", "2013121610000136")
+
+
+def test_sum_divisible_by_ten_gives_check_digit_one() -> None:
+    # 2*1 + 4*2 = 10: the scheme uses 1 there, never 0.
+    assert numbers.check_digit("24") == 1
+    assert numbers.check_digit("25") == 8
+
+
+def test_formats_of_each_generator() -> None:
+    day = dt.date(2026, 11, 22)
+    assert numbers.format_number("date", "10", 7, day) == "202611221000007"
+    assert numbers.format_number("autoincrement", "10", 7, day) == "1000007"
+    assert numbers.format_number("date-checksum", "10", 123456, day) == (
+        "2026112210123456" + str(numbers.check_digit("2026112210123456"))
+    )
+
+
+@given(
+    st.sampled_from(["date-checksum", "date", "autoincrement"]),
+    st.from_regex(r"\A[0-9]{1,4}\Z"),
+    st.integers(min_value=1, max_value=10**9),
+    st.dates(min_value=dt.date(2000, 1, 1), max_value=dt.date(2999, 12, 31)),
+)
+def test_generated_numbers_are_plausible_and_unique_per_counter(
+    generator: str, system_id: str, counter: int, day: dt.date
+) -> None:
+    number = numbers.format_number(generator, system_id, counter, day)
+    assert number.isdigit()
+    assert numbers.is_plausible(generator, number)
+    assert number != numbers.format_number(generator, system_id, counter + 1, day)
+    if generator == "date-checksum":
+        # Any single-digit change of the check digit is detected.
+        wrong = number[:-1] + str((int(number[-1]) + 1) % 10)
+        assert not numbers.is_plausible(generator, wrong)
+
+
+@given(st.from_regex(r"\A[0-9]{9,20}\Z"), st.integers(0, 19), st.integers(1, 9))
+def test_check_digit_catches_typos_at_weight_one_positions(
+    base: str, pos: int, delta: int
+) -> None:
+    """The scheme's real guarantee: a changed digit at a weight-1 position is caught,
+    except when it moves the sum between 0 and 9 (mod 10), which both give digit 1.
+    (Weight-2 positions miss a change by 5; that is the scheme, not our code.)"""
+    pos = (pos % ((len(base) + 1) // 2)) * 2  # even index = weight 1
+    changed = (int(base[pos]) + delta) % 10
+    typo_base = base[:pos] + str(changed) + base[pos + 1:]
+
+    def weighted(d: str) -> int:
+        return sum(int(c) * (1 if i % 2 == 0 else 2) for i, c in enumerate(d)) % 10
+
+    assume({weighted(base), weighted(typo_base)} != {0, 9})
+    number = base + str(numbers.check_digit(base))
+    assert not numbers.is_plausible("date-checksum", typo_base + number[-1])
+
+
+def test_counter_increments_on_both_backends(db_url: str) -> None:
+    engine = make_engine(db_url)
+    upgrade(engine)
+    factory = make_sessionmaker(engine)
+    now = dt.datetime(2026, 11, 22, 12, tzinfo=dt.UTC)
+    got = []
+    for _ in range(3):
+        with factory() as s, s.begin():
+            got.append(numbers.new_ticket_number(s, "date-checksum", "10", now))
+    assert [g[:15] for g in got] == ["202611221000001", "202611221000002", "202611221000003"]
+    engine.dispose()
+
+
+def _make_numbers(url: str, count: int, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    engine = make_engine(url)
+    factory = make_sessionmaker(engine)
+    now = dt.datetime(2026, 11, 22, 12, tzinfo=dt.UTC)
+    made = []
+    for _ in range(count):
+        with factory() as s, s.begin():
+            made.append(numbers.new_ticket_number(s, "date-checksum", "10", now))
+    out.put(made)
+
+
+def test_two_processes_never_share_a_number(db_url: str, tmp_path: Path) -> None:
+    engine = make_engine(db_url)
+    upgrade(engine)
+    engine.dispose()
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_make_numbers, args=(db_url, 60, out)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+        assert p.exitcode == 0
+    merged = results[0] + results[1]
+    assert len(merged) == 120
+    assert len(set(merged)) == 120

@@ -1,0 +1,1 @@
+"""Ticket store: SQLAlchemy models, migrations, ticket numbers and queries."""

@@ -1,0 +1,114 @@
+"""Engine and session set-up, schema upgrades, and the transient-error boundary.
+
+SQLite runs in WAL mode with a busy timeout and `BEGIN IMMEDIATE`, so concurrent writers
+(two pipe processes, or the daemon and a pipe) queue for the write lock instead of failing
+on a lock upgrade. PostgreSQL needs nothing special.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.orm import Session, sessionmaker
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+
+class StoreUnavailable(Exception):
+    """The database cannot take the write now (locked, down, disk full): retry later."""
+
+
+def make_engine(url: str, busy_timeout: float = 10.0, pool_size: int = 5) -> Engine:
+    if url.startswith("sqlite"):
+        db_path = url.split("///", 1)[-1]
+        if db_path and db_path != ":memory:":
+            Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url,
+            connect_args={"timeout": busy_timeout, "check_same_thread": False},
+        )
+        _sqlite_pragmas(engine, busy_timeout)
+        return engine
+    return create_engine(url, pool_size=pool_size, pool_pre_ping=True)
+
+
+def _sqlite_pragmas(engine: Engine, busy_timeout: float) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the driver, decide when transactions begin.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # Writers take the lock up front; read-only users (status page) pass
+        # execution_options(sqlite_begin="DEFERRED") so they never block intake.
+        mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def alembic_config(url: str) -> Any:
+    from alembic.config import Config as AlembicConfig
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Bring the schema to `revision` with Alembic (idempotent)."""
+    from alembic import command
+
+    cfg = alembic_config(engine.url.render_as_string(hide_password=False))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Create/upgrade an empty SQLite database on first use; others need `db upgrade`.
+
+    Checking for the `tickets` table is cheap; running Alembic on every pipe start is not.
+    """
+    if "alembic_version" in inspect(engine).get_table_names():
+        return
+    if engine.dialect.name == "sqlite":
+        upgrade(engine)
+        return
+    raise StoreUnavailable("database schema missing: run `ticketgate db upgrade`")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Would retrying later plausibly succeed? Locked/down database, full disk, I/O errors."""
+    if isinstance(exc, StoreUnavailable):
+        return True
+    if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError):
+        return True
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, OSError) and exc.errno in (
+        errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN, errno.ECONNREFUSED, errno.EROFS
+    )
+
+
+@contextlib.contextmanager
+def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """One unit of work: commit on success, roll back on any error."""
+    with factory() as session, session.begin():
+        yield session

@@ -1,0 +1,89 @@
+"""Ticket number generators compatible with the OTRS/Znuny schemes.
+
+- date-checksum: YYYYMMDD + system id + counter (zero-padded) + one check digit
+- date:          YYYYMMDD + system id + counter (zero-padded)
+- autoincrement: system id + counter (zero-padded)
+
+Date schemes count per day, autoincrement globally. The counter lives in the database
+and is incremented inside the caller's transaction with one atomic UPDATE, so two
+processes creating tickets at the same moment never get the same number.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from .models import Counter
+
+
+def check_digit(digits: str) -> int:
+    """Weights 1,2,1,2,... over the digits; the digit that brings the sum to a multiple of 10.
+
+    A sum already divisible by 10 gives 1, not 0, as in the OTRS DateChecksum scheme.
+    """
+    total = sum(int(d) * (1 if i % 2 == 0 else 2) for i, d in enumerate(digits))
+    digit = 10 - total % 10
+    return 1 if digit == 10 else digit
+
+
+def format_number(
+    generator: str, system_id: str, counter: int, day: dt.date, min_size: int = 5
+) -> str:
+    padded = str(counter).zfill(min_size)
+    if generator == "autoincrement":
+        return f"{system_id}{padded}"
+    base = f"{day:%Y%m%d}{system_id}{padded}"
+    if generator == "date":
+        return base
+    if generator == "date-checksum":
+        return f"{base}{check_digit(base)}"
+    raise ValueError(f"unknown generator {generator!r}")
+
+
+def is_plausible(generator: str, number: str) -> bool:
+    """Could `number` have been made by this generator? Checks the check digit."""
+    if not number.isdigit():
+        return False
+    if generator == "date-checksum":
+        return len(number) >= 10 and check_digit(number[:-1]) == int(number[-1])
+    return True
+
+
+def counter_scope(generator: str, day: dt.date) -> str:
+    return "global" if generator == "autoincrement" else f"{day:%Y%m%d}"
+
+
+def next_counter(session: Session, scope: str) -> int:
+    """Atomically increment and return the counter for `scope` in this transaction."""
+    bind = session.get_bind()
+    dialect = bind.dialect.name
+    if dialect == "postgresql":
+        ins = postgresql.insert(Counter).values(scope=scope, value=0).on_conflict_do_nothing()
+    elif dialect == "sqlite":
+        ins = sqlite.insert(Counter).values(scope=scope, value=0).on_conflict_do_nothing()
+    else:  # pragma: no cover - other backends: best effort
+        if session.get(Counter, scope) is None:
+            session.add(Counter(scope=scope, value=0))
+            session.flush()
+        ins = None
+    if ins is not None:
+        session.execute(ins)
+    value = session.execute(
+        update(Counter)
+        .where(Counter.scope == scope)
+        .values(value=Counter.value + 1)
+        .returning(Counter.value)
+    ).scalar_one()
+    return int(value)
+
+
+def new_ticket_number(
+    session: Session, generator: str, system_id: str, now: dt.datetime, min_size: int = 5
+) -> str:
+    day = now.date()
+    value = next_counter(session, counter_scope(generator, day))
+    return format_number(generator, system_id, value, day, min_size)
