@@ -1,0 +1,52 @@
+"""What the `serve` daemon shares with the services that run beside the listeners.
+
+The LMTP/SMTP listeners, the outbox worker, the status page and the rule-file watcher
+all run in one asyncio loop. Each background service is an `async def run(ctx, stopping)`
+named in SERVICES ("module:function"); it runs until `stopping` is set. SIGHUP calls
+every function in `ctx.reload_hooks` (config/rules reload) without dropping connections.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ticketstore.models import utcnow
+
+from .config import Config
+from .intake import Intake
+from .runtime import Store
+
+# Background services started by `ticketgate serve`, in this order.
+SERVICES: list[str] = []
+
+
+@dataclass
+class RecentError:
+    at: dt.datetime
+    source: str  # "rules", "outbox", "intake", ...
+    message: str
+
+
+@dataclass
+class DaemonContext:
+    config: Config
+    store: Store
+    intake: Intake
+    started_at: dt.datetime = field(default_factory=utcnow)
+    # Called on SIGHUP (and by watchers); each must keep the old state if the new one is bad.
+    reload_hooks: list[Callable[[], None]] = field(default_factory=list)
+    # The latest errors worth showing an admin (rule reload errors, delivery failures).
+    errors: collections.deque[RecentError] = field(
+        default_factory=lambda: collections.deque(maxlen=50)
+    )
+    # In-memory counters for what the database cannot tell (e.g. temp-failed deliveries).
+    counters: collections.Counter[str] = field(default_factory=collections.Counter)
+    # Free-form state services publish for the status page (e.g. "rules": {...}).
+    state: dict[str, Any] = field(default_factory=dict)
+
+    def record_error(self, source: str, message: str) -> None:
+        self.errors.appendleft(RecentError(utcnow(), source, message))
