@@ -1,0 +1,284 @@
+"""The `serve` daemon's life cycle: start, reload on SIGHUP, drain and stop on SIGTERM.
+
+Start: open the store, build the intake, start the group-commit writer, bind every
+listener, start the background services named in `gateway.daemon.SERVICES`, then
+tell systemd READY=1. Stop: stop accepting, let messages already in DATA finish and
+get their replies, close the rest with 421, stop the services, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import os
+import signal
+import socket
+import stat
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from gateway import __version__
+from gateway.config import Config, load_config
+from gateway.daemon import SERVICES, DaemonContext
+from gateway.runtime import build_intake, open_store
+
+from . import sdnotify
+from .groupcommit import GroupCommitter
+from .handler import DeliveryHandler
+from .listeners import ListenAddress, ListenError, parse_listen
+from .protocol import IntakeLMTP, IntakeSMTP
+
+log = logging.getLogger("ticketgate.server")
+
+EX_UNAVAILABLE = 69  # could not start (port in use, database unreachable)
+
+
+def listen_addresses(config: Config) -> list[ListenAddress]:
+    """Configured LMTP and SMTP listeners, plus the pipe hand-off socket (LMTP).
+
+    The hand-off socket is always served when `[pipe] handoff_socket` is set, so a
+    `ticketgate pipe` on the same host finds the daemon without extra configuration.
+    """
+    base = Path(config.base_dir)
+    found = [parse_listen(a, "lmtp", base) for a in config.lmtp.listen]
+    found += [parse_listen(a, "smtp", base) for a in config.smtp.listen]
+    if config.pipe.handoff_socket:
+        handoff = ListenAddress("lmtp", path=config.path(config.pipe.handoff_socket))
+        if not any(a.path is not None and a.path.resolve() == handoff.path.resolve()  # type: ignore[union-attr]
+                   for a in found):
+            found.append(handoff)
+    return found
+
+
+class Daemon:
+    """One running `ticketgate serve`; usable in-process (tests) or from the CLI."""
+
+    def __init__(self, config: Config, config_path: str | None = None,
+                 drain_timeout: float = 60.0) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.drain_timeout = drain_timeout
+        self.stopping = asyncio.Event()
+        self.servers: list[tuple[ListenAddress, asyncio.AbstractServer]] = []
+        self.ctx: DaemonContext | None = None
+        self.committer: GroupCommitter | None = None
+        self.handler: DeliveryHandler | None = None
+        self._executor = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1),
+                                            thread_name_prefix="prepare")
+        self._tasks: list[asyncio.Task[None]] = []
+        self._service_tasks: list[asyncio.Task[None]] = []
+        self._reload_lock = asyncio.Lock()
+        self._hostname = socket.gethostname()
+
+    # -- start ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        config = self.config
+        addresses = listen_addresses(config)
+        store = await asyncio.to_thread(open_store, config)
+        intake = await asyncio.to_thread(build_intake, config, store)
+        self.ctx = DaemonContext(config, store, intake)
+        self.committer = GroupCommitter(store.factory, config.lmtp.group_commit_max)
+        self.committer.start()
+        self.handler = DeliveryHandler(self.ctx, self.committer, self._executor)
+        for address in addresses:
+            server = await self._listen(address)
+            self.servers.append((address, server))
+            log.info("listening: %s", address)
+        for name in SERVICES:
+            self._start_service(name)
+        interval = sdnotify.watchdog_interval()
+        if interval:
+            self._tasks.append(asyncio.get_running_loop().create_task(self._watchdog(interval)))
+        sdnotify.notify(f"READY=1\nSTATUS=accepting mail on {len(self.servers)} listener(s)")
+        log.info("ticketgate %s ready", __version__)
+
+    def bound(self) -> list[Any]:
+        """The socket names actually bound (ports chosen by the OS for `:0`)."""
+        return [s.getsockname() for _a, srv in self.servers for s in srv.sockets]
+
+    async def _listen(self, address: ListenAddress) -> asyncio.AbstractServer:
+        loop = asyncio.get_running_loop()
+        cls = IntakeLMTP if address.protocol == "lmtp" else IntakeSMTP
+
+        def factory() -> asyncio.BaseProtocol:
+            assert self.ctx is not None
+            return cls(self.handler, data_size_limit=self.ctx.config.intake.max_message_size,
+                       enable_SMTPUTF8=True, hostname=self._hostname,
+                       ident=f"ticketgate {__version__}", loop=loop)
+
+        if address.path is None:
+            return await loop.create_server(factory, address.host, address.port,
+                                            reuse_address=True)
+        path = address.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_socket(path)
+        server = await loop.create_unix_server(factory, str(path))
+        # Access is controlled by the socket's folder (RuntimeDirectoryMode, group).
+        os.chmod(path, 0o666)
+        return server
+
+    def _start_service(self, name: str) -> None:
+        assert self.ctx is not None
+        try:
+            module_name, func_name = name.split(":")
+            func: Callable[[DaemonContext, asyncio.Event], Awaitable[None]] = getattr(
+                importlib.import_module(module_name), func_name)
+        except Exception as exc:
+            log.error("service %s cannot start: %s", name, exc)
+            self.ctx.record_error("daemon", f"service {name} cannot start: {exc}")
+            return
+        self._service_tasks.append(
+            asyncio.get_running_loop().create_task(self._run_service(name, func))
+        )
+
+    async def _run_service(
+        self, name: str, func: Callable[[DaemonContext, asyncio.Event], Awaitable[None]]
+    ) -> None:
+        assert self.ctx is not None
+        try:
+            await func(self.ctx, self.stopping)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("service %s failed", name)
+            self.ctx.record_error("daemon", f"service {name} failed: {type(exc).__name__}")
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            # Only claim to be alive while the writer thread is.
+            if self.committer is not None and self.committer.alive:
+                sdnotify.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    # -- reload -----------------------------------------------------------------------------
+
+    async def reload(self) -> bool:
+        """Re-read the config, rebuild the intake and swap it in; run the reload hooks.
+
+        A bad new config is logged and the running one kept. Listeners and the database
+        URL are not changed by a reload (restart for those).
+        """
+        assert self.ctx is not None
+        ctx = self.ctx
+        async with self._reload_lock:
+            sdnotify.notify("RELOADING=1")
+            ok = True
+            try:
+                new_config = await asyncio.to_thread(load_config, self.config_path)
+                new_intake = await asyncio.to_thread(build_intake, new_config, ctx.store)
+            except Exception as exc:
+                ok = False
+                log.error("reload failed, keeping the running configuration: %s", exc)
+                ctx.record_error("config", f"reload failed: {exc}")
+            else:
+                if new_config.database_url != ctx.config.database_url:
+                    log.warning("database URL changed: takes effect after a restart")
+                if listen_addresses(new_config) != listen_addresses(ctx.config):
+                    log.warning("listen addresses changed: take effect after a restart")
+                ctx.config, ctx.intake = new_config, new_intake
+                self.config = new_config
+                log.info("configuration reloaded from %s", new_config.source)
+            for hook in list(ctx.reload_hooks):
+                try:
+                    await asyncio.to_thread(hook)
+                except Exception as exc:
+                    ok = False
+                    log.exception("reload hook %r failed", hook)
+                    ctx.record_error("config", f"reload hook failed: {exc}")
+            sdnotify.notify("READY=1")
+            return ok
+
+    # -- stop -------------------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        sdnotify.notify("STOPPING=1")
+        self.stopping.set()
+        for _address, server in self.servers:
+            server.close()
+        if self.handler is not None:
+            self.handler.start_draining()
+            deadline = time.monotonic() + self.drain_timeout
+            while not self.handler.idle() and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            for conn in list(self.handler.connections):
+                conn.close_with("421 4.3.2 Shutting down")
+        if self._service_tasks:
+            _done, pending = await asyncio.wait(self._service_tasks, timeout=10)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.committer is not None:
+            await asyncio.to_thread(self.committer.stop)
+        self._executor.shutdown(wait=True)
+        if self.ctx is not None:
+            self.ctx.store.dispose()
+        for address, _server in self.servers:
+            if address.path is not None:
+                with contextlib.suppress(OSError):
+                    address.path.unlink()
+        log.info("stopped")
+
+
+def _remove_stale_socket(path: Path) -> None:
+    """A socket left by a crashed daemon is removed; a live one means we are a duplicate."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise ListenError(f"{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(str(path))
+    except OSError:
+        path.unlink()
+        return
+    finally:
+        probe.close()
+    raise ListenError(f"{path}: another server is already listening there")
+
+
+async def serve(config: Config, config_path: str | None) -> int:
+    """Run until SIGTERM/SIGINT; SIGHUP reloads. Returns the process exit code."""
+    loop = asyncio.get_running_loop()
+    daemon = Daemon(config, config_path)
+    stop = asyncio.Event()
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def on_hup() -> None:
+        task = loop.create_task(daemon.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    try:
+        await daemon.start()
+    except (ListenError, OSError) as exc:
+        log.error("cannot start: %s", exc)
+        await daemon.stop()
+        return EX_UNAVAILABLE
+    except Exception as exc:
+        from ticketstore.db import is_transient
+
+        if not is_transient(exc):
+            raise
+        log.error("cannot start, database unavailable: %s", type(exc).__name__)
+        await daemon.stop()
+        return EX_UNAVAILABLE
+    await stop.wait()
+    log.info("SIGTERM: draining")
+    await asyncio.gather(*reloads, return_exceptions=True)
+    await daemon.stop()
+    return 0

@@ -1,0 +1,134 @@
+"""Group commit: one writer thread stores whatever messages are ready in ONE transaction.
+
+Sessions on several connections finish DATA at about the same time; instead of one
+transaction (and one fsync) each, the writer drains the queue and stores the batch
+together, a SAVEPOINT per message so one failing message does not take the others
+down. Each submitter's future resolves only after the batch's COMMIT has returned:
+the 250 is still sent strictly after the message is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import queue
+import threading
+from dataclasses import dataclass, field
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.orm import Session, sessionmaker
+
+from gateway.envelope import Disposition
+from gateway.intake import Intake, Prepared
+
+log = logging.getLogger("ticketgate.groupcommit")
+
+
+@dataclass(eq=False)
+class _Job:
+    intake: Intake
+    prepared: Prepared
+    future: concurrent.futures.Future[Disposition] = field(
+        default_factory=concurrent.futures.Future
+    )
+
+
+class GroupCommitter:
+    """Owns the only thread that writes intake results in the daemon."""
+
+    def __init__(self, factory: sessionmaker[Session], max_batch: int = 64) -> None:
+        self.factory = factory
+        self.max_batch = max(1, max_batch)
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
+        # Observability (and the tests): how many batches, of what size.
+        self.batches = 0
+        self.largest_batch = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def submit(self, intake: Intake, prepared: Prepared) -> concurrent.futures.Future[Disposition]:
+        job = _Job(intake, prepared)
+        self._queue.put(job)
+        return job.future
+
+    async def store(self, intake: Intake, prepared: Prepared) -> Disposition:
+        """Store and commit `prepared`; returns once it is durable (raises otherwise)."""
+        return await asyncio.wrap_future(self.submit(intake, prepared))
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish every queued message, then end the thread."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout)
+
+    # -- the writer thread ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < self.max_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stopping = True
+                    break
+                batch.append(nxt)
+            # A submitter that went away (client disconnected) before we started: skip it.
+            live = [j for j in batch if j.future.set_running_or_notify_cancel()]
+            if live:
+                try:
+                    self._commit(live)
+                except BaseException as exc:  # never leave a submitter waiting forever
+                    log.exception("group commit failed unexpectedly")
+                    for job in live:
+                        if not job.future.done():
+                            job.future.set_exception(exc)
+
+    def _commit(self, batch: list[_Job]) -> None:
+        results: dict[_Job, Disposition] = {}
+        errors: dict[_Job, BaseException] = {}
+        retry: list[_Job] = []
+        try:
+            with self.factory() as session, session.begin():
+                for job in batch:
+                    try:
+                        with session.begin_nested():
+                            results[job] = job.intake.store(session, job.prepared)
+                    except sa_exc.IntegrityError:
+                        # A concurrent writer (a pipe process) stored the same message or
+                        # took the same number: retry alone once this batch is committed.
+                        retry.append(job)
+                    except Exception as exc:
+                        errors[job] = exc
+        except Exception as exc:
+            # BEGIN or COMMIT failed: nothing of this batch is durable.
+            for job in batch:
+                job.future.set_exception(exc)
+            return
+        self.batches += 1
+        self.largest_batch = max(self.largest_batch, len(batch))
+        for job, disposition in results.items():
+            job.future.set_result(disposition)
+        for job, error in errors.items():
+            job.future.set_exception(error)
+        for job in retry:
+            try:
+                with self.factory() as session, session.begin():
+                    disposition = job.intake.store(session, job.prepared)
+            except Exception as exc:
+                job.future.set_exception(exc)
+            else:
+                job.future.set_result(disposition)
