@@ -1,0 +1,58 @@
+"""The `serve` service that reloads the rules on SIGHUP and when a rule file changes.
+
+It registers the router's reload in `ctx.reload_hooks` (SIGHUP), then polls the rule
+files' names, mtimes and sizes every `[rules] watch_interval` seconds (0 = SIGHUP only).
+Each reload publishes `ctx.state["rules"]` for the status page; a failed one records
+its problems with `ctx.record_error("rules", ...)` and the old rules stay in force.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+from .router import ReloadingRouter
+
+if TYPE_CHECKING:
+    from gateway.daemon import DaemonContext
+
+log = logging.getLogger("ticketgate.rules")
+
+
+def reload_and_publish(ctx: DaemonContext, router: ReloadingRouter) -> bool:
+    """Reload the rules; True if the new ones are in force."""
+    problems = router.reload()
+    for p in problems:
+        ctx.record_error("rules", str(p))
+    ctx.counters["rules_reloads_failed" if problems else "rules_reloads"] += 1
+    ctx.state["rules"] = router.status()
+    return not problems
+
+
+async def run(ctx: DaemonContext, stopping: asyncio.Event) -> None:
+    router = ctx.intake.router
+    if not isinstance(router, ReloadingRouter):
+        log.info("rule watcher idle: the intake has no reloadable rules")
+        await stopping.wait()
+        return
+    ctx.state["rules"] = router.status()
+    ctx.reload_hooks.append(lambda: reload_and_publish(ctx, router))
+    interval = ctx.config.rules.watch_interval
+    if interval <= 0:
+        await stopping.wait()
+        return
+    loop = asyncio.get_running_loop()
+    while not stopping.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), interval)
+        if stopping.is_set():
+            break
+        try:
+            if router.changed():
+                log.info("rule files changed in %s, reloading", router.directory)
+                await loop.run_in_executor(None, reload_and_publish, ctx, router)
+        except Exception as exc:  # the watcher must outlive a surprise (e.g. a vanished dir)
+            log.exception("rule watcher error")
+            ctx.record_error("rules", f"watcher: {type(exc).__name__}: {exc}")
