@@ -1,9 +1,10 @@
 """The `serve` service that reloads the rules on SIGHUP and when a rule file changes.
 
-It registers the router's reload in `ctx.reload_hooks` (SIGHUP), then polls the rule
-files' names, mtimes and sizes every `[rules] watch_interval` seconds (0 = SIGHUP only).
-Each reload publishes `ctx.state["rules"]` for the status page; a failed one records
-its problems with `ctx.record_error("rules", ...)` and the old rules stay in force.
+It registers a reload in `ctx.reload_hooks` (SIGHUP), then polls the rule files' names,
+mtimes and sizes every `[rules] watch_interval` seconds (0 = SIGHUP only). Each reload
+publishes `ctx.state["rules"]` for the status page; a failed one records its problems
+with `ctx.record_error("rules", ...)` and the old rules stay in force. The router is
+looked up on `ctx.intake` every time: a config reload swaps in a new intake.
 """
 
 from __future__ import annotations
@@ -21,8 +22,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("ticketgate.rules")
 
 
-def reload_and_publish(ctx: DaemonContext, router: ReloadingRouter) -> bool:
-    """Reload the rules; True if the new ones are in force."""
+def current_router(ctx: DaemonContext) -> ReloadingRouter | None:
+    router = ctx.intake.router
+    return router if isinstance(router, ReloadingRouter) else None
+
+
+def reload_and_publish(ctx: DaemonContext) -> bool:
+    """Reload the rules; True if the new ones are in force (or there is nothing to reload)."""
+    router = current_router(ctx)
+    if router is None:
+        return True
     problems = router.reload()
     for p in problems:
         ctx.record_error("rules", str(p))
@@ -32,13 +41,13 @@ def reload_and_publish(ctx: DaemonContext, router: ReloadingRouter) -> bool:
 
 
 async def run(ctx: DaemonContext, stopping: asyncio.Event) -> None:
-    router = ctx.intake.router
-    if not isinstance(router, ReloadingRouter):
-        log.info("rule watcher idle: the intake has no reloadable rules")
-        await stopping.wait()
-        return
-    ctx.state["rules"] = router.status()
-    ctx.reload_hooks.append(lambda: reload_and_publish(ctx, router))
+    router = current_router(ctx)
+    if router is not None:
+        ctx.state["rules"] = router.status()
+    def on_sighup() -> None:
+        reload_and_publish(ctx)
+
+    ctx.reload_hooks.append(on_sighup)
     interval = ctx.config.rules.watch_interval
     if interval <= 0:
         await stopping.wait()
@@ -50,9 +59,10 @@ async def run(ctx: DaemonContext, stopping: asyncio.Event) -> None:
         if stopping.is_set():
             break
         try:
-            if router.changed():
+            router = current_router(ctx)
+            if router is not None and router.changed():
                 log.info("rule files changed in %s, reloading", router.directory)
-                await loop.run_in_executor(None, reload_and_publish, ctx, router)
+                await loop.run_in_executor(None, reload_and_publish, ctx)
         except Exception as exc:  # the watcher must outlive a surprise (e.g. a vanished dir)
             log.exception("rule watcher error")
             ctx.record_error("rules", f"watcher: {type(exc).__name__}: {exc}")
