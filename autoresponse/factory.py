@@ -1,14 +1,17 @@
-"""Build the configured responder (placeholder until auto-responses land: none)."""
+"""Build the configured responder: the auto-responder (it also queues agent notifications
+and records bounces, so it is used even when `[autoresponse] enabled = false`)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .responder import NullResponder, Responder
+from .responder import Responder
 
 if TYPE_CHECKING:
     from gateway.config import Config
 
 
 def load_responder(config: Config) -> Responder:
-    return NullResponder()
+    from .autoresponder import AutoResponder
+
+    return AutoResponder(config)

@@ -7,6 +7,7 @@ in CHECKS, so the order and the reasons are visible in one table.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,9 @@ OUT_OF_OFFICE = "out-of-office"
 LOOP = "loop"
 NULL_SENDER = "null-sender"
 SUPPRESS_REQUESTED = "suppress-requested"
+
+# flufl.bounce logs every detector it runs at INFO: too chatty for a daemon's log.
+logging.getLogger("flufl.bounce").setLevel(logging.WARNING)
 
 _OOO_SUBJECT = re.compile(
     r"^\s*(?:auto(?:matic)?\s*(?:reply|response|antwort)|out of (?:the )?office|"
@@ -66,21 +70,100 @@ def _list(msg: ParsedMessage, env: Envelope, loop_header: str) -> str | None:
     return None
 
 
+_DAEMON_LOCAL = re.compile(r"^(mailer-daemon|postmaster|mail-daemon|mailerdaemon|mdaemon)$",
+                           re.IGNORECASE)
+_BOUNCE_SUBJECT = re.compile(
+    r"undeliver|delivery (?:status|failure|has failed)|failure notice|returned mail|"
+    r"mail delivery (?:failed|failure|system)|nondeliverable|non-delivery|"
+    r"unzustellbar|nicht zustellbar|no se pudo entregar|non remis",
+    re.IGNORECASE,
+)
+
+
 def _bounce(msg: ParsedMessage, env: Envelope, loop_header: str) -> str | None:
     if msg.content_type == "multipart/report":
         return "multipart/report"
     local = msg.from_address.partition("@")[0]
-    if local in ("mailer-daemon", "postmaster") and env.mail_from == "":
-        return f"from {local} with null sender"
+    if _DAEMON_LOCAL.match(local) and env.mail_from == "":
+        return f"from {local.lower()} with null sender"
+    # Non-standard bounces (qmail, Exim, old Exchange...): let flufl.bounce look, but only
+    # at suspects, because its detectors are slow.
+    if env.mail_from == "" or _DAEMON_LOCAL.match(local) or _BOUNCE_SUBJECT.search(msg.subject):
+        failed = bounced_recipients(msg.raw)
+        if failed:
+            return f"bounce for {len(failed)} recipient(s) (flufl.bounce)"
     return None
+
+
+def bounced_recipients(raw: bytes) -> frozenset[str]:
+    """Recipients a bounce reports as failed (permanent or temporary), via flufl.bounce."""
+    import email
+
+    from flufl.bounce import all_failures
+
+    try:
+        temporary, permanent = all_failures(email.message_from_bytes(raw))
+    except Exception:  # a detector choking on a malformed message is no reason to fail
+        return frozenset()
+    return frozenset(
+        a.decode("utf-8", "replace") if isinstance(a, bytes) else str(a)
+        for a in temporary | permanent
+    )
+
+
+_MSGID = re.compile(r"<([^<>\s]+)>")
+
+
+def bounced_message_ids(raw: bytes) -> tuple[str, ...]:
+    """Message-IDs of the message a bounce returns (its message/rfc822 or
+    text/rfc822-headers part): Message-ID first, then In-Reply-To and References."""
+    import email
+    import email.message
+
+    ids: list[str] = []
+    try:
+        root = email.message_from_bytes(raw)
+        parts = list(root.walk())
+    except Exception:
+        return ()
+    for part in parts[:200]:
+        ctype = part.get_content_type()
+        headers: email.message.Message | None = None
+        if ctype in ("message/rfc822", "message/global"):
+            payload = part.get_payload()
+            if isinstance(payload, list) and payload:
+                headers = payload[0]
+        elif ctype in ("text/rfc822-headers", "message/global-headers"):
+            try:
+                body = part.get_payload(decode=True) or b""
+                headers = email.message_from_bytes(body.split(b"\n\n", 1)[0] + b"\n\n")
+            except Exception:
+                headers = None
+        if headers is None:
+            continue
+        for name in ("Message-ID", "In-Reply-To", "References"):
+            for value in headers.get_all(name, []) or []:
+                for mid in _MSGID.findall(str(value)):
+                    if mid not in ids:
+                        ids.append(mid)
+    return tuple(ids[:50])
 
 
 def _out_of_office(msg: ParsedMessage, env: Envelope, loop_header: str) -> str | None:
     if msg.has_header("x-autoreply") or msg.has_header("x-autorespond"):
         return "X-Autoreply/X-Autorespond header"
+    if msg.has_header("x-vacation") or "vacation" in msg.header("x-mailer").lower():
+        return "vacation program"
+    auto = msg.header("auto-submitted").strip().lower()
+    if auto.startswith("auto-replied") and "vacation" in auto:
+        return f"Auto-Submitted: {auto}"  # Zimbra: auto-replied (zimbra; vacation)
     suppress = msg.header("x-auto-response-suppress").lower()
-    if "oof" in suppress and _OOO_SUBJECT.search(msg.subject):
+    if suppress and _OOO_SUBJECT.search(msg.subject):
         return "Exchange OOF reply"
+    if auto.startswith("auto-replied") and msg.in_reply_to:
+        # RFC 3834: a reply made by a program to the message it names (Gmail vacation
+        # responder, other helpdesks' receipts). Threads, but never reopens.
+        return "Auto-Submitted: auto-replied to a message"
     if msg.header("auto-submitted").lower().startswith("auto-replied") and (
         _OOO_SUBJECT.search(msg.subject) or msg.has_header("x-ms-exchange-inbox-rules-loop")
     ):

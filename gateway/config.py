@@ -128,6 +128,8 @@ class AutoResponseConfig:
         r"auto-?reply|daemon|root|abuse)([+-].*)?$"
     )
     loop_header: str = "X-Ticketgate-Loop"
+    # From (and envelope sender) for queues without an address; "" = first queue address.
+    from_address: str = ""
 
 
 @dataclass(frozen=True)
@@ -375,6 +377,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(src, "intake.max_message_size", "must be at least 1024 bytes")
     if cfg.autoresponse.max_per_day < 0:
         raise ConfigError(src, "autoresponse.max_per_day", "must not be negative")
+    if cfg.autoresponse.from_address and not _ADDRESS.match(cfg.autoresponse.from_address):
+        raise ConfigError(src, "autoresponse.from_address", "is not an address")
     try:
         re.compile(cfg.autoresponse.noreply_pattern)
     except re.error as exc:

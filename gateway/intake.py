@@ -27,7 +27,7 @@ from ticketstore import numbers
 from ticketstore.models import Article, Attachment, Event, Queue, Ticket, utcnow
 
 from .addresses import QueueMap
-from .classify import BOUNCE, OUT_OF_OFFICE, Classification, classify
+from .classify import BOUNCE, OUT_OF_OFFICE, Classification, bounced_message_ids, classify
 from .config import Config
 from .envelope import Disposition, Envelope, Outcome
 from .parse import ParsedMessage, parse_message
@@ -155,6 +155,8 @@ class Intake:
         events: list[Event] = []
         if ticket is not None and ticket.state == "closed":
             closed_policy = self.config.queue(ticket.queue.name).follow_up_closed
+            if not self._reopens(p):
+                closed_policy = None  # bounces and vacation notices only attach
             if closed_policy == "new-ticket":
                 old = ticket
                 ticket = self._new_ticket(session, p, now)
@@ -256,6 +258,10 @@ class Intake:
         ticket = self._by_references(session, p)
         if ticket is not None:
             return ticket
+        if BOUNCE in p.classification.labels:
+            ticket = self._by_bounced_message(session, p)
+            if ticket is not None:
+                return ticket
         if p.route.thread_key:
             return session.execute(
                 select(Ticket)
@@ -273,6 +279,21 @@ class Intake:
             return None
         rows = session.execute(
             select(Article.message_id, Article.ticket_id).where(Article.message_id.in_(ids))
+        ).all()
+        by_id = {r.message_id: r.ticket_id for r in rows}
+        for mid in ids:
+            if mid in by_id:
+                return session.get(Ticket, by_id[mid])
+        return None
+
+    def _by_bounced_message(self, session: Session, p: Prepared) -> Ticket | None:
+        """A bounce of one of our outgoing mails: its returned copy names our Message-ID."""
+        ids = [i for i in bounced_message_ids(p.raw) if i != p.message_id]
+        if not ids:
+            return None
+        rows = session.execute(
+            select(Article.message_id, Article.ticket_id)
+            .where(Article.message_id.in_(ids), Article.direction == "out")
         ).all()
         by_id = {r.message_id: r.ticket_id for r in rows}
         for mid in ids:

@@ -1,0 +1,236 @@
+"""Plan auto-responses and agent notifications inside the intake's transaction.
+
+Nothing is sent here. For each answer we render the template, compose the message and
+write three rows beside the ticket: an `OutboxMessage` (delivered later by the worker or
+`ticketgate outbox send`), an outgoing `Article` carrying our Message-ID (so a reply that
+only has References still threads) and an `autoresponse-sent` event. When a check of
+`suppress.CHECKS` says no, an `autoresponse-suppressed` event records why instead.
+Because all of it commits with the ticket, a crash loses neither the ticket nor its answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from typing import TYPE_CHECKING, Any
+
+from gateway.addresses import split_plus
+from gateway.classify import BOUNCE, LOOP, bounced_message_ids, bounced_recipients
+from gateway.envelope import Outcome
+from gateway.subject import tag_subject
+from ticketstore.models import Article, Event, OutboxMessage
+
+from .compose import Outgoing, compose, new_message_id, to_bytes, valid_address
+from .suppress import Check, suppression
+from .templates import TemplateError, Templates
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from gateway.config import Config, QueueConfig
+
+    from .responder import StoredMessage
+
+log = logging.getLogger("ticketgate.autoresponse")
+
+# template event -> (outbox kind, outgoing article kind)
+KINDS = {
+    "new-ticket": ("auto-reply", "auto-reply"),
+    "follow-up": ("follow-up", "auto-reply"),
+    "reject": ("reject", "reject"),
+    "new-ticket-rejected": ("new-ticket-rejected", "reject"),
+    "agent-notification": ("agent-notification", "notification"),
+}
+EXCERPT_LINES = 15
+
+
+def excerpt(text: str, lines: int = EXCERPT_LINES) -> str:
+    """The customer's text quoted with "> ", first lines only."""
+    kept = [ln.rstrip() for ln in text.strip().splitlines()[:lines]]
+    more = len(text.strip().splitlines()) > lines
+    quoted = "\n".join(f"> {ln}" if ln else ">" for ln in kept)
+    return quoted + ("\n> [...]" if more else "")
+
+
+class AutoResponder:
+    """The configured responder; stateless between messages (safe across threads)."""
+
+    def __init__(self, config: Config, templates: Templates | None = None) -> None:
+        self.config = config
+        tcfg = config.templates
+        self.templates = templates or Templates(
+            config.path(tcfg.dir), tcfg.language, tcfg.overrides
+        )
+        ours = {a.lower() for q in config.queues for a in q.addresses}
+        if config.autoresponse.from_address:
+            ours.add(config.autoresponse.from_address.lower())
+        self.system_addresses = frozenset(ours)
+        self.noreply = re.compile(config.autoresponse.noreply_pattern, re.IGNORECASE)
+
+    # -- the seam -------------------------------------------------------------------------
+
+    def after_store(self, session: Session, stored: StoredMessage) -> None:
+        if BOUNCE in stored.classification.labels:
+            self._record_bounce(session, stored)
+        qcfg = self.config.queue(stored.ticket.queue.name)
+        event = self._customer_event(stored, qcfg)
+        if event is not None:
+            self._answer_customer(session, stored, qcfg, event)
+        if qcfg.notify and stored.outcome in (Outcome.CREATED, Outcome.FOLLOW_UP,
+                                               Outcome.REJECTED):
+            self._notify_agents(session, stored, qcfg)
+
+    def _customer_event(self, stored: StoredMessage, qcfg: QueueConfig) -> str | None:
+        if not self.config.autoresponse.enabled:
+            return None
+        if stored.outcome is Outcome.CREATED:
+            return "new-ticket-rejected" if stored.queue_refused_new else "new-ticket"
+        if stored.outcome is Outcome.REJECTED:
+            return "reject"
+        if stored.outcome is Outcome.FOLLOW_UP and qcfg.follow_up_ack:
+            return "follow-up"
+        return None
+
+    # -- customers ------------------------------------------------------------------------
+
+    def recipient(self, stored: StoredMessage) -> str:
+        """Reply-To when it is a usable address that is not ours, else From."""
+        for addr in stored.msg.reply_to:
+            if valid_address(addr) and not self._is_ours(addr):
+                return addr.lower()
+        return stored.msg.from_address.lower()
+
+    def _is_ours(self, addr: str) -> bool:
+        return addr.lower() in self.system_addresses or \
+            split_plus(addr)[0] in self.system_addresses
+
+    def _answer_customer(self, session: Session, stored: StoredMessage, qcfg: QueueConfig,
+                         event: str) -> None:
+        rcpt = self.recipient(stored)
+        verdict = suppression(Check(session, stored, self.config, rcpt,
+                                    self.system_addresses, self.noreply))
+        if verdict is None and not self.from_address(qcfg):
+            verdict = ("no-from-address", "no queue address and no autoresponse.from_address")
+        if verdict is not None:
+            self._suppressed(session, stored, event, *verdict)
+            return
+        self._plan(session, stored, qcfg, event, rcpt, stored.msg.from_name
+                   if rcpt == stored.msg.from_address.lower() else "")
+
+    def _suppressed(self, session: Session, stored: StoredMessage, event: str, check: str,
+                    reason: str) -> None:
+        log.debug("no %s for ticket %s: %s", event, stored.ticket.number, reason)
+        session.add(Event(ticket_id=stored.ticket.id, article_id=stored.article.id,
+                          kind="autoresponse-suppressed", created_at=stored.now,
+                          detail={"event": event, "check": check, "reason": reason}))
+
+    # -- agents ---------------------------------------------------------------------------
+
+    def _notify_agents(self, session: Session, stored: StoredMessage, qcfg: QueueConfig) -> None:
+        """Agents hear about new tickets and follow-ups, except our own mail coming back."""
+        sender = stored.msg.from_address
+        if LOOP in stored.classification.labels or (sender and self._is_ours(sender)):
+            self._suppressed(session, stored, "agent-notification", "loop",
+                             "our own mail came back")
+            return
+        if not self.from_address(qcfg):
+            return
+        for addr in qcfg.notify:
+            self._plan(session, stored, qcfg, "agent-notification", addr.lower(), "")
+
+    # -- writing --------------------------------------------------------------------------
+
+    def from_address(self, qcfg: QueueConfig) -> str:
+        """The queue's first address, else [autoresponse] from_address, else any queue's."""
+        if qcfg.addresses:
+            return qcfg.addresses[0]
+        if self.config.autoresponse.from_address:
+            return self.config.autoresponse.from_address
+        for q in self.config.queues:
+            if q.addresses:
+                return q.addresses[0]
+        return ""
+
+    def context(self, stored: StoredMessage, qcfg: QueueConfig, event: str) -> dict[str, Any]:
+        t, m = stored.ticket, stored.msg
+        return {
+            "event": event,
+            "language": self.templates.language,
+            "company_name": self.config.autoresponse.company_name,
+            "ticket": {"number": t.number, "title": t.title, "queue": t.queue.name,
+                       "state": t.state, "priority": t.priority},
+            "customer": {"name": t.customer_name or "", "address": t.customer_address,
+                         "domain": t.customer_domain, "id": t.customer_id or ""},
+            "article": {"subject": m.subject, "text": m.text, "excerpt": excerpt(m.text),
+                        "from": m.from_address},
+            "queue": {"name": t.queue.name, "address": self.from_address(qcfg)},
+        }
+
+    def _plan(self, session: Session, stored: StoredMessage, qcfg: QueueConfig, event: str,
+              rcpt: str, rcpt_name: str) -> None:
+        t, m = stored.ticket, stored.msg
+        tset = self.templates.choose_set(qcfg.templates, t.customer_id or "", t.customer_domain)
+        try:
+            rendered = self.templates.render(tset, event, self.context(stored, qcfg, event))
+        except TemplateError as exc:
+            # A broken template must not make the MTA retry the customer's mail forever.
+            log.error("template error for %s: %s", event, exc)
+            self._suppressed(session, stored, event, "template-error", str(exc))
+            return
+        sender = self.from_address(qcfg)
+        tcfg = self.config.tickets
+        message_id = new_message_id(sender.rpartition("@")[2])
+        real_id = m.message_id  # "" when the customer's message had none
+        out = Outgoing(
+            from_name=self.config.autoresponse.company_name,
+            from_address=sender,
+            to_name=rcpt_name,
+            to_address=rcpt,
+            subject=tag_subject(m.subject or t.title, tcfg.hook, t.number, tcfg.subject_tag),
+            text=rendered.text,
+            html=rendered.html,
+            message_id=message_id,
+            in_reply_to=real_id,
+            references=m.references,
+            auto_submitted="auto-generated" if event == "agent-notification" else "auto-replied",
+            loop_header=self.config.autoresponse.loop_header,
+            loop_value=sender,
+            date=stored.now,
+        )
+        try:
+            data = to_bytes(compose(out))
+        except ValueError as exc:
+            self._suppressed(session, stored, event, "compose-error", str(exc))
+            return
+        outbox_kind, article_kind = KINDS[event]
+        article = Article(
+            ticket=t, direction="out", kind=article_kind, message_id=message_id,
+            content_hash=hashlib.sha256(data).hexdigest(),
+            in_reply_to=f"<{real_id}>" if real_id else "",
+            references=" ".join(f"<{r}>" for r in (*m.references, real_id) if r),
+            from_address=sender, from_name=self.config.autoresponse.company_name,
+            to=rcpt, subject=out.subject, body_text=rendered.text, body_html=rendered.html or "",
+            raw=data, size=len(data), envelope_sender=sender, envelope_recipients=[rcpt],
+            classification=[], created_at=stored.now,
+        )
+        session.add(article)
+        session.flush()
+        session.add(OutboxMessage(
+            ticket_id=t.id, article_id=article.id, kind=outbox_kind, mail_from=sender,
+            rcpt_to=rcpt, message_id=message_id, message=data, state="pending", attempts=0,
+            next_attempt_at=stored.now, created_at=stored.now,
+        ))
+        session.add(Event(ticket_id=t.id, article_id=article.id, kind="autoresponse-sent",
+                          created_at=stored.now,
+                          detail={"event": event, "template": rendered.template, "to": rcpt,
+                                  "message_id": message_id}))
+
+    def _record_bounce(self, session: Session, stored: StoredMessage) -> None:
+        session.add(Event(
+            ticket_id=stored.ticket.id, article_id=stored.article.id, kind="bounce",
+            created_at=stored.now,
+            detail={"failed_recipients": sorted(bounced_recipients(stored.msg.raw))[:50],
+                    "returned_message_ids": list(bounced_message_ids(stored.msg.raw))[:10],
+                    "new_ticket": stored.outcome is Outcome.CREATED},
+        ))

@@ -1,0 +1,305 @@
+"""Deliver the outbox to the smarthost: claim, send, mark; retry with backoff.
+
+Exactly once in normal operation: a row is *claimed* (pending -> sending, attempts + 1,
+a lease until `next_attempt_at`) in its own committed transaction with a conditional
+UPDATE, so two workers (the daemon and a `ticketgate outbox send` from a timer) can never
+both own it. Only the owner sends, then marks it sent. If the process dies between the
+smarthost's 250 and that mark, the row stays "sending" until its lease runs out and is
+sent again then: the one duplicate we accept instead of losing mail.
+
+4xx replies and connection errors put the row back to pending with exponential backoff
+(`retry_base` * 2^(attempts-1), at most `retry_max`) until `max_attempts`; a 5xx reply
+fails it at once with the reply kept in `last_error` and an `outbox-failed` event.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import smtplib
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from gateway.config import Config, OutboundConfig
+from ticketstore.models import Event, OutboxMessage, utcnow
+
+from .dkim_sign import DkimError, DkimSigner
+
+log = logging.getLogger("ticketgate.outbox")
+
+BATCH = 50
+
+
+class PermanentFailure(Exception):
+    """The smarthost refused for good (5xx): do not retry."""
+
+
+class TemporaryFailure(Exception):
+    """4xx or no connection: try again later."""
+
+
+class Sender(Protocol):
+    """One SMTP session; `send` raises PermanentFailure or TemporaryFailure."""
+
+    def send(self, mail_from: str, rcpt_to: str, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def split_hostport(value: str, default_port: int = 25) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        return value, default_port
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+def read_password(path: str, config: Config) -> str:
+    if not path:
+        return ""
+    try:
+        return config.path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise TemporaryFailure(f"cannot read password_file: {exc.strerror}") from None
+
+
+def _smtp_error(code: int, reply: bytes | str, what: str) -> Exception:
+    text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+    message = f"{what}: {code} {text}".strip()
+    return PermanentFailure(message) if 500 <= code < 600 else TemporaryFailure(message)
+
+
+class SmtpSender:
+    """A connection to the smarthost, opened lazily and reused for a batch."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.out: OutboundConfig = config.outbound
+        self._smtp: smtplib.SMTP | None = None
+
+    def _connect(self) -> smtplib.SMTP:
+        host, port = split_hostport(self.out.smarthost)
+        helo = self.out.helo or socket.getfqdn()
+        try:
+            smtp = smtplib.SMTP(host, port, local_hostname=helo, timeout=self.out.timeout)
+            smtp.ehlo()
+            if self.out.starttls:
+                smtp.starttls(context=ssl.create_default_context())
+                smtp.ehlo()
+            if self.out.username:
+                smtp.login(self.out.username, read_password(self.out.password_file, self.config))
+        except smtplib.SMTPAuthenticationError as exc:
+            # Wrong credentials are an admin's mistake to fix, not a reason to drop mail.
+            raise TemporaryFailure(f"AUTH refused: {exc.smtp_code}") from None
+        except smtplib.SMTPResponseException as exc:
+            raise TemporaryFailure(f"smarthost: {exc.smtp_code} "
+                                   f"{exc.smtp_error.decode('utf-8', 'replace')}") from None
+        except (OSError, smtplib.SMTPException) as exc:
+            raise TemporaryFailure(f"cannot connect to {self.out.smarthost}: "
+                                   f"{type(exc).__name__}: {exc}") from None
+        return smtp
+
+    def send(self, mail_from: str, rcpt_to: str, data: bytes) -> None:
+        if self._smtp is None:
+            self._smtp = self._connect()
+        try:
+            refused = self._smtp.sendmail(mail_from, [rcpt_to], data)
+        except smtplib.SMTPRecipientsRefused as exc:
+            code, reply = exc.recipients.get(rcpt_to, (451, b"refused"))
+            self._reset()
+            raise _smtp_error(code, reply, "RCPT") from None
+        except smtplib.SMTPSenderRefused as exc:
+            self._reset()
+            raise _smtp_error(exc.smtp_code, exc.smtp_error, "MAIL FROM") from None
+        except smtplib.SMTPDataError as exc:
+            self._reset()
+            raise _smtp_error(exc.smtp_code, exc.smtp_error, "DATA") from None
+        except (OSError, smtplib.SMTPException) as exc:
+            self.close()
+            raise TemporaryFailure(f"{type(exc).__name__}: {exc}") from None
+        if refused:
+            code, reply = refused.get(rcpt_to, (451, b"refused"))
+            raise _smtp_error(code, reply, "RCPT")
+
+    def _reset(self) -> None:
+        try:
+            if self._smtp is not None:
+                self._smtp.rset()
+        except (OSError, smtplib.SMTPException):
+            self.close()
+
+    def close(self) -> None:
+        if self._smtp is not None:
+            try:
+                self._smtp.quit()
+            except (OSError, smtplib.SMTPException):
+                self._smtp.close()
+            self._smtp = None
+
+
+@dataclass
+class Result:
+    sent: int = 0
+    retried: int = 0
+    failed: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def __add__(self, other: Result) -> Result:
+        return Result(self.sent + other.sent, self.retried + other.retried,
+                      self.failed + other.failed, self.errors + other.errors)
+
+
+def backoff(attempts: int, base: float, cap: float) -> float:
+    """Seconds to wait after the `attempts`-th failed attempt."""
+    return float(min(cap, base * (2 ** max(0, attempts - 1))))
+
+
+class Outbox:
+    """Delivery of due outbox rows; shared by the daemon's worker and the CLI."""
+
+    def __init__(self, config: Config, factory: sessionmaker[Session],
+                 sender_factory: Callable[[], Sender] | None = None,
+                 clock: Callable[[], dt.datetime] = utcnow) -> None:
+        self.config = config
+        self.factory = factory
+        self.sender_factory: Callable[[], Sender] = sender_factory or (
+            lambda: SmtpSender(config))
+        self.clock = clock
+        # A claim older than this is presumed dead (its process crashed mid-send).
+        self.lease = dt.timedelta(seconds=max(60.0, 4 * config.outbound.timeout))
+        self._signer: DkimSigner | None = None
+
+    # -- claiming -------------------------------------------------------------------------
+
+    def claim(self, limit: int = BATCH) -> list[OutboxMessage]:
+        """Take up to `limit` due rows (pending, or sending with an expired lease)."""
+        now = self.clock()
+        with self.factory() as session, session.begin():
+            candidates = session.execute(
+                select(OutboxMessage.id, OutboxMessage.state, OutboxMessage.attempts)
+                .where(or_(OutboxMessage.state == "pending", OutboxMessage.state == "sending"),
+                       OutboxMessage.next_attempt_at <= now)
+                .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id)
+                .limit(limit)
+            ).all()
+            claimed: list[int] = []
+            for row in candidates:
+                res = session.execute(
+                    update(OutboxMessage)
+                    .where(OutboxMessage.id == row.id, OutboxMessage.state == row.state,
+                           OutboxMessage.attempts == row.attempts)
+                    .values(state="sending", attempts=row.attempts + 1,
+                            next_attempt_at=now + self.lease)
+                )
+                if res.rowcount == 1:  # type: ignore[attr-defined]
+                    claimed.append(row.id)
+            if not claimed:
+                return []
+            rows = session.execute(
+                select(OutboxMessage).where(OutboxMessage.id.in_(claimed))
+                .order_by(OutboxMessage.id)
+            ).scalars().all()
+            return list(rows)
+
+    # -- delivering -----------------------------------------------------------------------
+
+    def deliver_due(self, limit: int = BATCH) -> Result:
+        """Claim and send one batch over one SMTP session."""
+        rows = self.claim(limit)
+        if not rows:
+            return Result()
+        result = Result()
+        sender = self.sender_factory()
+        try:
+            for row in rows:
+                result += self._deliver_one(sender, row)
+        finally:
+            sender.close()
+        return result
+
+    def run_until_idle(self, max_batches: int = 1000) -> Result:
+        """Deliver batches until nothing is due (`ticketgate outbox send`)."""
+        total = Result()
+        for _ in range(max_batches):
+            res = self.deliver_due()
+            total += res
+            if res.sent + res.retried + res.failed == 0 or (res.retried and not res.sent):
+                break
+        return total
+
+    def _deliver_one(self, sender: Sender, row: OutboxMessage) -> Result:
+        try:
+            data = self._sign(row.message)
+            sender.send(row.mail_from, row.rcpt_to, data)
+        except PermanentFailure as exc:
+            self._fail(row, str(exc))
+            return Result(failed=1, errors=[f"outbox #{row.id}: {exc}"])
+        except (TemporaryFailure, DkimError) as exc:
+            if row.attempts >= self.config.outbound.max_attempts:
+                self._fail(row, f"gave up after {row.attempts} attempts: {exc}")
+                return Result(failed=1, errors=[f"outbox #{row.id}: {exc}"])
+            self._retry(row, str(exc))
+            return Result(retried=1, errors=[f"outbox #{row.id}: {exc}"])
+        self._mark(row.id, state="sent", sent_at=self.clock(), last_error="")
+        log.debug("outbox #%s sent to %s", row.id, row.rcpt_to)
+        return Result(sent=1)
+
+    def _sign(self, message: bytes) -> bytes:
+        d = self.config.outbound.dkim
+        if not d.domain:
+            return message
+        if self._signer is None:
+            self._signer = DkimSigner.from_file(d.domain, d.selector, self.config.path(d.key_file))
+        return self._signer.sign(message)
+
+    def _mark(self, row_id: int, **values: object) -> None:
+        with self.factory() as session, session.begin():
+            session.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.id == row_id, OutboxMessage.state == "sending")
+                .values(**values)
+            )
+
+    def _retry(self, row: OutboxMessage, error: str) -> None:
+        o = self.config.outbound
+        delay = backoff(row.attempts, o.retry_base, o.retry_max)
+        self._mark(row.id, state="pending", last_error=error[:2000],
+                   next_attempt_at=self.clock() + dt.timedelta(seconds=delay))
+        log.info("outbox #%s: temporary failure, retry in %.0fs", row.id, delay)
+        log.debug("outbox #%s: %s", row.id, error)
+
+    def _fail(self, row: OutboxMessage, error: str) -> None:
+        now = self.clock()
+        with self.factory() as session, session.begin():
+            session.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.id == row.id, OutboxMessage.state == "sending")
+                .values(state="failed", last_error=error[:2000])
+            )
+            session.add(Event(ticket_id=row.ticket_id, article_id=row.article_id,
+                              kind="outbox-failed", created_at=now,
+                              detail={"outbox_id": row.id, "kind": row.kind,
+                                      "error": error[:500]}))
+        log.warning("outbox #%s failed (see `ticketgate outbox list`)", row.id)
+        log.debug("outbox #%s: %s", row.id, error)
+
+    # -- admin ----------------------------------------------------------------------------
+
+    def retry(self, row_id: int) -> bool:
+        """Put a failed (or pending) entry back in line now. False: no such entry/state."""
+        with self.factory() as session, session.begin():
+            res = session.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.id == row_id,
+                       OutboxMessage.state.in_(("failed", "pending")))
+                .values(state="pending", attempts=0, next_attempt_at=self.clock())
+            )
+            return bool(res.rowcount)  # type: ignore[attr-defined]
+

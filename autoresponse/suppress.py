@@ -1,0 +1,138 @@
+"""When not to answer: the one table of suppression checks, each with its reason.
+
+An auto-responder that answers a robot, a list or another auto-responder floods people.
+Each check looks at the stored message (and, for the daily limit, the outbox table) and
+returns a reason or None; the first reason wins and is recorded in an
+`autoresponse-suppressed` event. The order below is the order they are evaluated in.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sqlalchemy import func, select
+
+from gateway import classify as c
+from gateway.addresses import split_plus
+from ticketstore.models import OutboxMessage
+
+from .compose import valid_address
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from gateway.config import Config
+
+    from .responder import StoredMessage
+
+# Outbox kinds that count towards the per-address daily limit (agent mail does not).
+CUSTOMER_KINDS = ("auto-reply", "follow-up", "reject", "new-ticket-rejected")
+
+
+@dataclass(frozen=True)
+class Check:
+    session: Session
+    stored: StoredMessage
+    config: Config
+    recipient: str  # where the answer would go ("" when there is no usable address)
+    system_addresses: frozenset[str]
+    noreply: re.Pattern[str]
+
+
+def _label(label: str) -> Callable[[Check], str | None]:
+    def check(ctx: Check) -> str | None:
+        if label not in ctx.stored.classification.labels:
+            return None
+        for reason in ctx.stored.classification.reasons:
+            if reason.startswith(f"{label}: "):
+                return reason
+        return label
+
+    check.__name__ = f"label_{label}"
+    return check
+
+
+def _envelope_null(ctx: Check) -> str | None:
+    return "empty envelope sender <>" if ctx.stored.envelope.mail_from == "" else None
+
+
+def _noreply_sender(ctx: Check) -> str | None:
+    for addr in (ctx.stored.msg.from_address, ctx.stored.envelope.mail_from or "",
+                 ctx.recipient):
+        local = addr.rpartition("@")[0] or addr
+        if local and ctx.noreply.match(local):
+            return f"robot sender {addr!r} (autoresponse.noreply_pattern)"
+    return None
+
+
+def _system_address(ctx: Check) -> str | None:
+    for addr in (ctx.stored.msg.from_address, ctx.stored.envelope.mail_from or "",
+                 ctx.recipient):
+        if addr and (addr.lower() in ctx.system_addresses
+                     or split_plus(addr)[0] in ctx.system_addresses):
+            return f"sender {addr} is one of our own addresses"
+    return None
+
+
+def _queue_off(ctx: Check) -> str | None:
+    queue = ctx.stored.ticket.queue.name
+    if not ctx.config.queue(queue).auto_response:
+        return f"queue {queue} has auto_response = false"
+    return None
+
+
+def _rule(ctx: Check) -> str | None:
+    if ctx.stored.route.no_auto_response:
+        return f"rule no_auto_response ({', '.join(ctx.stored.route.matched) or 'a rule'})"
+    return None
+
+
+def _no_recipient(ctx: Check) -> str | None:
+    return None if valid_address(ctx.recipient) else "no valid address to answer to"
+
+
+def _daily_limit(ctx: Check) -> str | None:
+    limit = ctx.config.autoresponse.max_per_day
+    since = ctx.stored.now - dt.timedelta(hours=24)
+    sent = ctx.session.execute(
+        select(func.count(OutboxMessage.id)).where(
+            OutboxMessage.rcpt_to == ctx.recipient,
+            OutboxMessage.created_at >= since,
+            OutboxMessage.kind.in_(CUSTOMER_KINDS),
+        )
+    ).scalar_one()
+    if sent >= limit:
+        return f"{sent} auto-responses to {ctx.recipient} in 24 h (max_per_day = {limit})"
+    return None
+
+
+# name -> check, evaluated in this order; the name is stored with the reason.
+CHECKS: tuple[tuple[str, Callable[[Check], str | None]], ...] = (
+    ("auto-submitted", _label(c.AUTO_SUBMITTED)),
+    ("precedence", _label(c.BULK)),
+    ("list", _label(c.LIST)),
+    ("loop", _label(c.LOOP)),
+    ("suppress-requested", _label(c.SUPPRESS_REQUESTED)),
+    ("null-sender", _envelope_null),
+    ("bounce", _label(c.BOUNCE)),
+    ("out-of-office", _label(c.OUT_OF_OFFICE)),
+    ("noreply-sender", _noreply_sender),
+    ("system-address", _system_address),
+    ("queue-off", _queue_off),
+    ("rule", _rule),
+    ("no-recipient", _no_recipient),
+    ("daily-limit", _daily_limit),
+)
+
+
+def suppression(ctx: Check) -> tuple[str, str] | None:
+    """(check name, reason) of the first check that says no, or None: answer."""
+    for name, check in CHECKS:
+        reason = check(ctx)
+        if reason:
+            return name, reason
+    return None

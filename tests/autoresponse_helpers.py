@@ -1,0 +1,128 @@
+"""A real aiosmtpd smarthost for the auto-response and outbox tests, and mail builders.
+
+aiosmtpd's Controller cannot bind port 0 (it probes the configured port), so the sink
+runs `loop.create_server` on 127.0.0.1:0 in its own thread and reports the port it got.
+It can be stopped and started again on the same port ("smarthost down for a while"),
+and told to answer 4xx or 5xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass, field
+from email import message_from_bytes
+from email.message import Message
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+
+    @property
+    def message(self) -> Message:
+        return message_from_bytes(self.data)
+
+
+@dataclass
+class _Handler:
+    received: list[Received] = field(default_factory=list)
+    reply: str = "250 OK"  # what DATA answers; "451 ..." or "550 ..." to refuse
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.reply.startswith("250"):
+            self.received.append(Received(envelope.mail_from or "", list(envelope.rcpt_tos),
+                                          bytes(envelope.original_content or b"")))
+        return self.reply
+
+
+class SmtpSink:
+    """`with SmtpSink() as sink:` -> sink.port, sink.received, sink.stop()/start()."""
+
+    def __init__(self, credentials: tuple[str, str] | None = None) -> None:
+        self.handler = _Handler()
+        self.credentials = credentials
+        self.port = 0
+        self.auth_seen: list[str] = []
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server: asyncio.base_events.Server | None = None
+
+    @property
+    def received(self) -> list[Received]:
+        return self.handler.received
+
+    def set_reply(self, reply: str) -> None:
+        self.handler.reply = reply
+
+    def _authenticate(self, server: SMTP, session: Session, envelope: Envelope,
+                      mechanism: str, auth_data: Any) -> AuthResult:
+        assert isinstance(auth_data, LoginPassword)
+        user, password = auth_data.login.decode(), auth_data.password.decode()
+        self.auth_seen.append(user)
+        return AuthResult(success=(user, password) == self.credentials)
+
+    def _factory(self) -> SMTP:
+        if self.credentials:
+            return SMTP(self.handler, hostname="sink.test", authenticator=self._authenticate,
+                        auth_require_tls=False, auth_required=True)
+        return SMTP(self.handler, hostname="sink.test")
+
+    def start(self) -> None:
+        if not self._thread.is_alive():
+            self._thread.start()
+
+        async def create() -> asyncio.base_events.Server:
+            return await self._loop.create_server(self._factory, "127.0.0.1", self.port,
+                                                  reuse_address=True)
+
+        self._server = asyncio.run_coroutine_threadsafe(create(), self._loop).result(10)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def stop(self) -> None:
+        """Close the listener: connections are refused until `start` again."""
+        if self._server is None:
+            return
+        server = self._server
+        self._server = None
+
+        async def close() -> None:
+            server.close()
+            await server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
+
+    def __enter__(self) -> SmtpSink:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    @property
+    def smarthost(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def build_mail(
+    subject: str = "Printer on fire",
+    sender: str = "Ana Customer <ana@customer.example>",
+    to: str = "support@helpdesk.example",
+    message_id: str = "m1@customer.example",
+    headers: dict[str, str] | None = None,
+    body: str = "Hello,\nthe printer is on fire.\n",
+) -> bytes:
+    lines = [f"From: {sender}", f"To: {to}", f"Subject: {subject}",
+             f"Message-ID: <{message_id}>", "Date: Sun, 22 Nov 2026 10:00:00 +0000",
+             "MIME-Version: 1.0", "Content-Type: text/plain; charset=utf-8"]
+    for name, value in (headers or {}).items():
+        lines.append(f"{name}: {value}")
+    return ("\r\n".join(lines) + "\r\n\r\n" + body.replace("\n", "\r\n")).encode("utf-8")
