@@ -1,0 +1,301 @@
+"""The evaluator is pure: message in, route and reasons out; no server, no database."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from rules.conditions import BUILDERS
+from rules.evaluate import MATCHED, NOT_MATCHED, SKIPPED
+from tests.rules_helpers import decide, message, ruleset
+
+# condition key -> (value, a message it holds for, a message it does not hold for,
+#                   envelope sender, envelope recipients). Every condition is listed:
+# test_every_condition_has_a_working_negated_form fails when a new one is not.
+PDF = (("report.pdf", "application/pdf", b"%PDF-1.4"),)
+CASES: dict[str, tuple[Any, dict[str, Any], dict[str, Any]]] = {
+    "from": ("*@customer.example", {}, {"sender": "x@other.example"}),
+    "from_domain": ("customer.example", {}, {"sender": "x@sub.customer.example"}),
+    "envelope_from": ("bounce+*@customer.example",
+                      {"_env": "bounce+123@customer.example"}, {"_env": "x@customer.example"}),
+    "recipient": ("billing@helpdesk.example",
+                  {"_rcpt": ("billing@helpdesk.example",)},
+                  {"_rcpt": ("support@helpdesk.example",)}),
+    "to": ("sales@*", {"to": "Sales <sales@helpdesk.example>"}, {}),
+    "cc": ("boss@customer.example", {"headers": {"Cc": "boss@customer.example"}}, {}),
+    "classification": ("out-of-office",
+                       {"subject": "Out of office", "headers": {"Auto-Submitted": "auto-replied"}},
+                       {}),
+    "dkim": ("pass", {"headers": {"Authentication-Results": "mx.helpdesk.example; dkim=pass"}},
+             {"headers": {"Authentication-Results": "mx.helpdesk.example; dkim=fail"}}),
+    "size_over": (5000, {"body": "x" * 6000}, {}),
+    "size_under": (5000, {}, {"body": "x" * 6000}),
+    "header_exists": ("X-Mailer", {"headers": {"X-Mailer": "mutt"}}, {}),
+    "header_contains": ({"X-Priority": "1"}, {"headers": {"X-Priority": "1 (Highest)"}},
+                        {"headers": {"X-Priority": "3"}}),
+    "header_matches": ({"X-Ticket": r"^T-\d+$"}, {"headers": {"X-Ticket": "T-42"}},
+                       {"headers": {"X-Ticket": "T-x"}}),
+    "attachment_name": ("*.pdf", {"attachments": PDF}, {}),
+    "attachment_type": ("application/*", {"attachments": PDF}, {}),
+    "subject_contains": ("urgent", {"subject": "URGENT: down"}, {}),
+    "subject_matches": (r"order \d{5}", {"subject": "Order 12345"}, {"subject": "Order 12"}),
+    "body_contains": ("refund", {"body": "I want a Refund."}, {}),
+    "body_matches": (r"^case:\s*\d+", {"body": "hello\ncase: 7\n"}, {"body": "no case: 7"}),
+}
+
+
+def _build(spec: dict[str, Any]) -> tuple[bytes, str | None, tuple[str, ...]]:
+    spec = dict(spec)
+    env = spec.pop("_env", None)
+    rcpt = spec.pop("_rcpt", ())
+    return message(**spec), env, rcpt
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f'"{k}" = {_toml_value(x)}' for k, x in v.items()) + " }"
+    if isinstance(v, str):
+        return "'" + v + "'"
+    return str(v)
+
+
+def test_every_condition_is_covered_by_the_table() -> None:
+    assert set(CASES) == set(BUILDERS)
+
+
+@pytest.mark.parametrize("key", sorted(CASES))
+def test_every_condition_has_a_working_negated_form(key: str) -> None:
+    value, yes, no = CASES[key]
+    plain = ruleset(f"[[rule]]\nname = 'r'\n{key} = {_toml_value(value)}\ntags = ['hit']\n")
+    negated = ruleset(f"[[rule]]\nname = 'r'\nnot_{key} = {_toml_value(value)}\ntags = ['hit']\n")
+    for spec, expected in ((yes, True), (no, False)):
+        raw, env, rcpt = _build(spec)
+        assert (decide(plain, raw, env, rcpt).route.matched == ("r",)) is expected, (key, spec)
+        assert (decide(negated, raw, env, rcpt).route.matched == ("r",)) is not expected
+
+
+def test_sender_domain_exact_or_with_subdomains() -> None:
+    rs = ruleset("""
+[[rule]]
+name = "exact"
+from_domain = "acme.example"
+tags = ["exact"]
+
+[[rule]]
+name = "tree"
+from_domain = "*.acme.example"
+tags = ["tree"]
+""")
+    def tags(sender: str) -> tuple[str, ...]:
+        return decide(rs, message(sender=sender)).route.tags
+
+    assert tags("a@acme.example") == ("exact", "tree")
+    assert tags("a@eu.ACME.example") == ("tree",)
+    assert tags("a@notacme.example") == ()
+    assert tags("a@acme.example.evil") == ()
+
+
+def test_conditions_see_decoded_subject_and_body() -> None:
+    raw = (b"From: a@customer.example\r\nTo: support@helpdesk.example\r\n"
+           b"Subject: =?utf-8?q?Rechnung_f=C3=BCr_M=C3=A4rz?=\r\n"
+           b"Content-Type: text/plain; charset=iso-8859-1\r\n"
+           b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+           b"Gr=FC=DFe aus K=F6ln\r\n")
+    rs = ruleset("""
+[[rule]]
+name = "subject"
+subject_contains = "rechnung für märz"
+queue = "Billing"
+
+[[rule]]
+name = "body"
+body_matches = 'grüße aus köln'
+tags = ["koeln"]
+""")
+    d = decide(rs, raw)
+    assert d.route.queue == "Billing"
+    assert d.route.tags == ("koeln",)
+
+
+def test_all_conditions_of_a_rule_must_hold_and_the_deciding_one_is_named() -> None:
+    rs = ruleset("""
+[[rule]]
+name = "billing from acme"
+from_domain = "acme.example"
+subject_contains = ["invoice", "factura"]
+queue = "Billing"
+""")
+    hit = decide(rs, message(subject="Factura 7", sender="x@acme.example"))
+    assert hit.route.queue == "Billing"
+    assert hit.trace[0].status == MATCHED
+    assert "from_domain" in hit.trace[0].reason and "'factura'" in hit.trace[0].reason
+    miss = decide(rs, message(subject="Hello", sender="x@acme.example"))
+    assert miss.route.queue is None and miss.route.matched == ()
+    assert miss.trace[0].status == NOT_MATCHED
+    assert miss.trace[0].reason.startswith("subject_contains:")
+    other = decide(rs, message(subject="invoice", sender="x@else.example"))
+    assert other.trace[0].reason.startswith("from_domain:")
+    assert "else.example" in other.trace[0].reason
+
+
+def test_first_rule_wins_unless_override_and_tags_add_up() -> None:
+    rs = ruleset("""
+[[rule]]
+name = "one"
+queue = "Billing"
+priority = 2
+tags = ["a"]
+
+[[rule]]
+name = "two"
+queue = "Sales"
+priority = 4
+tags = ["b", "a"]
+
+[[rule]]
+name = "three"
+override = true
+priority = 1
+""")
+    d = decide(rs, message())
+    assert d.route.queue == "Billing"
+    assert d.route.priority == 1
+    assert d.route.tags == ("a", "b")
+    assert d.route.matched == ("one", "two", "three")
+    two = d.trace[1]
+    assert set(two.overruled) == {"queue", "priority"} and two.applied == ("tags",)
+
+
+def test_stop_ends_evaluation_and_later_rules_are_reported_skipped() -> None:
+    rs = ruleset("""
+[[rule]]
+name = "spam"
+header_contains = { "X-Spam-Flag" = "YES" }
+ignore = true
+stop = true
+
+[[rule]]
+name = "everything"
+queue = "Support"
+""")
+    spam = decide(rs, message(headers={"X-Spam-Flag": "YES"}))
+    assert spam.route.ignore and spam.route.queue is None
+    assert spam.route.matched == ("spam",)
+    assert [t.status for t in spam.trace] == [MATCHED, SKIPPED]
+    assert "'spam' has stop = true" in spam.trace[1].reason
+    ham = decide(rs, message(headers={"X-Spam-Flag": "NO"}))
+    assert not ham.route.ignore and ham.route.queue == "Support"
+
+
+ALERT_RE = (r"^\*\* (?P<kind>PROBLEM|RECOVERY) (?:Service|Host) Alert: "
+            r"(?P<host>[^/\s]+)(?:/(?P<service>.+?))? is (?P<status>\w+) \*\*")
+NAGIOS = f"""
+[[rule]]
+name = "alert"
+subject_matches = '{ALERT_RE}'
+thread_key = "nagios:{{host}}/{{service}}"
+customer = "{{from_domain}}"
+no_auto_response = true
+"""
+
+
+def test_thread_key_from_regex_captures() -> None:
+    rs = ruleset(NAGIOS)
+    a = decide(rs, message(subject="** PROBLEM Service Alert: web01/HTTP is CRITICAL **",
+                           sender="nagios@mon.example"))
+    b = decide(rs, message(subject="** RECOVERY Service Alert: web01/HTTP is OK **",
+                           sender="nagios@mon.example"))
+    host = decide(rs, message(subject="** PROBLEM Host Alert: db02 is DOWN **"))
+    assert a.route.thread_key == b.route.thread_key == "nagios:web01/HTTP"
+    assert a.route.customer == "mon.example" and a.route.no_auto_response
+    assert host.route.thread_key == "nagios:db02/"
+    other = decide(rs, message(subject="** PROBLEM Service Alert: web02/HTTP is CRITICAL **"))
+    assert other.route.thread_key == "nagios:web02/HTTP"
+
+
+def test_recipient_falls_back_to_delivery_headers_without_an_envelope() -> None:
+    rs = ruleset("[[rule]]\nname = 'r'\nrecipient = 'billing@*'\nqueue = 'Billing'\n")
+    raw = message(to="someone@helpdesk.example",
+                  headers={"Delivered-To": "billing@helpdesk.example"})
+    assert decide(rs, raw).route.queue == "Billing"
+    assert decide(rs, raw, rcpt=("support@helpdesk.example",)).route.queue is None
+
+
+def test_dkim_reads_only_the_topmost_authentication_results() -> None:
+    rs = ruleset("[[rule]]\nname = 'r'\ndkim = 'pass'\ntags = ['signed']\n")
+    forged = (b"Authentication-Results: mx.helpdesk.example; dkim=fail (bad sig) header.d=x\r\n"
+              b"Authentication-Results: attacker.example; dkim=pass\r\n")
+    raw = forged + message()
+    assert decide(rs, raw).route.tags == ()
+    two_sigs = (b"Authentication-Results: mx.helpdesk.example;\r\n dkim=fail header.d=a;"
+                b" dkim=pass (ok) header.d=b\r\n")
+    assert decide(rs, two_sigs + message()).route.tags == ("signed",)
+    assert decide(rs, message()).route.tags == ()
+
+
+def test_classification_condition_uses_the_core_labels() -> None:
+    rs = ruleset("[[rule]]\nname = 'r'\nclassification = ['bounce', 'bulk']\nstate = 'closed'\n")
+    assert decide(rs, message(headers={"Precedence": "bulk"})).route.state == "closed"
+    assert decide(rs, message()).route.state is None
+
+
+class _Alarm(Exception):
+    pass
+
+
+@pytest.fixture
+def alarm() -> Iterator[None]:
+    """Fail instead of hanging forever if a regex runs away (generous: 30 s)."""
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise _Alarm("evaluation did not finish")
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(30)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def test_hostile_regex_against_a_1mb_body_finishes_and_routes_right(alarm: None) -> None:
+    # (a|aa)+$ backtracks exponentially on a run of a's that is not followed by the end.
+    rs = ruleset("""
+[[rule]]
+name = "hostile"
+body_matches = '(a|aa)+$'
+queue = "Sales"
+
+[[rule]]
+name = "hostile negated"
+not_body_matches = '(a|aa)+$'
+tags = ["must-not-match"]
+
+[[rule]]
+name = "fallback"
+body_contains = "aaaa"
+queue = "Billing"
+""")
+    body = ("a" * 60 + "!\n") * (1024 * 1024 // 62)
+    assert len(body) >= 1_000_000
+    d = decide(rs, message(body=body))
+    assert d.route.queue == "Billing"
+    assert d.route.tags == ()  # a timed-out regex is undecided: neither form matches
+    assert "timed out" in d.trace[0].reason
+
+
+def test_conditions_see_at_most_max_match_chars() -> None:
+    text = "[[rule]]\nname = 'r'\nbody_contains = 'needle'\ntags = ['found']\n"
+    body = "x" * 70_000 + " needle"
+    assert decide(ruleset(text, max_match_chars=65536), message(body=body)).route.tags == ()
+    assert decide(ruleset(text, max_match_chars=100_000),
+                  message(body=body)).route.tags == ("found",)
+
+
+def test_a_rule_without_conditions_matches_everything() -> None:
+    d = decide(ruleset("[[rule]]\nname = 'all'\ntags = ['x']\n"), message())
+    assert d.route.matched == ("all",)
+    assert d.trace[0].reason == "no conditions: matches every message"
