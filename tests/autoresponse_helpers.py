@@ -126,3 +126,39 @@ def build_mail(
     for name, value in (headers or {}).items():
         lines.append(f"{name}: {value}")
     return ("\r\n".join(lines) + "\r\n\r\n" + body.replace("\n", "\r\n")).encode("utf-8")
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f'"{k}" = {_toml_value(v)}' for k, v in value.items()) + "}"
+    raise TypeError(type(value))
+
+
+def write_toml(path: Any, data: dict[str, Any]) -> None:
+    """Enough TOML for a ticketgate config: tables, [[queues]], nested [a.b] tables."""
+    out: list[str] = []
+
+    def table(prefix: str, values: dict[str, Any]) -> None:
+        scalars = {k: v for k, v in values.items() if not isinstance(v, dict) or k == "overrides"}
+        out.append(f"[{prefix}]")
+        out.extend(f"{k} = {_toml_value(v)}" for k, v in scalars.items())
+        for k, v in values.items():
+            if isinstance(v, dict) and k != "overrides":
+                table(f"{prefix}.{k}", v)
+
+    for section, values in data.items():
+        if section == "queues":
+            for q in values:
+                out.append("[[queues]]")
+                out.extend(f"{k} = {_toml_value(v)}" for k, v in q.items())
+        else:
+            table(section, values)
+    path.write_text("\n".join(out) + "\n", encoding="utf-8")
