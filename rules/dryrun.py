@@ -2,16 +2,19 @@
 
 The message goes through the same parse/classify/route steps as real mail (the intake's
 `prepare`, which touches no database). The ticket it would thread onto is looked up with
-the intake's own threading code inside a transaction that is rolled back; a database
-that does not exist yet is not created (the answer is then "new ticket").
+the intake's own threading code, and the auto-response verdict comes from the
+auto-responder's own suppression table, inside a transaction that is rolled back. A
+database that does not exist yet is not created (the answer is then "new ticket").
 """
 
 from __future__ import annotations
 
-import re
+import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from gateway.envelope import Outcome
 
 from .errors import Problem
 from .evaluate import Decision, evaluate
@@ -20,9 +23,11 @@ from .reader import check_rules
 from .router import RuleRouter
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from gateway.config import Config
     from gateway.envelope import Envelope
-    from gateway.intake import Prepared
+    from gateway.intake import Intake, Prepared
 
 
 @dataclass
@@ -32,12 +37,12 @@ class DryRun:
     problems: list[Problem]
     prepared: Prepared
     decision: Decision
-    queue: str
-    queue_source: str
-    ticket: dict[str, Any] | None  # the ticket a follow-up would land on
-    ticket_note: str
-    auto_response: bool
-    auto_response_why: str
+    queue: str = ""
+    queue_source: str = ""
+    ticket: dict[str, Any] | None = None  # the existing ticket a follow-up would land on
+    ticket_note: str = ""
+    auto_response: bool = False
+    auto_response_why: str = ""
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -71,19 +76,23 @@ def dry_run(config: Config, raw: bytes, envelope: Envelope) -> DryRun:
     intake = Intake(config, None, router=RuleRouter(ruleset))  # type: ignore[arg-type]
     p = intake.prepare(raw, envelope)
     decision = evaluate(ruleset, p.msg, p.envelope, p.classification)
+    result = DryRun(str(rules_dir), ruleset, problems, p, decision)
     route = decision.route
     if route.queue:
-        queue, source = route.queue, f"set by rule '{_setter(decision, 'queue')}'"
+        result.queue = route.queue
+        result.queue_source = f"set by rule '{_setter(decision, 'queue')}'"
     else:
-        source = ("from the recipients" if p.queue != config.tickets.default_queue
-                  else "the default queue (no recipient matched a queue address)")
-        queue = p.queue
-    notes: list[str] = []
-    ticket, note = (None, "ignored by a rule: nothing would be stored") if route.ignore \
-        else _lookup(config, intake, p, queue, notes)
-    ar, why = _auto_response(config, p, decision, queue, ticket)
-    return DryRun(str(rules_dir), ruleset, problems, p, decision, queue, source, ticket, note,
-                  ar, why, notes)
+        result.queue = p.queue
+        result.queue_source = (
+            "from the recipients" if p.queue != config.tickets.default_queue
+            else "the default queue (no recipient matched a queue address)")
+    if route.ignore:
+        result.ticket_note = (f"ignored by rule '{_setter(decision, 'ignore')}': accepted and "
+                              "dropped, nothing stored")
+        result.auto_response_why = "the message is ignored"
+        return result
+    _with_database(config, intake, result)
+    return result
 
 
 def _setter(decision: Decision, field_: str) -> str:
@@ -93,14 +102,13 @@ def _setter(decision: Decision, field_: str) -> str:
     return "?"
 
 
-def _lookup(
-    config: Config, intake: Any, p: Prepared, queue: str, notes: list[str]
-) -> tuple[dict[str, Any] | None, str]:
-    new = f"new ticket in {queue}"
+def _with_database(config: Config, intake: Intake, result: DryRun) -> None:
+    """Look up the ticket and the auto-response verdict; read-only, rolled back."""
     url = config.database_url
     if (url.startswith("sqlite:///") and ":memory:" not in url
             and not Path(url.removeprefix("sqlite:///")).exists()):
-        return None, f"{new} (there is no database yet)"
+        _decide(config, intake, result, None, "there is no database yet")
+        return
     from sqlalchemy import inspect
 
     from ticketstore.db import make_engine, make_sessionmaker
@@ -108,58 +116,99 @@ def _lookup(
     engine = make_engine(url, config.database.busy_timeout, 1)
     try:
         if not inspect(engine).has_table("tickets"):
-            return None, f"{new} (the database has no schema yet)"
-        factory = make_sessionmaker(engine)
-        with factory() as session:
+            _decide(config, intake, result, None, "the database has no schema yet")
+            return
+        with make_sessionmaker(engine)() as session:
             try:
-                t = intake._find_ticket(session, p)
-                found = None if t is None else {
-                    "number": t.number, "state": t.state, "queue": t.queue.name,
-                    "title": t.title, "thread_key": t.thread_key}
+                _decide(config, intake, result, session, "")
             finally:
                 session.rollback()
     except Exception as exc:  # a dry run must still explain the rules
-        notes.append(f"ticket lookup failed: {type(exc).__name__}: {exc}")
-        return None, f"{new} (could not look up existing tickets)"
+        result.notes.append(f"database lookup failed: {type(exc).__name__}: {exc}")
+        _decide(config, intake, result, None, "could not look up existing tickets")
     finally:
         engine.dispose()
-    if found is None:
-        return None, new
+
+
+def _decide(
+    config: Config, intake: Intake, result: DryRun, session: Session | None, why_no_db: str
+) -> None:
+    from ticketstore.models import Queue, Ticket
+
+    p = result.prepared
     hook = config.tickets.hook
-    if found["state"] == "closed":
-        policy = config.queue(found["queue"]).follow_up_closed
-        what = {"reopen": "reopens it", "reject": "is stored but rejected (auto-reject)",
-                "new-ticket": f"becomes a new ticket in {queue} linked to it"}[policy]
-        return found, (f"follow-up to closed [{hook}{found['number']}] in {found['queue']}: "
-                       f"{what} (follow_up_closed = {policy})")
-    return found, f"follow-up to [{hook}{found['number']}] ({found['state']}) in {found['queue']}"
+    existing = intake._find_ticket(session, p) if session is not None else None
+    new = f"new ticket in {result.queue}" + (f" ({why_no_db})" if why_no_db else "")
+    closed_policy = None
+    if existing is None:
+        outcome, ticket = Outcome.CREATED, None
+        result.ticket_note = new
+    else:
+        result.ticket = {"number": existing.number, "state": existing.state,
+                         "queue": existing.queue.name, "title": existing.title,
+                         "thread_key": existing.thread_key}
+        tag = f"[{hook}{existing.number}]"
+        outcome, ticket = Outcome.FOLLOW_UP, existing
+        result.ticket_note = f"follow-up to {tag} ({existing.state}) in {existing.queue.name}"
+        if existing.state == "closed":
+            closed_policy = config.queue(existing.queue.name).follow_up_closed
+            if closed_policy == "new-ticket":
+                outcome, ticket = Outcome.CREATED, None
+                result.ticket_note = f"new ticket in {result.queue}, linked to closed {tag}"
+            elif closed_policy == "reject":
+                outcome = Outcome.REJECTED
+                result.ticket_note = (f"follow-up to closed {tag} in {existing.queue.name}: "
+                                      "stored, then rejected (follow_up_closed = reject)")
+            else:
+                result.ticket_note = (f"follow-up to closed {tag} in {existing.queue.name}: "
+                                      "reopens it (follow_up_closed = reopen)")
+    if ticket is None:
+        ticket = Ticket(number="(new)", queue=Queue(name=result.queue),
+                        customer_id=p.route.customer or "",
+                        customer_domain=p.msg.from_domain)
+    refused = outcome is Outcome.CREATED and not config.queue(result.queue).accept_new
+    result.auto_response, result.auto_response_why = _auto_response(
+        config, result, session, ticket, outcome, closed_policy, refused)
 
 
 def _auto_response(
-    config: Config, p: Prepared, decision: Decision, queue: str, ticket: dict[str, Any] | None
+    config: Config, result: DryRun, session: Session | None, ticket: Any, outcome: Outcome,
+    closed_policy: str | None, refused: bool,
 ) -> tuple[bool, str]:
-    """Yes/no and why, from the config, the classification and the rules.
+    """Yes/no and why, from the auto-responder's own suppression checks."""
+    from autoresponse import suppress
+    from autoresponse.autoresponder import AutoResponder
+    from autoresponse.responder import StoredMessage
+    from ticketstore.models import Article
 
-    The auto-responder decides for real and also applies checks this cannot see
-    (per-recipient daily limits, noreply-like senders, our own addresses).
-    """
-    route = decision.route
-    if route.ignore:
-        return False, "the message is ignored"
+    p = result.prepared
     if not config.autoresponse.enabled:
         return False, "[autoresponse] enabled = false"
-    if route.no_auto_response:
-        return False, f"no_auto_response set by rule '{_setter(decision, 'no_auto_response')}'"
-    if p.classification.labels:
-        return False, "classified as automatic mail: " + "; ".join(p.classification.reasons)
-    target_queue = ticket["queue"] if ticket else queue
-    qc = config.queue(target_queue)
-    if not qc.auto_response:
-        return False, f"queue {target_queue} has auto_response = false"
-    if ticket is not None and not qc.follow_up_ack:
-        return False, f"follow-up, and queue {target_queue} has follow_up_ack = false"
-    local = p.msg.from_address.partition("@")[0]
-    if re.match(config.autoresponse.noreply_pattern, local, re.IGNORECASE):
-        return False, f"sender {p.msg.from_address} looks like a robot (noreply_pattern)"
-    return True, ("not automatic mail, no rule suppressed it (the auto-responder may still "
-                  f"hold back for the {config.autoresponse.max_per_day}/day limit)")
+    qcfg = config.queue(ticket.queue.name)
+    if outcome is Outcome.CREATED:
+        event = "new-ticket-rejected" if refused else "new-ticket"
+    elif outcome is Outcome.REJECTED:
+        event = "reject"
+    elif qcfg.follow_up_ack:
+        event = "follow-up"
+    else:
+        return False, f"a follow-up, and queue {qcfg.name} has follow_up_ack = false"
+    responder = AutoResponder(config)
+    stored = StoredMessage(
+        msg=p.msg, envelope=p.envelope, classification=p.classification, route=p.route,
+        ticket=ticket, article=Article(), outcome=outcome, closed_policy=closed_policy,
+        queue_refused_new=refused, now=dt.datetime.now(dt.UTC),
+    )
+    rcpt = responder.recipient(stored)
+    check = suppress.Check(session, stored, config, rcpt,  # type: ignore[arg-type]
+                           responder.system_addresses, responder.noreply)
+    for name, func in suppress.CHECKS:
+        if name == "daily-limit" and session is None:
+            continue
+        reason = func(check)
+        if reason:
+            return False, f"{event} suppressed ({name}): {reason}"
+    if not responder.from_address(qcfg):
+        return False, "no queue address and no autoresponse.from_address to send from"
+    limit = "" if session is not None else " (daily limit not checked: no database)"
+    return True, f"{event} auto-response to {rcpt}{limit}"
