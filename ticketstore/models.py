@@ -93,6 +93,9 @@ class Ticket(Base):
         Index("ix_tickets_queue_state", "queue_id", "state"),
         Index("ix_tickets_created_at", "created_at"),
         Index("ix_tickets_state_created", "state", "created_at"),
+        # Status page: tickets created/closed per customer domain per month (0002_status).
+        Index("ix_tickets_created_domain", "created_at", "customer_domain"),
+        Index("ix_tickets_closed_domain", "closed_at", "customer_domain"),
     )
 
 

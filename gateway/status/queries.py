@@ -1,0 +1,437 @@
+"""The figures of the status page, computed from the database in one read-only snapshot.
+
+Every figure is a summary query (COUNT/MIN ... GROUP BY) over an indexed column, never a
+loop over rows, so the page stays fast with a large store. The result is plain data
+(dicts, lists, ISO strings) shared by the HTML page, /api/status.json and /healthz.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, case, exists, func, literal, select
+from sqlalchemy.sql.elements import ColumnElement
+
+from ticketstore.models import Article, Event, OutboxMessage, Queue, Ticket
+
+# Event kinds counted as mail-flow dispositions (see gateway.intake / autoresponse).
+FLOW_KINDS = ("created", "follow-up", "ignored", "rejected", "size-rejected")
+AUTORESPONSE_KINDS = ("autoresponse-sent", "autoresponse-suppressed")
+OPEN_STATES = ("new", "open", "pending")
+# A ticket is "unanswered" while it is new/open and has no outgoing article written by
+# a person: auto-replies, notifications and rejects do not count as an answer.
+UNANSWERED_STATES = ("new", "open")
+HUMAN_REPLY_KINDS = ("email",)
+OUTBOX_STATES = ("pending", "sending", "sent", "failed")
+UNSENT_STATES = ("pending", "sending", "failed")
+WINDOWS: tuple[tuple[str, dt.timedelta], ...] = (
+    ("hour", dt.timedelta(hours=1)),
+    ("day", dt.timedelta(days=1)),
+    ("month", dt.timedelta(days=30)),
+)
+CHART_DAYS = 30
+STATS_MONTHS = 12
+LATEST_TICKETS = 20
+LATEST_ERRORS = 20
+
+T = Ticket.__table__
+A = Article.__table__
+E = Event.__table__
+O = OutboxMessage.__table__  # noqa: E741
+Q = Queue.__table__
+
+
+@contextmanager
+def read_only(engine: Engine) -> Iterator[Connection]:
+    """A read-only transaction that never takes SQLite's write lock (BEGIN DEFERRED).
+
+    On PostgreSQL the transaction is marked READ ONLY, so a bug here cannot write.
+    """
+    with engine.connect() as conn:
+        conn = conn.execution_options(sqlite_begin="DEFERRED")
+        if engine.dialect.name == "postgresql":
+            conn = conn.execution_options(postgresql_readonly=True)
+        with conn.begin():
+            yield conn
+
+
+def _day(col: Any, dialect: str) -> ColumnElement[str]:
+    """The UTC calendar day of a timestamp column as 'YYYY-MM-DD'."""
+    if dialect == "sqlite":
+        # SQLAlchemy stores SQLite datetimes as 'YYYY-MM-DD HH:MM:SS.ffffff' (UTC here).
+        return func.substr(col, 1, 10)
+    return func.to_char(func.timezone("UTC", col), "YYYY-MM-DD")
+
+
+def _month(col: Any, dialect: str) -> ColumnElement[str]:
+    if dialect == "sqlite":
+        return func.substr(col, 1, 7)
+    return func.to_char(func.timezone("UTC", col), "YYYY-MM")
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.astimezone(dt.UTC).isoformat(timespec="seconds") if value else None
+
+
+def _as_utc(value: Any) -> dt.datetime | None:
+    """MIN()/MAX() over a column lose the column type on SQLite: parse the text back."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC)
+
+
+def _age(now: dt.datetime, value: dt.datetime | None) -> float | None:
+    return max(0.0, (now - value).total_seconds()) if value else None
+
+
+def _windowed(col: Any, now: dt.datetime) -> list[Any]:
+    """SUM(col >= now - window) for each window, as labelled columns."""
+    out = []
+    for name, delta in WINDOWS:
+        since = literal(now - delta, type_=col.type)
+        out.append(func.sum(case((col >= since, 1), else_=0)).label(name))
+    return out
+
+
+def _window_dict(row: Any) -> dict[str, int]:
+    return {name: int(getattr(row, name) or 0) if row is not None else 0 for name, _ in WINDOWS}
+
+
+def _zero() -> dict[str, int]:
+    return {name: 0 for name, _ in WINDOWS}
+
+
+# -- mail flow ------------------------------------------------------------------------
+
+
+def event_counts(conn: Connection, kinds: Iterable[str], now: dt.datetime) -> dict[str, dict]:
+    """Per event kind, how many in the last hour / 24 h / 30 days (index kind, created_at)."""
+    since = now - WINDOWS[-1][1]
+    rows = conn.execute(
+        select(E.c.kind, *_windowed(E.c.created_at, now))
+        .where(E.c.kind.in_(list(kinds)), E.c.created_at >= since)
+        .group_by(E.c.kind)
+    ).all()
+    out = {k: _zero() for k in kinds}
+    for row in rows:
+        out[row.kind] = _window_dict(row)
+    return out
+
+
+def inbound_articles(conn: Connection, now: dt.datetime) -> dict[str, int]:
+    since = now - WINDOWS[-1][1]
+    row = conn.execute(
+        select(*_windowed(A.c.created_at, now))
+        .where(A.c.direction == "in", A.c.created_at >= since)
+    ).first()
+    return _window_dict(row)
+
+
+def spool_files(spool_dir: Path, now: dt.datetime) -> dict[str, Any]:
+    """Quarantined messages (spool/failed/*.eml): total, and per window by file time."""
+    folder = spool_dir / "failed"
+    counts = _zero()
+    total = 0
+    oldest: dt.datetime | None = None
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        entries = []
+    for entry in entries:
+        if not entry.name.endswith(".eml") or entry.name.startswith("."):
+            continue
+        try:
+            mtime = dt.datetime.fromtimestamp(entry.stat().st_mtime, dt.UTC)
+        except FileNotFoundError:  # replayed while we looked
+            continue
+        total += 1
+        oldest = mtime if oldest is None or mtime < oldest else oldest
+        for name, delta in WINDOWS:
+            if mtime >= now - delta:
+                counts[name] += 1
+    return {"total": total, "windows": counts, "oldest": _iso(oldest)}
+
+
+# -- auto-responses and the outbox ----------------------------------------------------
+
+
+def suppressed_by_reason(conn: Connection, now: dt.datetime) -> dict[str, int]:
+    since = now - WINDOWS[-1][1]
+    reason = E.c.detail["reason"].as_string()
+    rows = conn.execute(
+        select(reason.label("reason"), func.count().label("n"))
+        .where(E.c.kind == "autoresponse-suppressed", E.c.created_at >= since)
+        .group_by(reason)
+    ).all()
+    counts = {(r.reason or "unknown"): int(r.n) for r in rows}
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def outbox(conn: Connection, now: dt.datetime) -> dict[str, Any]:
+    # Only the unsent states: counting every sent row would grow with the store forever.
+    rows = conn.execute(
+        select(O.c.state, func.count().label("n"))
+        .where(O.c.state.in_(UNSENT_STATES))
+        .group_by(O.c.state)
+    ).all()
+    states = {s: 0 for s in UNSENT_STATES}
+    for r in rows:
+        states[r.state] = int(r.n)
+    oldest = _as_utc(conn.execute(
+        select(func.min(O.c.created_at)).where(O.c.state.in_(("pending", "sending")))
+    ).scalar())
+    return {
+        "states": states,
+        "backlog": states.get("pending", 0) + states.get("sending", 0),
+        "oldest_pending": _iso(oldest),
+        "oldest_pending_age_seconds": _age(now, oldest),
+    }
+
+
+# -- queues and tickets ---------------------------------------------------------------
+
+
+def queues(conn: Connection, now: dt.datetime) -> list[dict[str, Any]]:
+    """Open tickets per queue and state, and each queue's oldest unanswered ticket."""
+    names = dict(conn.execute(select(Q.c.id, Q.c.name)).tuples().all())
+    per: dict[int, dict[str, Any]] = {
+        qid: {"queue": name, "states": {s: 0 for s in OPEN_STATES}, "open": 0,
+              "oldest_unanswered": None, "oldest_unanswered_age_seconds": None}
+        for qid, name in names.items()
+    }
+    if not per:
+        return []
+    # queue_id IN (...) AND state IN (...) is answered from index (queue_id, state) alone.
+    for r in conn.execute(
+        select(T.c.queue_id, T.c.state, func.count().label("n"))
+        .where(T.c.queue_id.in_(list(per)), T.c.state.in_(OPEN_STATES))
+        .group_by(T.c.queue_id, T.c.state)
+    ):
+        entry = per[r.queue_id]
+        entry["states"][r.state] = int(r.n)
+        entry["open"] += int(r.n)
+    answered = exists().where(
+        A.c.ticket_id == T.c.id, A.c.direction == "out", A.c.kind.in_(HUMAN_REPLY_KINDS)
+    )
+    for qid, entry in per.items():
+        oldest: dt.datetime | None = None
+        for state in UNANSWERED_STATES:
+            if not entry["states"][state]:
+                continue
+            # Walks index (state, created_at) from the oldest and stops at the first hit.
+            found = _as_utc(conn.execute(
+                select(T.c.created_at)
+                .where(T.c.state == state, T.c.queue_id == qid, ~answered)
+                .order_by(T.c.created_at)
+                .limit(1)
+            ).scalar())
+            if found is not None and (oldest is None or found < oldest):
+                oldest = found
+        entry["oldest_unanswered"] = _iso(oldest)
+        entry["oldest_unanswered_age_seconds"] = _age(now, oldest)
+    return sorted(per.values(), key=lambda q: (-q["open"], q["queue"]))
+
+
+def latest_tickets(conn: Connection, limit: int = LATEST_TICKETS) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        select(T.c.number, Q.c.name.label("queue"), T.c.state, T.c.priority,
+               T.c.customer_name, T.c.customer_address, T.c.title, T.c.created_at)
+        .join(Q, Q.c.id == T.c.queue_id)
+        .order_by(T.c.id.desc())
+        .limit(limit)
+    ).all()
+    return [
+        {"number": r.number, "queue": r.queue, "state": r.state, "priority": r.priority,
+         "customer_name": r.customer_name or "", "customer_address": r.customer_address or "",
+         "subject": r.title or "", "received": _iso(_as_utc(r.created_at))}
+        for r in rows
+    ]
+
+
+def daily_volume(conn: Connection, now: dt.datetime, days: int = CHART_DAYS) -> list[dict]:
+    """Per UTC day of the last `days` days: inbound messages and tickets created."""
+    dialect = conn.dialect.name
+    first = (now - dt.timedelta(days=days - 1)).date()
+    since = dt.datetime.combine(first, dt.time(), dt.UTC)
+    received = dict(conn.execute(
+        select(_day(A.c.created_at, dialect).label("d"), func.count())
+        .where(A.c.direction == "in", A.c.created_at >= since)
+        .group_by("d")
+    ).tuples().all())
+    created = dict(conn.execute(
+        select(_day(T.c.created_at, dialect).label("d"), func.count())
+        .where(T.c.created_at >= since)
+        .group_by("d")
+    ).tuples().all())
+    out = []
+    for i in range(days):
+        day = (first + dt.timedelta(days=i)).isoformat()
+        out.append({"day": day, "received": int(received.get(day, 0)),
+                    "created": int(created.get(day, 0))})
+    return out
+
+
+def _domain_rows(conn: Connection, start: dt.datetime,
+                 end: dt.datetime | None) -> dict[tuple[str, str], dict[str, int]]:
+    """(month, domain) -> created/closed for tickets created/closed in [start, end)."""
+    dialect = conn.dialect.name
+    stats: dict[tuple[str, str], dict[str, int]] = {}
+    for col, key in ((T.c.created_at, "created"), (T.c.closed_at, "closed")):
+        month = _month(col, dialect).label("m")
+        cond = [col >= start] if end is None else [col >= start, col < end]
+        # Index (created_at) / (closed_at, customer_domain) bound the scan to the range.
+        for r in conn.execute(
+            select(month, T.c.customer_domain, func.count().label("n"))
+            .where(*cond)
+            .group_by(month, T.c.customer_domain)
+        ):
+            cell = stats.setdefault((r.m, r.customer_domain or ""), {"created": 0, "closed": 0})
+            cell[key] = int(r.n)
+    return stats
+
+
+class MonthCache:
+    """Completed months hardly change (only a reopened ticket takes back its close),
+    so their per-domain figures are kept for `ttl` seconds; the current month is always
+    computed fresh. This keeps the page fast however many months the store holds."""
+
+    def __init__(self, ttl: float = 600.0) -> None:
+        self.ttl = ttl
+        self.key: tuple[str, str] | None = None
+        self.rows: dict[tuple[str, str], dict[str, int]] = {}
+        self.at = 0.0
+        self.lock = threading.Lock()
+
+    def past(self, conn: Connection, first: dt.datetime,
+             current: dt.datetime) -> dict[tuple[str, str], dict[str, int]]:
+        key = (first.isoformat(), current.isoformat())
+        with self.lock:
+            fresh = self.key == key and time.monotonic() - self.at < self.ttl
+            if not fresh:
+                self.rows = _domain_rows(conn, first, current)
+                self.key, self.at = key, time.monotonic()
+            return self.rows
+
+
+def domain_months(conn: Connection, now: dt.datetime, months: int = STATS_MONTHS,
+                  cache: MonthCache | None = None) -> list[dict[str, Any]]:
+    """Tickets created and closed per customer domain per calendar month (UTC)."""
+    first = _month_start(now, months - 1)
+    current = _month_start(now, 0)
+    past = (cache.past(conn, first, current) if cache is not None
+            else _domain_rows(conn, first, current))
+    stats = {**past, **_domain_rows(conn, current, None)}
+    return [
+        {"month": m, "domain": d, **v}
+        for (m, d), v in sorted(stats.items(), key=lambda kv: (kv[0][0], -kv[1]["created"],
+                                                                kv[0][1]))
+    ]
+
+
+def _month_start(now: dt.datetime, back: int) -> dt.datetime:
+    y, m = now.year, now.month - back
+    while m < 1:
+        y, m = y - 1, m + 12
+    return dt.datetime(y, m, 1, tzinfo=dt.UTC)
+
+
+def month_labels(now: dt.datetime, months: int) -> list[str]:
+    return [_month_start(now, i).strftime("%Y-%m") for i in range(months - 1, -1, -1)]
+
+
+# -- the whole snapshot ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sources:
+    """What the snapshot reads besides the database (all owned by the daemon)."""
+
+    spool_dir: Path
+    started_at: dt.datetime
+    version: str
+    counters: dict[str, int]
+    errors: list[dict[str, Any]]
+    rules: dict[str, Any] | None
+
+
+def database_info(engine: Engine, conn: Connection) -> dict[str, str]:
+    dialect = engine.dialect.name
+    if dialect == "sqlite":
+        version = sqlite3.sqlite_version
+    else:
+        info = engine.dialect.server_version_info or ()
+        version = ".".join(str(p) for p in info)
+    return {"backend": dialect, "version": version}
+
+
+def snapshot(engine: Engine, src: Sources, now: dt.datetime,
+             cache: MonthCache | None = None) -> dict[str, Any]:
+    """All figures of the page in one read-only transaction (one consistent view)."""
+    with read_only(engine) as conn:
+        events = event_counts(conn, FLOW_KINDS + AUTORESPONSE_KINDS, now)
+        inbound = inbound_articles(conn, now)
+        spool = spool_files(src.spool_dir, now)
+        received = {
+            w: inbound[w] + events["ignored"][w] + events["size-rejected"][w] for w in inbound
+        }
+        temp_failed = int(src.counters.get("temp-failed", 0))
+        flow = {
+            "received": received,
+            "stored": inbound,
+            "created": events["created"],
+            "follow_ups": events["follow-up"],
+            "ignored": events["ignored"],
+            "rejected": events["rejected"],
+            "size_rejected": events["size-rejected"],
+            "quarantined": spool["windows"],
+        }
+        data = {
+            "generated_at": _iso(now),
+            "version": src.version,
+            "started_at": _iso(src.started_at),
+            "uptime_seconds": max(0.0, (now - src.started_at).total_seconds()),
+            "database": database_info(engine, conn),
+            "rules": _rules(src.rules),
+            "mail_flow": flow,
+            "temp_failed_since_start": temp_failed,
+            "spool": {"quarantined": spool["total"], "oldest": spool["oldest"]},
+            "autoresponses": {
+                "sent": events["autoresponse-sent"],
+                "suppressed": events["autoresponse-suppressed"],
+                "suppressed_by_reason_30d": suppressed_by_reason(conn, now),
+            },
+            "outbox": outbox(conn, now),
+            "queues": queues(conn, now),
+            "latest_tickets": latest_tickets(conn),
+            "latest_errors": src.errors[:LATEST_ERRORS],
+            "daily_volume": daily_volume(conn, now),
+            "domain_months": domain_months(conn, now, cache=cache),
+            "counters": dict(sorted(src.counters.items())),
+        }
+    return data
+
+
+def _rules(state: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not state:
+        return None
+    loaded = state.get("loaded_at")
+    if isinstance(loaded, dt.datetime):
+        loaded = _iso(loaded)
+    errors = state.get("errors") or []
+    if isinstance(errors, str):
+        errors = [errors]
+    return {"count": state.get("count"), "loaded_at": loaded, "errors": [str(e) for e in errors]}
+
