@@ -21,7 +21,7 @@ from .intake import Intake
 from .runtime import Store
 
 # Background services started by `ticketgate serve`, in this order.
-SERVICES: list[str] = ["autoresponse.worker:run", "rules.watch:run"]
+SERVICES: list[str] = ["autoresponse.worker:run", "rules.watch:run", "gateway.status.server:run"]
 
 
 @dataclass
