@@ -1,0 +1,160 @@
+"""`ticketgate rules check` and `ticketgate rules test` as an admin runs them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, func, select
+
+from gateway.cli import main
+from gateway.config import load_config
+from gateway.envelope import Envelope
+from gateway.runtime import build_intake, open_store
+from tests.rules_helpers import message
+from ticketstore.models import Article, Event, OutboxMessage, Ticket
+
+CONFIG = """
+[database]
+url = "sqlite:///var/tg.db"
+
+[[queues]]
+name = "Support"
+addresses = ["support@helpdesk.example"]
+
+[[queues]]
+name = "Billing"
+addresses = ["billing@helpdesk.example"]
+
+[rules]
+dir = "rules"
+
+[pipe]
+handoff_socket = ""
+"""
+
+RULES = r"""
+[[rule]]
+name = "alert"
+subject_matches = '^\*\* PROBLEM Service Alert: (?P<host>[^/]+)/(?P<service>.+?) is \w+ \*\*'
+thread_key = "nagios:{host}/{service}"
+no_auto_response = true
+stop = true
+
+[[rule]]
+name = "billing"
+subject_contains = ["invoice", "factura"]
+queue = "Billing"
+
+[[rule]]
+name = "everyone"
+tags = ["seen"]
+"""
+
+ALERT = "** PROBLEM Service Alert: web01/HTTP is CRITICAL **"
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    (tmp_path / "ticketgate.toml").write_text(CONFIG)
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "10-main.toml").write_text(RULES)
+    (tmp_path / "var").mkdir()
+    return tmp_path
+
+
+def run(site: Path, *args: str) -> int:
+    return main(["-c", str(site / "ticketgate.toml"), "rules", *args])
+
+
+def test_check_ok(site: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(site, "check") == 0
+    assert capsys.readouterr().out.startswith("ok: 3 rules in 1 files")
+
+
+def test_check_reports_file_line_rule_and_exits_1(
+    site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = site / "rules" / "20-bad.toml"
+    bad.write_text('[[rule]]\nname = "junk"\nqueue = "Junk"\n')
+    assert run(site, "check") == 1
+    out = capsys.readouterr().out
+    assert out.splitlines() == [
+        f"{bad}:3: rule 'junk': queue: unknown queue 'Junk' "
+        "(configured: Support, Billing, Postmaster)"
+    ]
+
+
+def write_eml(site: Path, raw: bytes) -> str:
+    p = site / "m.eml"
+    p.write_bytes(raw)
+    return str(p)
+
+
+def test_test_explains_every_rule_without_a_database(
+    site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    eml = write_eml(site, message(subject="Factura 12", sender="ana@cliente.example"))
+    assert run(site, "test", eml) == 0
+    out = capsys.readouterr().out
+    assert "no    alert (10-main.toml:2): subject_matches: subject matches none of" in out
+    assert "MATCH billing (10-main.toml:9): subject_contains: subject contains 'factura'" in out
+    assert "MATCH everyone (10-main.toml:14): no conditions: matches every message" in out
+    assert "queue:        Billing (set by rule 'billing')" in out
+    assert "ticket:       new ticket in Billing (there is no database yet)" in out
+    assert "auto-response: yes: new-ticket auto-response to ana@cliente.example" in out
+    assert not (site / "var" / "tg.db").exists()  # a dry run creates nothing
+
+
+def test_test_finds_the_follow_up_ticket_and_changes_nothing(
+    site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = load_config(str(site / "ticketgate.toml"))
+    store = open_store(config)
+    intake = build_intake(config, store)
+    env = Envelope("nagios@mon.example", ("support@helpdesk.example",))
+    first = intake.process(message(ALERT, body="one", sender="nagios@mon.example"), env)
+    store.dispose()
+    engine = create_engine(config.database_url)
+
+    def counts() -> list[int]:
+        with engine.connect() as c:
+            return [c.execute(select(func.count()).select_from(m)).scalar_one()
+                    for m in (Ticket, Article, Event, OutboxMessage)]
+
+    before = counts()
+    eml = write_eml(site, message(ALERT, body="two", sender="nagios@mon.example"))
+    assert run(site, "test", eml, "--json", "-f", "nagios@mon.example") == 0
+    data = json.loads(capsys.readouterr().out)
+    assert counts() == before
+    engine.dispose()
+    assert data["ticket"]["number"] == first.ticket_number
+    assert data["ticket_note"] == f"follow-up to [Ticket#{first.ticket_number}] (new) in Support"
+    assert data["route"]["thread_key"] == "nagios:web01/HTTP"
+    assert data["auto_response"] is False
+    assert "follow_up_ack = false" in data["auto_response_why"]
+    assert [r["status"] for r in data["rules"]] == ["matched", "skipped", "skipped"]
+    assert data["rules"][0]["applied"] == ["no_auto_response", "thread_key", "stop"]
+
+
+def test_test_says_why_no_auto_response_for_a_new_ticket(
+    site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    eml = write_eml(site, message(subject="hi", headers={"Auto-Submitted": "auto-generated"}))
+    assert run(site, "test", eml, "--json") == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["auto_response"] is False
+    assert data["auto_response_why"].startswith("new-ticket suppressed (auto-submitted)")
+
+
+def test_test_with_broken_rules_reports_them_and_exits_1(
+    site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (site / "rules" / "20-bad.toml").write_text('[[rule]]\nname = "x"\nsubject_matches = "("\n'
+                                               'tags = ["t"]\n')
+    eml = write_eml(site, message(subject="invoice"))
+    assert run(site, "test", eml) == 1
+    out = capsys.readouterr().out
+    assert "problem: " in out and "20-bad.toml:3: rule 'x': subject_matches: bad regex" in out
+    assert "queue:        Billing (set by rule 'billing')" in out
