@@ -7,9 +7,10 @@ import re
 from html.parser import HTMLParser
 
 _BLOCK = {
-    "p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6",
-    "blockquote", "pre", "table", "ul", "ol", "hr", "section", "article",
+    "p", "div", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "pre",
+    "table", "ul", "ol", "hr", "section", "article", "header", "footer", "dl", "dt", "dd",
 }
+_CELL = {"td", "th"}
 _SKIP = {"script", "style", "head", "title"}
 
 
@@ -21,12 +22,16 @@ class _TextExtractor(HTMLParser):
         self._href: str | None = None
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in _SKIP:
+        if tag == "body":  # an unclosed <head> must not hide the whole body
+            self._skip = 0
+        elif tag in _SKIP:
             self._skip += 1
-        elif tag in _BLOCK:
+        elif tag in _BLOCK or tag == "br":
             self.parts.append("\n")
-        if tag == "li":
-            self.parts.append("- ")
+        elif tag == "li":
+            self.parts.append("\n- ")
+        elif tag in _CELL:
+            self.parts.append("  ")
         if tag == "a":
             self._href = dict(attrs).get("href")
 

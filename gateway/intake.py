@@ -47,9 +47,12 @@ def content_hash(raw: bytes) -> str:
     """sha256 of the message with trace headers removed and line ends normalised.
 
     The same message delivered over LMTP (CRLF) and through pipe(8) (LF, with a
-    Delivered-To line prepended) hashes the same, so its second copy is a duplicate.
+    Delivered-To or mbox `From ` line prepended) hashes the same, so its second copy
+    is a duplicate.
     """
     data = raw.replace(b"\r\n", b"\n")
+    if data.startswith(b"From "):  # mbox From_ line (procmail, pipe(8) flag F)
+        data = data.partition(b"\n")[2]
     head, sep, body = data.partition(b"\n\n")
     kept: list[bytes] = []
     skipping = False

@@ -1,20 +1,38 @@
 """Turn raw message bytes into a `ParsedMessage`: decoded headers, text, attachments.
 
-mail-parser reads the bytes and decodes headers and addresses (RFC 2047 Q/B words) and
-attachment names (RFC 2231). Bodies are decoded by `charsets`, which repairs the wrong
-and missing charset declarations that mail-parser would take at face value. Parsing
-never raises on malformed input: what cannot be understood is left empty, and the raw
-bytes are always kept by the caller.
+mail-parser reads the bytes into a message tree (guarding against pathological nesting);
+we then decode from the *raw* header values ourselves, because real mail needs repairs
+that a strict decoder refuses:
+
+- RFC 2047 encoded words (Q and B) are decoded with `charsets.decode_bytes`, so a word
+  labelled Shift_JIS or ISO-2022-JP that uses Microsoft's extensions (①, 髙) still
+  decodes, and one labelled ISO-8859-1 that is really Windows-1252 keeps its € and “”;
+- undeclared 8-bit header bytes (raw UTF-8 or Latin-1 in Subject, From or a filename)
+  are decoded as UTF-8, else Windows-1252, instead of becoming U+FFFD;
+- attachment names come from RFC 2231 parameters (with continuations and charsets),
+  encoded words in `filename=`/`name=` (Outlook, Gmail) or raw 8-bit bytes;
+- a multipart whose declared boundary never occurs (or that declares none) is re-split
+  on the boundary its body actually uses, so its text is not lost;
+- a nested `message/rfc822` (a forward as attachment) is kept whole as an `.eml`
+  attachment named after its subject.
+
+Parsing never raises on malformed input: what cannot be understood is left empty, and
+the raw bytes are always kept by the caller.
 """
 
 from __future__ import annotations
 
+import email
 import email.message
 import email.utils
 import hashlib
+import io
+import logging
 import re
 from dataclasses import dataclass, field
-from email.header import decode_header, make_header
+from email.errors import HeaderParseError
+from email.generator import BytesGenerator
+from email.header import Header, decode_header
 from typing import Any
 
 import mailparser
@@ -23,6 +41,15 @@ from .charsets import decode_bytes
 from .htmltext import html_to_text
 
 MSGID_RE = re.compile(r"<([^<>\s]+)>")
+_FOLD = re.compile(r"\r?\n(?=[ \t])")
+_BOUNDARY_LINE = re.compile(r"^--([ -~]{1,200}?)[ \t]*\r?$", re.MULTILINE)
+# Nesting deeper than this is not mail, it is an attack on the parser.
+MAX_DEPTH = 40
+
+# mail-parser logs a warning for every part type it does not render ("mixed not
+# handled"); on the pipe that would land in the MTA's log for ordinary mail.
+logging.getLogger("mailparser").addHandler(logging.NullHandler())
+logging.getLogger("mailparser").propagate = False
 
 
 @dataclass(frozen=True)
@@ -72,49 +99,117 @@ class ParsedMessage:
 
 
 def parse_message(raw: bytes) -> ParsedMessage:
+    defects: list[str] = []
     try:
         mp = mailparser.parse_from_bytes(raw)
         msg: email.message.Message = mp.message
-    except Exception:  # mail-parser gave up: fall back to the stdlib alone
-        mp = None
-        msg = email.message_from_bytes(raw)
+        defects.extend(sorted(getattr(mp, "defects_categories", ()) or ()))
+    except Exception as exc:  # mail-parser gave up (e.g. absurd nesting): stdlib alone
+        defects.append(f"mailparser: {type(exc).__name__}")
+        try:
+            msg = email.message_from_bytes(raw)
+        except Exception:  # RecursionError and friends: headers only, body as text
+            head, _sep, body = raw.replace(b"\r\n", b"\n").partition(b"\n\n")
+            msg = email.message_from_bytes(head + b"\n\n")
+            msg.set_payload(body.decode("utf-8", "surrogateescape"))
+            defects.append("unparsable structure")
     headers = _headers(msg)
     from_name, from_address = _first_address(msg, "from")
     text_parts: list[str] = []
     html_parts: list[str] = []
     attachments: list[Attachment] = []
-    _walk(msg, text_parts, html_parts, attachments)
-    if mp is not None:
-        attachments = _merge_mailparser_attachments(mp, attachments)
-    html = "\n".join(html_parts)
-    text = "\n".join(t for t in text_parts if t.strip())
-    if not text and html:
+    try:
+        _walk(msg, text_parts, html_parts, attachments, 0)
+    except RecursionError:  # pragma: no cover - MAX_DEPTH stops this first
+        defects.append("nesting too deep")
+    html = _lf("\n".join(html_parts))
+    text = _lf("\n".join(t for t in text_parts if t.strip()))
+    if not text.strip() and html:
         text = html_to_text(html)
+    defects.extend(type(d).__name__ for d in msg.defects)
     return ParsedMessage(
         raw=raw,
-        message_id=_first_msgid(msg.get("Message-ID", "")),
-        subject=_clean(_decoded_header(msg, "Subject")),
+        message_id=_first_msgid(_raw_header(msg, "message-id")),
+        subject=_clean(decode_header_value(_raw_header(msg, "subject"))),
         from_name=from_name,
         from_address=from_address,
         reply_to=_addresses(msg, "reply-to"),
         to=_addresses(msg, "to"),
         cc=_addresses(msg, "cc"),
-        in_reply_to=tuple(MSGID_RE.findall(str(msg.get("In-Reply-To", "") or ""))),
-        references=tuple(MSGID_RE.findall(str(msg.get("References", "") or ""))),
+        in_reply_to=_msgids(msg, "in-reply-to"),
+        references=_msgids(msg, "references"),
         text=text,
         html=html,
         attachments=tuple(attachments),
         headers=headers,
         content_type=msg.get_content_type(),
-        defects=tuple(type(d).__name__ for d in msg.defects),
+        defects=tuple(dict.fromkeys(defects)),
     )
 
 
-def _first_msgid(value: Any) -> str:
-    found = MSGID_RE.findall(str(value or ""))
+# -- headers -------------------------------------------------------------------------
+
+
+def decode_header_value(value: Any) -> str:
+    """A raw header value as text: 8-bit bytes repaired, encoded words decoded, unfolded.
+
+    Never raises. Adjacent encoded words are joined without the whitespace between
+    them (RFC 2047 6.2), so a word split in the middle of a ticket number still reads
+    as one number.
+    """
+    if value is None:
+        return ""
+    if isinstance(value, Header):
+        value = str(value)
+    value = str(value)
+    if _has_surrogates(value):
+        # compat32 keeps undeclared 8-bit header bytes as surrogate escapes.
+        value = decode_bytes(value.encode("utf-8", "surrogateescape"), None)
+    value = _FOLD.sub("", value)
+    if "=?" not in value:
+        return value
+    try:
+        chunks = decode_header(value)
+    except (HeaderParseError, ValueError, LookupError, UnicodeError):
+        return value
+    out: list[str] = []
+    for chunk, charset in chunks:
+        if isinstance(chunk, str):
+            out.append(chunk)
+        elif charset is None:
+            out.append(chunk.decode("raw-unicode-escape", "replace"))
+        else:
+            out.append(decode_bytes(chunk, charset.partition("*")[0]))
+    return "".join(out)
+
+
+def _has_surrogates(value: str) -> bool:
+    return not value.isascii() and any(0xDC80 <= ord(c) <= 0xDCFF for c in value)
+
+
+def _raw_values(msg: email.message.Message, name: str) -> list[str]:
+    """Every raw value of header `name` (compat32 keeps them as received, 8-bit included)."""
+    name = name.lower()
+    return [str(v) for k, v in msg.raw_items() if k.lower() == name]
+
+
+def _raw_header(msg: email.message.Message, name: str) -> str:
+    values = _raw_values(msg, name)
+    return values[0] if values else ""
+
+
+def _first_msgid(value: str) -> str:
+    found = MSGID_RE.findall(value)
     if found:
         return found[0]
-    return str(value or "").strip()[:900]
+    return _clean(decode_header_value(value))[:900]
+
+
+def _msgids(msg: email.message.Message, name: str) -> tuple[str, ...]:
+    ids: list[str] = []
+    for value in _raw_values(msg, name):
+        ids.extend(MSGID_RE.findall(_FOLD.sub(" ", value)))
+    return tuple(dict.fromkeys(ids))
 
 
 def _clean(value: str) -> str:
@@ -122,52 +217,47 @@ def _clean(value: str) -> str:
     return " ".join(value.split())
 
 
-def _decode_raw_header(value: Any) -> str:
-    """Decode RFC 2047 words; undeclared 8-bit header bytes via the charset repair."""
-    if isinstance(value, email.header.Header):
-        value = str(value)
-    value = str(value)
-    if any(0xDC80 <= ord(c) <= 0xDCFF for c in value):
-        # compat32 keeps undeclared 8-bit header bytes as surrogate escapes.
-        value = decode_bytes(value.encode("utf-8", "surrogateescape"), None)
-    try:
-        return str(make_header(decode_header(value)))
-    except Exception:
-        return value
-
-
-def _decoded_header(msg: email.message.Message, name: str) -> str:
-    value = msg.get(name)
-    return "" if value is None else _decode_raw_header(value)
+def _lf(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
 
 
 def _headers(msg: email.message.Message) -> dict[str, tuple[str, ...]]:
     out: dict[str, list[str]] = {}
-    for key, value in msg.items():
-        out.setdefault(key.lower(), []).append(_clean(_decode_raw_header(value)))
+    for key, value in msg.raw_items():
+        out.setdefault(key.lower(), []).append(_clean(decode_header_value(value)))
     return {k: tuple(v) for k, v in out.items()}
 
 
+def _parsed_addresses(msg: email.message.Message, name: str) -> list[tuple[str, str]]:
+    # Decode 8-bit bytes first but leave encoded words for after address parsing, so
+    # an encoded comma or quote in a display name cannot split an address.
+    values = []
+    for raw in _raw_values(msg, name):
+        if _has_surrogates(raw):
+            raw = decode_bytes(raw.encode("utf-8", "surrogateescape"), None)
+        values.append(_FOLD.sub("", raw))
+    try:
+        pairs = email.utils.getaddresses(values)
+    except Exception:
+        return []
+    return [(_clean(decode_header_value(n)), a.strip().lower()) for n, a in pairs if "@" in a]
+
+
 def _addresses(msg: email.message.Message, name: str) -> tuple[str, ...]:
-    values = [_decode_raw_header(v) for v in msg.get_all(name, [])]
-    return tuple(
-        addr.strip().lower()
-        for _n, addr in email.utils.getaddresses(values)
-        if "@" in addr
-    )
+    return tuple(dict.fromkeys(a for _n, a in _parsed_addresses(msg, name)))
 
 
 def _first_address(msg: email.message.Message, name: str) -> tuple[str, str]:
-    values = [_decode_raw_header(v) for v in msg.get_all(name, [])]
-    for display, addr in email.utils.getaddresses(values):
-        if "@" in addr:
-            return _clean(display), addr.strip().lower()
-    return "", ""
+    pairs = _parsed_addresses(msg, name)
+    return pairs[0] if pairs else ("", "")
+
+
+# -- bodies and attachments --------------------------------------------------------------
 
 
 def _is_attachment(part: email.message.Message) -> bool:
     disposition = str(part.get("Content-Disposition", "")).split(";")[0].strip().lower()
-    return disposition == "attachment" or bool(part.get_filename())
+    return disposition == "attachment" or bool(_filename(part))
 
 
 def _walk(
@@ -175,51 +265,79 @@ def _walk(
     text: list[str],
     html: list[str],
     attachments: list[Attachment],
+    depth: int,
 ) -> None:
     ctype = part.get_content_type()
-    if part.is_multipart():
-        if ctype == "multipart/alternative":
-            _walk_alternative(part, text, html, attachments)
-            return
-        payload = part.get_payload()
-        if isinstance(payload, list):
-            for sub in payload:
-                _walk(sub, text, html, attachments)
+    if depth > MAX_DEPTH:
+        attachments.append(Attachment("", ctype, _payload_bytes(part)))
         return
     if ctype == "message/rfc822" or (ctype.startswith("message/") and _is_attachment(part)):
         attachments.append(_message_attachment(part))
         return
-    if _is_attachment(part) or ctype.split("/")[0] not in ("text",):
+    if ctype.startswith("multipart/"):
+        payload = part.get_payload()
+        if isinstance(payload, list):
+            for sub in payload:
+                if isinstance(sub, email.message.Message):
+                    _walk(sub, text, html, attachments, depth + 1)
+            return
+        repaired = _resplit(part)
+        if repaired is not None:
+            _walk(repaired, text, html, attachments, depth + 1)
+        else:  # no usable boundary at all: keep what is there as text
+            raw_body = getattr(part, "_payload", None)
+            body = decode_bytes(raw_body.encode("utf-8", "surrogateescape"), None) if (
+                isinstance(raw_body, str)) else ""
+            if body.strip():
+                text.append(body)
+        return
+    if part.is_multipart():  # message/* other than rfc822 with a parsed payload
+        for sub in part.get_payload():
+            _walk(sub, text, html, attachments, depth + 1)
+        return
+    if _is_attachment(part) or ctype.split("/")[0] != "text":
         attachments.append(_attachment(part))
         return
     body = _decode_text_part(part)
     if ctype == "text/html":
         html.append(body)
-    elif ctype in ("text/plain", "text/enriched") or ctype.startswith("text/"):
+    else:
         text.append(body)
 
 
-def _walk_alternative(
-    part: email.message.Message,
-    text: list[str],
-    html: list[str],
-    attachments: list[Attachment],
-) -> None:
-    """Keep the text alternative as text and the HTML one as html; nothing twice."""
-    payload = part.get_payload()
-    if not isinstance(payload, list):
-        return
-    sub_text: list[str] = []
-    sub_html: list[str] = []
-    for sub in payload:
-        _walk(sub, sub_text, sub_html, attachments)
-    text.extend(sub_text)
-    html.extend(sub_html)
+def _resplit(part: email.message.Message) -> email.message.Message | None:
+    """Re-parse a multipart whose declared boundary does not occur in its body.
+
+    Senders (and broken gateways) declare one boundary and use another, or declare
+    none. The first line that looks like `--token` names the boundary really used.
+    """
+    # get_payload() would decode a string payload's 8-bit bytes as US-ASCII with
+    # U+FFFD; the stored payload keeps them as surrogate escapes, i.e. the raw bytes.
+    payload = getattr(part, "_payload", None)
+    if not isinstance(payload, str):
+        return None
+    found = _BOUNDARY_LINE.search(payload)
+    if found is None:
+        return None
+    boundary = found.group(1).removesuffix("--")
+    if not boundary.strip() or boundary == part.get_boundary():
+        return None
+    body = payload.encode("utf-8", "surrogateescape")
+    head = (f'Content-Type: {part.get_content_type()}; boundary="{boundary}"\n\n').encode()
+    try:
+        repaired = email.message_from_bytes(head + body)
+    except Exception:
+        return None
+    return repaired if isinstance(repaired.get_payload(), list) else None
 
 
 def _decode_text_part(part: email.message.Message) -> str:
     data = _payload_bytes(part)
-    return decode_bytes(data, part.get_content_charset())
+    try:
+        charset = part.get_content_charset()
+    except Exception:
+        charset = None
+    return decode_bytes(data, charset)
 
 
 def _payload_bytes(part: email.message.Message) -> bytes:
@@ -232,43 +350,72 @@ def _payload_bytes(part: email.message.Message) -> bytes:
     payload = part.get_payload()
     if isinstance(payload, str):
         return payload.encode("utf-8", "surrogateescape")
+    if isinstance(payload, list):
+        return b"".join(_flatten(p) for p in payload if isinstance(p, email.message.Message))
     return b""
 
 
+def _filename(part: email.message.Message) -> str:
+    """The attachment name: RFC 2231, encoded words, or raw 8-bit, decoded; '' if none."""
+    value: Any = None
+    try:
+        source = part
+        raw = [v for k, v in part.raw_items()
+               if k.lower() in ("content-disposition", "content-type")]
+        if any(_has_surrogates(str(v)) for v in raw):
+            # Re-read the two headers with their 8-bit bytes decoded to text.
+            source = email.message.Message()
+            for k, v in part.raw_items():
+                if k.lower() in ("content-disposition", "content-type"):
+                    source[k] = decode_header_value(v)
+        value = source.get_param("filename", None, "content-disposition")
+        if value is None:
+            value = source.get_param("name", None, "content-type")
+    except Exception:
+        return ""
+    if value is None:
+        return ""
+    if isinstance(value, tuple):  # RFC 2231: (charset, language, %-decoded latin-1 text)
+        charset, _lang, text = value
+        try:
+            data = text.encode("latin-1")
+        except UnicodeEncodeError:
+            return _clean(text)
+        return _clean(decode_bytes(data, charset or "utf-8"))
+    return _clean(decode_header_value(email.utils.unquote(str(value))))
+
+
 def _attachment(part: email.message.Message) -> Attachment:
-    filename = part.get_filename() or ""
-    return Attachment(
-        filename=_clean(_decode_raw_header(filename)) if filename else "",
-        content_type=part.get_content_type(),
-        content=_payload_bytes(part),
-    )
+    name = _filename(part)
+    if not name:
+        cid = str(part.get("Content-ID", "") or "").strip().strip("<>")
+        name = _safe_filename(cid) if cid else ""
+    return Attachment(filename=name, content_type=part.get_content_type(),
+                      content=_payload_bytes(part))
+
+
+def _flatten(msg: email.message.Message) -> bytes:
+    """A message's bytes as parsed, without refolding its headers."""
+    buf = io.BytesIO()
+    try:
+        BytesGenerator(buf, mangle_from_=False, maxheaderlen=0).flatten(msg)
+    except Exception:
+        return b""
+    return buf.getvalue()
 
 
 def _message_attachment(part: email.message.Message) -> Attachment:
     payload = part.get_payload()
     inner = payload[0] if isinstance(payload, list) and payload else None
     if isinstance(inner, email.message.Message):
-        content = inner.as_bytes()
-        subject = _clean(_decoded_header(inner, "Subject")) or "forwarded message"
+        content = _flatten(inner)
+        subject = _clean(decode_header_value(_raw_header(inner, "subject")))
     else:
         content = _payload_bytes(part)
-        subject = "forwarded message"
-    name = part.get_filename() or f"{_safe_filename(subject)}.eml"
+        subject = ""
+    name = _filename(part) or f"{_safe_filename(subject or 'forwarded message')}.eml"
     return Attachment(filename=name, content_type="message/rfc822", content=content)
 
 
 def _safe_filename(value: str) -> str:
-    return re.sub(r"[\\/:*?\"<>|\x00-\x1f]+", "_", value)[:120]
-
-
-def _merge_mailparser_attachments(mp: Any, ours: list[Attachment]) -> list[Attachment]:
-    """Prefer mail-parser's decoded filenames (RFC 2231 continuations) where ours are empty."""
-    theirs = getattr(mp, "attachments", None) or []
-    if len(theirs) != len(ours):
-        return ours
-    merged = []
-    for mine, other in zip(ours, theirs, strict=True):
-        name = mine.filename or str(other.get("filename") or "")
-        merged.append(Attachment(name, mine.content_type, mine.content))
-    return merged
-
+    return re.sub(r"[\\/:*?\"<>|\x00-\x1f]+", "_", value).strip()[:120]
