@@ -15,6 +15,7 @@ fails it at once with the reply kept in `last_error` and an `outbox-failed` even
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import smtplib
 import socket
@@ -76,6 +77,11 @@ def _smtp_error(code: int, reply: bytes | str, what: str) -> Exception:
     return PermanentFailure(message) if 500 <= code < 600 else TemporaryFailure(message)
 
 
+@functools.cache
+def _fqdn() -> str:
+    return socket.getfqdn()
+
+
 class SmtpSender:
     """A connection to the smarthost, opened lazily and reused for a batch."""
 
@@ -86,15 +92,24 @@ class SmtpSender:
 
     def _connect(self) -> smtplib.SMTP:
         host, port = split_hostport(self.out.smarthost)
-        helo = self.out.helo or socket.getfqdn()
+        helo = self.out.helo or _fqdn()
+        smtp = smtplib.SMTP(local_hostname=helo, timeout=self.out.timeout)
         try:
-            smtp = smtplib.SMTP(host, port, local_hostname=helo, timeout=self.out.timeout)
+            smtp.connect(host, port)
             smtp.ehlo()
             if self.out.starttls:
                 smtp.starttls(context=ssl.create_default_context())
                 smtp.ehlo()
             if self.out.username:
                 smtp.login(self.out.username, read_password(self.out.password_file, self.config))
+        except BaseException:
+            smtp.close()
+            raise
+        return smtp
+
+    def _open(self) -> smtplib.SMTP:
+        try:
+            return self._connect()
         except smtplib.SMTPAuthenticationError as exc:
             # Wrong credentials are an admin's mistake to fix, not a reason to drop mail.
             raise TemporaryFailure(f"AUTH refused: {exc.smtp_code}") from None
@@ -104,11 +119,10 @@ class SmtpSender:
         except (OSError, smtplib.SMTPException) as exc:
             raise TemporaryFailure(f"cannot connect to {self.out.smarthost}: "
                                    f"{type(exc).__name__}: {exc}") from None
-        return smtp
 
     def send(self, mail_from: str, rcpt_to: str, data: bytes) -> None:
         if self._smtp is None:
-            self._smtp = self._connect()
+            self._smtp = self._open()
         try:
             refused = self._smtp.sendmail(mail_from, [rcpt_to], data)
         except smtplib.SMTPRecipientsRefused as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import warnings
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.message import Message
@@ -52,6 +53,7 @@ class SmtpSink:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.base_events.Server | None = None
+        self._protocols: list[SMTP] = []
 
     @property
     def received(self) -> list[Received]:
@@ -69,9 +71,15 @@ class SmtpSink:
 
     def _factory(self) -> SMTP:
         if self.credentials:
-            return SMTP(self.handler, hostname="sink.test", authenticator=self._authenticate,
-                        auth_require_tls=False, auth_required=True)
-        return SMTP(self.handler, hostname="sink.test")
+            # aiosmtpd warns about AUTH without TLS; on loopback in a test that is the point.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                proto = SMTP(self.handler, hostname="sink.test", authenticator=self._authenticate,
+                             auth_require_tls=False, auth_required=True)
+        else:
+            proto = SMTP(self.handler, hostname="sink.test")
+        self._protocols.append(proto)
+        return proto
 
     def start(self) -> None:
         if not self._thread.is_alive():
@@ -93,6 +101,11 @@ class SmtpSink:
 
         async def close() -> None:
             server.close()
+            for proto in self._protocols:  # and drop open sessions, like a crashed MTA
+                if proto.transport is not None:
+                    proto.transport.close()
+            self._protocols.clear()
+            await asyncio.sleep(0)
             await server.wait_closed()
 
         asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
