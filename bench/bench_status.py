@@ -42,11 +42,11 @@ def populate(engine: Engine, tickets: int, seed: int = 6, now: dt.datetime | Non
     rnd = random.Random(seed)
     now = now or dt.datetime.now(dt.UTC)
     with engine.begin() as conn:
-        existing = dict(conn.execute(select(Q.c.name, Q.c.id)).tuples().all())
+        existing = dict(conn.execute(select(Q.c.name, Q.c.id)).all())
         for name in QUEUES:
             if name not in existing:
                 conn.execute(insert(Q).values(name=name, created_at=now))
-        qids = dict(conn.execute(select(Q.c.name, Q.c.id)).tuples().all())
+        qids = dict(conn.execute(select(Q.c.name, Q.c.id)).all())
         first_ticket = (conn.execute(select(T.c.id).order_by(T.c.id.desc()).limit(1))
                         .scalar() or 0) + 1
         first_article = (conn.execute(select(A.c.id).order_by(A.c.id.desc()).limit(1))

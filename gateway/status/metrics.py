@@ -59,6 +59,7 @@ class DatabaseCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         from .health import count_spool
+        from .queries import temp_failed_count
 
         info = GaugeMetricFamily("ticketgate_info", "Version and database backend.",
                                  labels=["version", "backend"])
@@ -70,7 +71,7 @@ class DatabaseCollector(Collector):
         temp = CounterMetricFamily(
             "ticketgate_temp_failed", "Deliveries answered 451 / exit 75 since this process "
             "started (in memory).")
-        temp.add_metric([], float(self.counters().get("temp-failed", 0)))
+        temp.add_metric([], float(temp_failed_count(self.counters())))
         yield temp
         yield GaugeMetricFamily("ticketgate_spool_quarantined_messages",
                                 "Messages in the quarantine spool (spool/failed).",
@@ -95,26 +96,26 @@ class DatabaseCollector(Collector):
                 select(E.c.kind, func.count())
                 .where(E.c.kind.in_((*DISPOSITIONS, "autoresponse-sent")))
                 .group_by(E.c.kind)
-            ).tuples().all())
+            ).all())
             reason = E.c.detail["reason"].as_string()
             reasons = conn.execute(
                 select(reason, func.count())
                 .where(E.c.kind == "autoresponse-suppressed")
                 .group_by(reason)
-            ).tuples().all()
+            ).all()
             articles = dict(conn.execute(
                 select(A.c.direction, func.count()).group_by(A.c.direction)
-            ).tuples().all())
+            ).all())
             tickets = int(conn.execute(select(func.count()).select_from(T)).scalar_one())
             open_rows = conn.execute(
                 select(Q.c.name, T.c.state, func.count())
                 .join(Q, Q.c.id == T.c.queue_id)
                 .where(T.c.state.in_(OPEN_STATES))
                 .group_by(Q.c.name, T.c.state)
-            ).tuples().all()
+            ).all()
             outbox = dict(conn.execute(
                 select(O.c.state, func.count()).group_by(O.c.state)
-            ).tuples().all())
+            ).all())
             oldest = _as_utc(conn.execute(
                 select(func.min(O.c.created_at)).where(O.c.state.in_(("pending", "sending")))
             ).scalar())

@@ -206,7 +206,7 @@ def outbox(conn: Connection, now: dt.datetime) -> dict[str, Any]:
 
 def queues(conn: Connection, now: dt.datetime) -> list[dict[str, Any]]:
     """Open tickets per queue and state, and each queue's oldest unanswered ticket."""
-    names = dict(conn.execute(select(Q.c.id, Q.c.name)).tuples().all())
+    names = dict(conn.execute(select(Q.c.id, Q.c.name)).all())
     per: dict[int, dict[str, Any]] = {
         qid: {"queue": name, "states": {s: 0 for s in OPEN_STATES}, "open": 0,
               "oldest_unanswered": None, "oldest_unanswered_age_seconds": None}
@@ -270,12 +270,12 @@ def daily_volume(conn: Connection, now: dt.datetime, days: int = CHART_DAYS) -> 
         select(_day(A.c.created_at, dialect).label("d"), func.count())
         .where(A.c.direction == "in", A.c.created_at >= since)
         .group_by("d")
-    ).tuples().all())
+    ).all())
     created = dict(conn.execute(
         select(_day(T.c.created_at, dialect).label("d"), func.count())
         .where(T.c.created_at >= since)
         .group_by("d")
-    ).tuples().all())
+    ).all())
     out = []
     for i in range(days):
         day = (first + dt.timedelta(days=i)).isoformat()
@@ -387,7 +387,7 @@ def snapshot(engine: Engine, src: Sources, now: dt.datetime,
         received = {
             w: inbound[w] + events["ignored"][w] + events["size-rejected"][w] for w in inbound
         }
-        temp_failed = int(src.counters.get("temp-failed", 0))
+        temp_failed = temp_failed_count(src.counters)
         flow = {
             "received": received,
             "stored": inbound,
@@ -433,5 +433,15 @@ def _rules(state: dict[str, Any] | None) -> dict[str, Any] | None:
     errors = state.get("errors") or []
     if isinstance(errors, str):
         errors = [errors]
-    return {"count": state.get("count"), "loaded_at": loaded, "errors": [str(e) for e in errors]}
+    return {"count": state.get("count"), "loaded_at": loaded,
+            "errors": [str(e) for e in errors], "errors_at": state.get("errors_at")}
+
+
+# The daemon's in-memory counters that mean "answered 451 / exit 75" (names used by
+# gateway/server and the brief's generic name).
+TEMP_FAIL_COUNTERS = ("server.tempfail", "temp-failed")
+
+
+def temp_failed_count(counters: dict[str, int]) -> int:
+    return sum(int(counters.get(name, 0)) for name in TEMP_FAIL_COUNTERS)
 
