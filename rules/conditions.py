@@ -36,12 +36,31 @@ class Outcome:
     decided: bool = True
 
 
+NO_CAPTURES: Mapping[str, str] = {}
+
+
 class Condition:
+    """`probe` is the fast test routing uses; `check` also says why, for `rules test`."""
+
     key: str  # as written in the rule file, e.g. "not_from_domain"
     negate: bool
 
+    def probe(self, view: MessageView) -> tuple[bool | None, Mapping[str, str]]:
+        """(the plain test's result, or None when undecided; regex captures)."""
+        out = self.check(view)
+        return (out.held if out.decided else None), out.captures
+
     def check(self, view: MessageView) -> Outcome:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def holds(self, view: MessageView) -> tuple[bool, Mapping[str, str]]:
+        """(holds with the negation applied, captures): the routing path, no strings."""
+        raw, caps = self.probe(view)
+        if raw is None:
+            return False, NO_CAPTURES
+        if raw != self.negate:
+            return True, NO_CAPTURES if self.negate else caps
+        return False, NO_CAPTURES
 
     def evaluate(self, view: MessageView) -> tuple[bool, str, Mapping[str, str]]:
         """(holds, explanation, captures) with the negation applied."""
@@ -80,6 +99,10 @@ class AddressGlob(Condition):
     patterns: tuple[str, ...]
     compiled: re.Pattern[str] = field(compare=False, repr=False)
 
+    def probe(self, view: MessageView) -> tuple[bool | None, Mapping[str, str]]:
+        m = self.compiled.match
+        return any(m(a) for a in view.addresses(self.field)), NO_CAPTURES
+
     def check(self, view: MessageView) -> Outcome:
         addrs = view.addresses(self.field)
         for a in addrs:
@@ -99,6 +122,11 @@ class SenderDomain(Condition):
     exact: frozenset[str]
     trees: tuple[str, ...]
 
+    def probe(self, view: MessageView) -> tuple[bool | None, Mapping[str, str]]:
+        d = view.from_domain
+        return bool(d) and (d in self.exact or any(
+            d == t or d.endswith("." + t) for t in self.trees)), NO_CAPTURES
+
     def check(self, view: MessageView) -> Outcome:
         d = view.from_domain
         if d and (d in self.exact or any(d == t or d.endswith("." + t) for t in self.trees)):
@@ -116,6 +144,13 @@ class Contains(Condition):
     field: str  # "subject" | "body"
     needles: tuple[str, ...]
 
+    def probe(self, view: MessageView) -> tuple[bool | None, Mapping[str, str]]:
+        text = view.subject_folded if self.field == "subject" else view.body_folded
+        for n in self.needles:
+            if n in text:
+                return True, NO_CAPTURES
+        return False, NO_CAPTURES
+
     def check(self, view: MessageView) -> Outcome:
         text = view.subject_folded if self.field == "subject" else view.body_folded
         for n in self.needles:
@@ -126,6 +161,23 @@ class Contains(Condition):
 
 def _search(pattern: regex.Pattern[str], text: str) -> regex.Match[str] | None:
     return pattern.search(text, timeout=REGEX_TIMEOUT)
+
+
+def _probe_any(
+    patterns: tuple[regex.Pattern[str], ...], texts: tuple[str, ...]
+) -> tuple[bool | None, Mapping[str, str]]:
+    timed_out = False
+    for p in patterns:
+        for text in texts:
+            try:
+                m = _search(p, text)
+            except TimeoutError:
+                timed_out = True
+                continue
+            if m is not None:
+                return True, ({k: (v or "") for k, v in m.groupdict().items()}
+                              if p.groupindex else NO_CAPTURES)
+    return (None if timed_out else False), NO_CAPTURES
 
 
 def _match_any(
@@ -158,6 +210,10 @@ class Matches(Condition):
     field: str
     patterns: tuple[regex.Pattern[str], ...]
 
+    def probe(self, view: MessageView) -> tuple[bool | None, Mapping[str, str]]:
+        text = view.subject if self.field == "subject" else view.body
+        return _probe_any(self.patterns, (text,))
+
     def check(self, view: MessageView) -> Outcome:
         text = view.subject if self.field == "subject" else view.body
         return _match_any(self.patterns, (text,), self.field)
@@ -172,6 +228,9 @@ class HeaderExists(Condition):
     key: str
     negate: bool
     names: tuple[str, ...]
+
+    def probe(self, view: MessageView) -> tuple[bool | None, Mapping[str, str]]:
+        return any(n.lower() in view.msg.headers for n in self.names), NO_CAPTURES
 
     def check(self, view: MessageView) -> Outcome:
         for n in self.names:
@@ -188,9 +247,16 @@ class HeaderContains(Condition):
     negate: bool
     wanted: tuple[tuple[str, tuple[str, ...]], ...]
 
+    def probe(self, view: MessageView) -> tuple[bool | None, Mapping[str, str]]:
+        for name, needles in self.wanted:
+            values = view.header_values_folded(name.lower())
+            if not any(n in v for n in needles for v in values):
+                return False, NO_CAPTURES
+        return True, NO_CAPTURES
+
     def check(self, view: MessageView) -> Outcome:
         for name, needles in self.wanted:
-            values = [v.casefold() for v in view.header_values(name.lower())]
+            values = view.header_values_folded(name.lower())
             hit = next((n for n in needles for v in values if n in v), None)
             if hit is None:
                 if not values:
@@ -205,6 +271,18 @@ class HeaderMatches(Condition):
     key: str
     negate: bool
     wanted: tuple[tuple[str, tuple[regex.Pattern[str], ...]], ...]
+
+    def probe(self, view: MessageView) -> tuple[bool | None, Mapping[str, str]]:
+        captures: dict[str, str] = {}
+        for name, patterns in self.wanted:
+            values = view.header_values(name.lower())
+            if not values:
+                return False, NO_CAPTURES
+            held, caps = _probe_any(patterns, values)
+            if not held:
+                return held, NO_CAPTURES
+            captures.update(caps)
+        return True, captures
 
     def check(self, view: MessageView) -> Outcome:
         captures: dict[str, str] = {}
@@ -235,6 +313,10 @@ class AttachmentGlob(Condition):
     patterns: tuple[str, ...]
     compiled: re.Pattern[str] = field(compare=False, repr=False)
 
+    def probe(self, view: MessageView) -> tuple[bool | None, Mapping[str, str]]:
+        m = self.compiled.match
+        return any(m(getattr(a, self.field).lower()) for a in view.msg.attachments), NO_CAPTURES
+
     def check(self, view: MessageView) -> Outcome:
         what = "attachment name" if self.field == "filename" else "attachment type"
         for att in view.msg.attachments:
@@ -254,6 +336,9 @@ class Size(Condition):
     limit: int
     over: bool
 
+    def probe(self, view: MessageView) -> tuple[bool | None, Mapping[str, str]]:
+        return (view.size > self.limit if self.over else view.size < self.limit), NO_CAPTURES
+
     def check(self, view: MessageView) -> Outcome:
         held = view.size > self.limit if self.over else view.size < self.limit
         word = "over" if self.over else "under"
@@ -268,6 +353,9 @@ class Label(Condition):
     key: str
     negate: bool
     labels: tuple[str, ...]
+
+    def probe(self, view: MessageView) -> tuple[bool | None, Mapping[str, str]]:
+        return any(lbl in view.labels for lbl in self.labels), NO_CAPTURES
 
     def check(self, view: MessageView) -> Outcome:
         hit = [lbl for lbl in self.labels if lbl in view.labels]
@@ -284,6 +372,9 @@ class Dkim(Condition):
     key: str
     negate: bool
     results: tuple[str, ...]
+
+    def probe(self, view: MessageView) -> tuple[bool | None, Mapping[str, str]]:
+        return view.dkim in self.results, NO_CAPTURES
 
     def check(self, view: MessageView) -> Outcome:
         r = view.dkim

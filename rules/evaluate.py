@@ -57,6 +57,7 @@ def _fill(template: str, captures: Mapping[str, str], view: MessageView) -> str:
     return "".join(out).strip()
 
 def _check(rule: Rule, view: MessageView) -> tuple[bool, str, dict[str, str]]:
+    """Explained: (matched, why, captures); the reason is the deciding condition."""
     captures: dict[str, str] = {}
     reasons = []
     for cond in rule.conditions:
@@ -69,64 +70,107 @@ def _check(rule: Rule, view: MessageView) -> tuple[bool, str, dict[str, str]]:
         return True, "no conditions: matches every message", captures
     return True, "; ".join(reasons), captures
 
+
+def _holds(rule: Rule, view: MessageView) -> dict[str, str] | None:
+    """The routing path: the captures if the rule matches, else None. No strings built."""
+    captures: dict[str, str] = {}
+    for cond in rule.conditions:  # Condition.holds, inlined: this loop is the hot path
+        raw, caps = cond.probe(view)
+        if raw is None or raw == cond.negate:
+            return None
+        if caps and not cond.negate:
+            captures.update(caps)
+    return captures
+
+
+class _Builder:
+    """Collects the actions of matching rules under the conflict policy."""
+
+    def __init__(self, view: MessageView) -> None:
+        self.view = view
+        self.values: dict[str, Any] = {}
+        self.tags: list[str] = []
+        self.matched: list[str] = []
+
+    def apply(self, rule: Rule, captures: Mapping[str, str]) -> tuple[list[str], list[str]]:
+        self.matched.append(rule.name)
+        a = rule.actions
+        applied: list[str] = []
+        overruled: list[str] = []
+        for f in a.set_fields():
+            if f in self.values and not a.override:
+                overruled.append(f)
+                continue
+            value = getattr(a, f)
+            if f in ("thread_key", "customer"):
+                value = _fill(value, captures, self.view) or None
+            self.values[f] = value
+            applied.append(f)
+        for t in a.tags:
+            if t not in self.tags:
+                self.tags.append(t)
+        if a.tags:
+            applied.append("tags")
+        if a.stop:
+            applied.append("stop")
+        return applied, overruled
+
+    def route(self) -> Route:
+        v = self.values
+        return Route(
+            queue=v.get("queue"),
+            priority=v.get("priority"),
+            state=v.get("state"),
+            tags=tuple(self.tags),
+            customer=v.get("customer"),
+            ignore=bool(v.get("ignore", False)),
+            no_auto_response=bool(v.get("no_auto_response", False)),
+            thread_key=v.get("thread_key"),
+            matched=tuple(self.matched),
+        )
+
+
+def route_only(
+    ruleset: RuleSet, msg: ParsedMessage, envelope: Envelope, classification: Classification
+) -> Route:
+    """The route without reasons: only the rules the domain index leaves are tested."""
+    view = MessageView(msg, envelope, classification, ruleset.max_match_chars)
+    out = _Builder(view)
+    rules = ruleset.rules
+    for i in ruleset.domain_index.candidates(view.from_domain):
+        rule = rules[i]
+        captures = _holds(rule, view)
+        if captures is None:
+            continue
+        out.apply(rule, captures)
+        if rule.actions.stop:
+            break
+    return out.route()
+
+
 def evaluate(
     ruleset: RuleSet,
     msg: ParsedMessage,
     envelope: Envelope,
     classification: Classification,
-    explain: bool = True,
 ) -> Decision:
+    """The route and, for every rule, whether it matched and why."""
     view = MessageView(msg, envelope, classification, ruleset.max_match_chars)
-    values: dict[str, Any] = {}
-    tags: list[str] = []
-    matched: list[str] = []
+    out = _Builder(view)
     trace: list[RuleTrace] = []
     stopped_by: str | None = None
     for rule in ruleset.rules:
         if stopped_by is not None:
-            if not explain:
-                break
             trace.append(RuleTrace(rule.name, rule.file, rule.line, SKIPPED,
                                    f"not evaluated: rule '{stopped_by}' has stop = true"))
             continue
         ok, why, captures = _check(rule, view)
         if not ok:
-            if explain:
-                trace.append(RuleTrace(rule.name, rule.file, rule.line, NOT_MATCHED, why))
+            trace.append(RuleTrace(rule.name, rule.file, rule.line, NOT_MATCHED, why))
             continue
-        matched.append(rule.name)
-        a = rule.actions
-        applied: list[str] = []
-        overruled: list[str] = []
-        for f in a.set_fields():
-            if f in values and not a.override:
-                overruled.append(f)
-                continue
-            value = getattr(a, f)
-            if f in ("thread_key", "customer"):
-                value = _fill(value, captures, view) or None
-            values[f] = value
-            applied.append(f)
-        for t in a.tags:
-            if t not in tags:
-                tags.append(t)
-        if a.tags:
-            applied.append("tags")
-        if a.stop:
+        applied, overruled = out.apply(rule, captures)
+        if rule.actions.stop:
             stopped_by = rule.name
-            applied.append("stop")
-        if explain:
-            trace.append(RuleTrace(rule.name, rule.file, rule.line, MATCHED, why,
-                                   tuple(applied), tuple(overruled)))
-    route = Route(
-        queue=values.get("queue"),
-        priority=values.get("priority"),
-        state=values.get("state"),
-        tags=tuple(tags),
-        customer=values.get("customer"),
-        ignore=bool(values.get("ignore", False)),
-        no_auto_response=bool(values.get("no_auto_response", False)),
-        thread_key=values.get("thread_key"),
-        matched=tuple(matched),
-    )
-    return Decision(route, tuple(trace))
+        trace.append(RuleTrace(rule.name, rule.file, rule.line, MATCHED, why,
+                               tuple(applied), tuple(overruled)))
+    return Decision(out.route(), tuple(trace))

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING
 
 from .conditions import Condition
+
+if TYPE_CHECKING:
+    from .prefilter import DomainIndex
 
 # Actions that set one value; the first matching rule that sets one wins, unless a later
 # matching rule has `override = true`.
@@ -48,3 +53,9 @@ class RuleSet:
     files: tuple[tuple[str, int, int], ...] = ()
     max_match_chars: int = 65536
     loaded_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+
+    @cached_property
+    def domain_index(self) -> DomainIndex:
+        from .prefilter import DomainIndex
+
+        return DomainIndex.build(self.rules)

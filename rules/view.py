@@ -30,6 +30,8 @@ class MessageView:
         self.envelope = envelope
         self.classification = classification
         self.limit = max_match_chars
+        self._headers: dict[str, tuple[str, ...]] = {}
+        self._folded: dict[str, tuple[str, ...]] = {}
 
     def bounded(self, text: str) -> str:
         return text[: self.limit]
@@ -51,7 +53,18 @@ class MessageView:
         return self.body.casefold()
 
     def header_values(self, name: str) -> tuple[str, ...]:
-        return tuple(self.bounded(v) for v in self.msg.headers.get(name, ()))
+        """Decoded values of header `name` (lower case), each cut to the limit."""
+        found = self._headers.get(name)
+        if found is None:
+            found = self._headers[name] = tuple(
+                self.bounded(v) for v in self.msg.headers.get(name, ()))
+        return found
+
+    def header_values_folded(self, name: str) -> tuple[str, ...]:
+        found = self._folded.get(name)
+        if found is None:
+            found = self._folded[name] = tuple(v.casefold() for v in self.header_values(name))
+        return found
 
     @cached_property
     def from_address(self) -> str:

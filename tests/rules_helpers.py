@@ -1,4 +1,7 @@
-"""Helpers for the rule tests: build messages and rule sets in a line or two."""
+"""Helpers for the rule tests: build messages and rule sets in a line or two.
+
+`decide` runs both evaluator paths (explained and routing-only) and checks they agree.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from email.message import EmailMessage
 from gateway.classify import classify
 from gateway.envelope import Envelope
 from gateway.parse import parse_message
-from rules.evaluate import Decision, evaluate
+from rules.evaluate import Decision, evaluate, route_only
 from rules.model import RuleSet
 from rules.reader import parse_rule_text
 
@@ -48,4 +51,8 @@ def decide(
 ) -> Decision:
     msg = parse_message(raw)
     env = Envelope(mail_from=mail_from, rcpt_tos=rcpt)
-    return evaluate(rs, msg, env, classify(msg, env))
+    cls = classify(msg, env)
+    decision = evaluate(rs, msg, env, cls)
+    # The routing path (domain index, no explanations) must decide exactly the same.
+    assert route_only(rs, msg, env, cls) == decision.route
+    return decision

@@ -299,3 +299,32 @@ def test_a_rule_without_conditions_matches_everything() -> None:
     d = decide(ruleset("[[rule]]\nname = 'all'\ntags = ['x']\n"), message())
     assert d.route.matched == ("all",)
     assert d.trace[0].reason == "no conditions: matches every message"
+
+
+def test_domain_index_leaves_only_rules_that_can_match_in_rule_order() -> None:
+    rs = ruleset("""
+[[rule]]
+name = "acme tree"
+from_domain = "*.acme.example"
+tags = ["a"]
+
+[[rule]]
+name = "other"
+from_domain = "other.example"
+tags = ["o"]
+
+[[rule]]
+name = "not other"
+not_from_domain = "other.example"
+tags = ["n"]
+
+[[rule]]
+name = "all"
+tags = ["x"]
+""")
+    index = rs.domain_index
+    assert index.candidates("mail.eu.acme.example") == [0, 2, 3]
+    assert index.candidates("other.example") == [1, 2, 3]
+    assert index.candidates("") == [2, 3]
+    d = decide(rs, message(sender="a@mail.eu.acme.example"))
+    assert d.route.tags == ("a", "n", "x")
