@@ -12,7 +12,7 @@ import pytest
 
 from gateway.daemon import DaemonContext
 from gateway.status.page import (
-    _nice_ceiling,
+    _axis_step,
     chart,
     domain_table,
     format_age,
@@ -112,7 +112,7 @@ def test_chart_scales_to_the_busiest_day() -> None:
     assert len(c["bars"]) == 30
     tallest = max(c["bars"], key=lambda b: b["h"])
     assert tallest["day"] == "2026-11-30"
-    assert c["grid"][-1]["label"] == "40"  # 29 rounds up to a nice 40
+    assert [g["label"] for g in c["grid"]] == ["0", "10", "20", "30", "40"]  # 29 -> 40
     first = c["bars"][0]
     assert first["h"] == 0 and first["label"] == "11-01"
     assert all(b["ch"] <= b["h"] for b in c["bars"])
@@ -120,10 +120,12 @@ def test_chart_scales_to_the_busiest_day() -> None:
     assert empty["bars"][0]["h"] == 0
 
 
-@pytest.mark.parametrize(("value", "ceiling"), [(0, 1), (1, 1), (3, 4), (7, 10), (11, 20),
-                                                (45, 50), (101, 200), (999, 1000)])
-def test_nice_ceiling(value: float, ceiling: float) -> None:
-    assert _nice_ceiling(value) == ceiling
+@pytest.mark.parametrize(("top", "step"), [(1, 1), (4, 1), (5, 2), (7, 2), (9, 5), (21, 10),
+                                            (29, 10), (45, 20), (90, 25), (101, 50),
+                                            (999, 250), (1001, 500)])
+def test_axis_steps_are_round_and_cover_the_busiest_day(top: int, step: int) -> None:
+    assert _axis_step(top) == step
+    assert _axis_step(top) * 4 >= top
 
 
 def test_formatting() -> None:

@@ -21,6 +21,7 @@ from .queries import month_labels
 CHART_W, CHART_H = 900, 220
 CHART_PAD_L, CHART_PAD_B, CHART_PAD_T = 44, 26, 12
 PAGE_MONTHS = 3
+GRID_STEPS = 4
 PAGE_DOMAINS = 15
 
 
@@ -80,7 +81,8 @@ def format_number(n: int | float | None) -> str:
 def chart(days: list[dict[str, Any]]) -> dict[str, Any]:
     """Bar geometry for the daily-volume chart: received (bars) and created (inner bars)."""
     top = max([d["received"] for d in days] + [d["created"] for d in days] + [1])
-    scale = _nice_ceiling(top)
+    step = _axis_step(top)
+    scale = float(step * GRID_STEPS)
     plot_w = CHART_W - CHART_PAD_L - 8
     plot_h = CHART_H - CHART_PAD_B - CHART_PAD_T
     slot = plot_w / max(1, len(days))
@@ -100,23 +102,22 @@ def chart(days: list[dict[str, Any]]) -> dict[str, Any]:
             "lx": round(x + slot / 2, 1),
         })
     grid = []
-    for k in range(5):
-        value = scale * k / 4
-        y = CHART_PAD_T + plot_h - plot_h * k / 4
-        grid.append({"y": round(y, 1), "label": format_number(round(value))})
+    for k in range(GRID_STEPS + 1):
+        y = CHART_PAD_T + plot_h - plot_h * k / GRID_STEPS
+        grid.append({"y": round(y, 1), "label": format_number(step * k)})
     return {"width": CHART_W, "height": CHART_H, "bars": bars, "grid": grid,
             "left": CHART_PAD_L, "right": CHART_W - 8, "label_y": CHART_H - 8}
 
 
-def _nice_ceiling(value: float) -> float:
-    """A round axis maximum (1, 2, 4, 5 or 10 times a power of ten) that is >= value."""
+def _axis_step(top: float) -> int:
+    """The smallest round step (1, 2, 5, 10, 20, 25, 50, ...) with GRID_STEPS steps >= top."""
     power = 1
-    while power * 10 <= value:
+    while True:
+        for step in (1, 2, 5) if power == 1 else (1, 2, 2.5, 5):
+            candidate = int(step * power)
+            if candidate * GRID_STEPS >= top:
+                return candidate
         power *= 10
-    for step in (1, 2, 4, 5, 10):
-        if step * power >= value:
-            return float(step * power)
-    return float(10 * power)  # pragma: no cover
 
 
 def domain_table(rows: list[dict[str, Any]], now: dt.datetime) -> dict[str, Any]:

@@ -250,7 +250,7 @@ def latest_tickets(conn: Connection, limit: int = LATEST_TICKETS) -> list[dict[s
         select(T.c.number, Q.c.name.label("queue"), T.c.state, T.c.priority,
                T.c.customer_name, T.c.customer_address, T.c.title, T.c.created_at)
         .join(Q, Q.c.id == T.c.queue_id)
-        .order_by(T.c.id.desc())
+        .order_by(T.c.created_at.desc(), T.c.id.desc())
         .limit(limit)
     ).all()
     return [
