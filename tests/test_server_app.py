@@ -1,0 +1,268 @@
+"""The daemon's life cycle in-process, plus the harness other server tests use.
+
+`RunningDaemon` runs `gateway.server.app.Daemon` on its own event loop in a thread,
+bound to 127.0.0.1:0 (and optionally a Unix socket), so tests talk to it with a real
+`smtplib.LMTP` client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+import socket
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from gateway.config import Config
+from gateway.server.app import Daemon, listen_addresses
+from gateway.server.listeners import ListenAddress, ListenError
+from tests.support import make_config
+from ticketstore.db import upgrade
+from ticketstore.models import Ticket
+
+
+class RunningDaemon:
+    """A Daemon on a private loop thread; `lmtp()` opens a client to its TCP listener."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.daemon: Daemon | None = None
+
+    def call(self, coro: Any, timeout: float = 30.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def start(self) -> RunningDaemon:
+        self.thread.start()
+
+        self.daemon = Daemon(self.config, drain_timeout=10.0)
+        self.call(self.daemon.start())  # on failure, stop() still cleans up
+        return self
+
+    def stop(self) -> None:
+        if self.daemon is not None:
+            self.call(self.daemon.stop())
+            self.daemon = None
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+    @property
+    def ctx(self) -> Any:
+        assert self.daemon is not None and self.daemon.ctx is not None
+        return self.daemon.ctx
+
+    @property
+    def port(self) -> int:
+        assert self.daemon is not None
+        for name in self.daemon.bound():
+            if isinstance(name, tuple):
+                return int(name[1])
+        raise AssertionError("no TCP listener")
+
+    def lmtp(self) -> smtplib.LMTP:
+        client = smtplib.LMTP("127.0.0.1", self.port, local_hostname="localhost", timeout=30)
+        client.ehlo("localhost")
+        return client
+
+    @staticmethod
+    def count_in(url: str, model: Any) -> int:
+        from ticketstore.db import make_engine
+
+        engine = make_engine(url)
+        try:
+            with engine.connect() as conn:
+                return int(conn.scalar(select(func.count()).select_from(model)) or 0)
+        finally:
+            engine.dispose()
+
+    def count(self, model: Any) -> int:
+        with self.ctx.store.factory() as session:
+            return int(session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def short_socket_dir() -> Path:
+    """Unix socket paths are limited to ~107 bytes; pytest's tmp_path can be longer."""
+    return Path(tempfile.mkdtemp(prefix="tg", dir="/tmp"))
+
+
+def daemon_config(tmp_path: Path, db_url: str, **sections: Any) -> Config:
+    lmtp = {"listen": ["127.0.0.1:0"], **sections.pop("lmtp", {})}
+    return make_config(tmp_path, db_url, lmtp=lmtp, **sections)
+
+
+@pytest.fixture
+def running(tmp_path: Path, db_url: str) -> Iterator[RunningDaemon]:
+    config = daemon_config(tmp_path, db_url)
+    if db_url.startswith("postgresql"):
+        from ticketstore.db import make_engine
+
+        engine = make_engine(db_url)
+        upgrade(engine)
+        engine.dispose()
+    d = RunningDaemon(config).start()
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+MESSAGE = (
+    b"From: Alice <alice@customer.example>\r\n"
+    b"To: support@helpdesk.example\r\n"
+    b"Subject: Printer on fire\r\n"
+    b"Message-ID: <app-1@customer.example>\r\n"
+    b"\r\n"
+    b"Please help.\r\n"
+)
+
+
+def test_daemon_accepts_mail_on_both_backends(running: RunningDaemon) -> None:
+    client = running.lmtp()
+    client.mail("alice@customer.example")
+    client.rcpt("support@helpdesk.example")
+    code, text = client.data(MESSAGE)
+    client.quit()
+    assert code == 250 and b"created ticket" in text
+    assert running.count(Ticket) == 1
+
+
+def test_listen_addresses_add_the_handoff_socket_once(tmp_path: Path, sqlite_url: str) -> None:
+    cfg = make_config(tmp_path, sqlite_url, lmtp={"listen": ["127.0.0.1:8024"]},
+                      pipe={"handoff_socket": "run/lmtp.sock"})
+    found = listen_addresses(cfg)
+    assert found[0] == ListenAddress("lmtp", host="127.0.0.1", port=8024)
+    assert found[1] == ListenAddress("lmtp", path=tmp_path / "run/lmtp.sock")
+    cfg = make_config(tmp_path, sqlite_url,
+                      lmtp={"listen": [f"unix:{tmp_path}/run/lmtp.sock"]},
+                      smtp={"listen": ["[::1]:2525"]},
+                      pipe={"handoff_socket": "run/lmtp.sock"})
+    assert [str(a) for a in listen_addresses(cfg)] == [
+        f"lmtp unix:{tmp_path}/run/lmtp.sock", "smtp [::1]:2525"]
+
+
+def test_unix_listener_replaces_a_stale_socket_but_not_a_live_one(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    sock_dir = short_socket_dir()
+    path = sock_dir / "lmtp.sock"
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(path))
+    stale.close()  # the file stays, nobody listens: what a crashed daemon leaves
+    cfg = daemon_config(tmp_path, sqlite_url, pipe={"handoff_socket": str(path)})
+    first = RunningDaemon(cfg).start()
+    try:
+        client = smtplib.LMTP(str(path), local_hostname="localhost", timeout=10)
+        assert client.ehlo("localhost")[0] == 250
+        client.quit()
+        second = RunningDaemon(cfg)
+        with pytest.raises(ListenError, match="already listening"):
+            second.start()
+        second.stop()
+    finally:
+        first.stop()
+    assert not path.exists(), "the socket is removed on stop"
+
+
+def test_stop_finishes_a_message_in_data_and_refuses_new_connections(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    d = RunningDaemon(daemon_config(tmp_path, sqlite_url)).start()
+    port = d.port
+    busy = d.lmtp()
+    idle = d.lmtp()
+    try:
+        busy.mail("alice@customer.example")
+        busy.rcpt("support@helpdesk.example")
+        busy.putcmd("data")
+        assert busy.getreply()[0] == 354
+        busy.send(MESSAGE[:40])  # half a message: the session is in DATA
+        assert d.daemon is not None
+        stopping = asyncio.run_coroutine_threadsafe(d.daemon.stop(), d.loop)
+        # The idle session is closed with 421; the busy one may finish.
+        assert idle.getreply()[0] == 421
+        busy.send(MESSAGE[40:] + b".\r\n")
+        code, text = busy.getreply()
+        assert code == 250, text
+        stopping.result(20)
+        d.daemon = None
+        assert d.count_in(sqlite_url, Ticket) == 1
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    finally:
+        busy.close()
+        idle.close()
+        d.stop()
+
+
+def test_reload_swaps_the_config_and_keeps_it_when_the_new_one_is_bad(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    cfg_file = tmp_path / "tg.toml"
+    cfg_file.write_text(f'[database]\nurl = "{sqlite_url}"\n[lmtp]\nlisten = ["127.0.0.1:0"]\n'
+                        '[pipe]\nhandoff_socket = ""\n')
+    from gateway.config import load_config
+
+    config = load_config(str(cfg_file), env={})
+    d = RunningDaemon(config)
+    d.thread.start()
+    d.daemon = Daemon(config, str(cfg_file))
+    d.call(d.daemon.start())
+    hooks: list[str] = []
+    d.ctx.reload_hooks.append(lambda: hooks.append("called"))
+    try:
+        client = d.lmtp()
+        client.mail("a@customer.example")
+        assert client.rcpt("nobody@helpdesk.example")[0] == 250
+        client.rset()
+        cfg_file.write_text(
+            cfg_file.read_text() + "[intake]\nstrict_recipients = true\n[[queues]]\n"
+            'name = "Support"\naddresses = ["support@helpdesk.example"]\n')
+        assert d.call(d.daemon.reload()) is True
+        assert hooks == ["called"]
+        # The same connection sees the new config: nothing dropped.
+        client.mail("a@customer.example")
+        assert client.rcpt("nobody@helpdesk.example")[0] == 550
+        assert client.rcpt("support@helpdesk.example")[0] == 250
+        client.rset()
+        cfg_file.write_text("this is [not toml")
+        assert d.call(d.daemon.reload()) is False
+        assert d.ctx.errors[0].source == "config"
+        client.mail("a@customer.example")
+        assert client.rcpt("nobody@helpdesk.example")[0] == 550, "old config kept"
+        client.quit()
+    finally:
+        d.stop()
+
+
+def test_services_run_until_stopping(tmp_path: Path, sqlite_url: str,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import gateway.daemon
+
+    seen: list[str] = []
+    monkeypatch.setattr(gateway.daemon, "SERVICES", [f"{__name__}:_sample_service",
+                                                     "no.such.module:run"])
+    monkeypatch.setattr("gateway.server.app.SERVICES", gateway.daemon.SERVICES)
+    globals()["_SEEN"] = seen
+    d = RunningDaemon(daemon_config(tmp_path, sqlite_url)).start()
+    try:
+        assert any("no.such.module" in e.message for e in d.ctx.errors)
+    finally:
+        d.stop()
+    assert seen == ["started", "stopped"]
+
+
+_SEEN: list[str] = []
+
+
+async def _sample_service(ctx: Any, stopping: asyncio.Event) -> None:
+    _SEEN.append("started")
+    await stopping.wait()
+    _SEEN.append("stopped")
