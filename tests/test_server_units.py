@@ -1,0 +1,175 @@
+"""Listener address syntax, sd_notify over a real datagram socket, group commit."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from gateway.envelope import Envelope, Outcome
+from gateway.intake import Intake
+from gateway.server import sdnotify
+from gateway.server.groupcommit import GroupCommitter
+from gateway.server.listeners import ListenAddress, ListenError, parse_listen
+from tests.test_server_app import short_socket_dir
+from ticketstore.models import Article, Ticket
+
+# -- listeners ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("127.0.0.1:8024", ListenAddress("lmtp", host="127.0.0.1", port=8024)),
+    ("[::1]:24", ListenAddress("lmtp", host="::1", port=24)),
+    ("0.0.0.0:0", ListenAddress("lmtp", host="0.0.0.0", port=0)),
+    ("localhost:2525", ListenAddress("lmtp", host="localhost", port=2525)),
+    ("unix:/run/tg/lmtp.sock", ListenAddress("lmtp", path=Path("/run/tg/lmtp.sock"))),
+    ("unix:var/lmtp.sock", ListenAddress("lmtp", path=Path("/base/var/lmtp.sock"))),
+])
+def test_parse_listen(text: str, expected: ListenAddress) -> None:
+    assert parse_listen(text, "lmtp", Path("/base")) == expected
+
+
+@pytest.mark.parametrize("text", ["8024", "::1:24", "[::1]24", "host:http", "host:70000",
+                                  ":8024", "unix:", "[::1"])
+def test_parse_listen_rejects(text: str) -> None:
+    with pytest.raises(ListenError):
+        parse_listen(text)
+
+
+# -- sd_notify ---------------------------------------------------------------------------
+
+
+def _receiver(address: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(address)
+    sock.settimeout(5)
+    return sock
+
+
+def test_notify_sends_a_datagram_to_a_path_socket() -> None:
+    path = str(short_socket_dir() / "notify")
+    with _receiver(path) as rx:
+        assert sdnotify.notify("READY=1\nSTATUS=up", {"NOTIFY_SOCKET": path})
+        assert rx.recv(4096) == b"READY=1\nSTATUS=up"
+
+
+def test_notify_supports_abstract_sockets() -> None:
+    name = f"tg-test-{uuid.uuid4().hex}"
+    with _receiver("\0" + name) as rx:
+        assert sdnotify.notify("STOPPING=1", {"NOTIFY_SOCKET": "@" + name})
+        assert rx.recv(4096) == b"STOPPING=1"
+
+
+def test_notify_without_systemd_is_a_no_op_and_a_dead_socket_no_crash() -> None:
+    assert sdnotify.notify("READY=1", {}) is False
+    assert sdnotify.notify("READY=1", {"NOTIFY_SOCKET": "/nonexistent/notify"}) is False
+
+
+def test_watchdog_interval_is_half_of_watchdog_usec_for_our_pid() -> None:
+    assert sdnotify.watchdog_interval({}) is None
+    env = {"WATCHDOG_USEC": "4000000", "WATCHDOG_PID": str(os.getpid())}
+    assert sdnotify.watchdog_interval(env) == 2.0
+    assert sdnotify.watchdog_interval({**env, "WATCHDOG_PID": "1"}) is None
+
+
+# -- group commit ------------------------------------------------------------------------
+
+
+def _mail(n: int, subject: str = "hello") -> bytes:
+    return (f"From: c{n}@customer.example\r\nTo: support@helpdesk.example\r\n"
+            f"Subject: {subject} {n}\r\nMessage-ID: <gc-{n}@customer.example>\r\n\r\nbody {n}\r\n"
+            ).encode()
+
+
+ENV = Envelope("c@customer.example", ("support@helpdesk.example",))
+
+
+def test_queued_messages_commit_in_one_batch(intake: Intake) -> None:
+    committer = GroupCommitter(intake.factory, max_batch=64)
+    futures = [committer.submit(intake, intake.prepare(_mail(i), ENV)) for i in range(10)]
+    committer.start()  # everything is queued before the writer runs: one batch
+    results = [f.result(30) for f in futures]
+    committer.stop()
+    assert committer.batches == 1 and committer.largest_batch == 10
+    assert [r.outcome for r in results] == [Outcome.CREATED] * 10
+    assert len({r.ticket_number for r in results}) == 10
+
+
+def test_batches_respect_the_maximum(intake: Intake) -> None:
+    committer = GroupCommitter(intake.factory, max_batch=4)
+    futures = [committer.submit(intake, intake.prepare(_mail(i), ENV)) for i in range(10)]
+    committer.start()
+    for f in futures:
+        f.result(30)
+    committer.stop()
+    assert committer.batches == 3 and committer.largest_batch == 4
+
+
+class _FailsOnSubject(Intake):
+    """Fails (like a bug would) after writing part of one message."""
+
+    def store(self, session: Any, p: Any) -> Any:
+        disposition = super().store(session, p)
+        if "poison" in p.msg.subject:
+            raise RuntimeError("bug after a partial write")
+        return disposition
+
+
+def test_one_failing_message_does_not_fail_or_leak_into_the_batch(intake: Intake) -> None:
+    buggy = _FailsOnSubject(intake.config, intake.factory)
+    committer = GroupCommitter(intake.factory)
+    futures = [committer.submit(buggy, buggy.prepare(_mail(i, "poison" if i == 2 else "ok"),
+                                                     ENV)) for i in range(5)]
+    committer.start()
+    committer.stop()
+    with pytest.raises(RuntimeError):
+        futures[2].result(1)
+    assert all(f.result(1).outcome is Outcome.CREATED for i, f in enumerate(futures) if i != 2)
+    with intake.factory() as session:
+        subjects = sorted(session.scalars(select(Article.subject)).all())
+        assert subjects == ["ok 0", "ok 1", "ok 3", "ok 4"], "the savepoint undid message 2"
+        assert len(session.scalars(select(Ticket)).all()) == 4
+
+
+def test_the_same_message_twice_in_one_batch_is_one_ticket(intake: Intake) -> None:
+    committer = GroupCommitter(intake.factory)
+    p = intake.prepare(_mail(1), ENV)
+    futures = [committer.submit(intake, p), committer.submit(intake, p)]
+    committer.start()
+    committer.stop()
+    assert [f.result(1).outcome for f in futures] == [Outcome.CREATED, Outcome.DUPLICATE]
+
+
+def test_a_failed_commit_fails_every_message_of_the_batch(intake: Intake) -> None:
+    class BrokenFactory:
+        def __call__(self) -> Any:
+            raise OSError(28, "No space left on device")
+
+    committer = GroupCommitter(BrokenFactory())  # type: ignore[arg-type]
+    futures = [committer.submit(intake, intake.prepare(_mail(i), ENV)) for i in range(3)]
+    committer.start()
+    committer.stop()
+    for f in futures:
+        with pytest.raises(OSError):
+            f.result(1)
+
+
+def test_acknowledgement_waits_for_the_commit(intake: Intake) -> None:
+    """A future must not resolve while its transaction is still open."""
+    from sqlalchemy import event
+
+    order: list[str] = []
+    engine = intake.factory.kw["bind"]
+    event.listen(engine, "commit", lambda conn: order.append("commit"))
+    committer = GroupCommitter(intake.factory)
+    committer.start()
+    fut = committer.submit(intake, intake.prepare(_mail(1), ENV))
+    fut.add_done_callback(lambda f: order.append("ack"))
+    fut.result(30)
+    committer.stop()
+    assert order.index("commit") < order.index("ack")
