@@ -301,3 +301,15 @@ def test_started_at_and_errors_are_shown(service: StatusService, ctx: DaemonCont
     assert "smarthost refused: 554 go away" in page
     assert "unknown key &#39;qeue&#39;" in page
     assert "7 loaded" in page
+
+
+def test_a_reloaded_config_changes_the_token_without_a_restart(
+    service: StatusService, ctx: DaemonContext
+) -> None:
+    import dataclasses
+
+    assert service.request("/healthz").status == 200
+    ctx.config = dataclasses.replace(
+        ctx.config, status=dataclasses.replace(ctx.config.status, token="new-token"))
+    assert service.request("/healthz").status == 401
+    assert service.request("/healthz?token=new-token").status == 200

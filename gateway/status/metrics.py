@@ -46,7 +46,7 @@ class DatabaseCollector(Collector):
     def __init__(
         self,
         engine: Engine,
-        spool_dir: Path,
+        spool_dir: Callable[[], Path],
         counters: Callable[[], dict[str, int]],
         started_at: dt.datetime,
         version: str,
@@ -75,7 +75,7 @@ class DatabaseCollector(Collector):
         yield temp
         yield GaugeMetricFamily("ticketgate_spool_quarantined_messages",
                                 "Messages in the quarantine spool (spool/failed).",
-                                value=count_spool(self.spool_dir))
+                                value=count_spool(self.spool_dir()))
         try:
             figures = self._query()
         except Exception as exc:

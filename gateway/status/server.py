@@ -20,6 +20,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -97,16 +98,25 @@ class StatusApp:
         from .page import style_hash
 
         self.ctx = ctx
-        self.token = ctx.config.status.token
-        self.spool_dir = ctx.config.path(ctx.config.intake.spool_dir)
         self.headers = security_headers(style_hash())
         self.workers = asyncio.Semaphore(MAX_WORKERS)
         from .queries import MonthCache
 
         self.months = MonthCache()
         self.registry = build_registry(DatabaseCollector(
-            ctx.store.engine, self.spool_dir, lambda: dict(ctx.counters), ctx.started_at,
-            _version()))
+            ctx.store.engine, lambda: self.spool_dir, lambda: dict(ctx.counters),
+            ctx.started_at, _version()))
+
+    # The config is read on every request: a SIGHUP reload swaps ctx.config (token,
+    # thresholds); the listen address itself changes only with a restart.
+    @property
+    def token(self) -> str:
+        return self.ctx.config.status.token
+
+    @property
+    def spool_dir(self) -> Path:
+        config = self.ctx.config
+        return config.path(config.intake.spool_dir)
 
     def authorized(self, headers: dict[str, str], query: dict[str, list[str]]) -> bool:
         if not self.token:
