@@ -21,7 +21,7 @@ from gateway.envelope import Outcome
 from gateway.subject import tag_subject
 from ticketstore.models import Article, Event, OutboxMessage
 
-from .compose import Outgoing, compose, new_message_id, to_bytes, valid_address
+from .compose import Outgoing, compose, new_message_id, valid_address
 from .suppress import Check, suppression
 from .templates import TemplateError, Templates
 
@@ -199,7 +199,7 @@ class AutoResponder:
             date=stored.now,
         )
         try:
-            data = to_bytes(compose(out))
+            data = compose(out)
         except ValueError as exc:
             self._suppressed(session, stored, event, "compose-error", str(exc))
             return
@@ -215,13 +215,14 @@ class AutoResponder:
             classification=[], created_at=stored.now,
         )
         session.add(article)
-        session.flush()
         session.add(OutboxMessage(
-            ticket_id=t.id, article_id=article.id, kind=outbox_kind, mail_from=sender,
+            ticket_id=t.id, article=article, kind=outbox_kind, mail_from=sender,
             rcpt_to=rcpt, message_id=message_id, message=data, state="pending", attempts=0,
             next_attempt_at=stored.now, created_at=stored.now,
         ))
-        session.add(Event(ticket_id=t.id, article_id=article.id, kind="autoresponse-sent",
+        # The event points at the message answered; the detail names our Message-ID.
+        session.add(Event(ticket_id=t.id, article_id=stored.article.id,
+                          kind="autoresponse-sent",
                           created_at=stored.now,
                           detail={"event": event, "template": rendered.template, "to": rcpt,
                                   "message_id": message_id}))

@@ -7,7 +7,7 @@ from email import message_from_bytes
 
 import pytest
 
-from autoresponse.compose import Outgoing, clean_header_value, compose, to_bytes, valid_address
+from autoresponse.compose import Outgoing, clean_header_value, compose, valid_address
 
 
 def _out(**kw: object) -> Outgoing:
@@ -22,7 +22,7 @@ def _out(**kw: object) -> Outgoing:
 
 
 def _parse(out: Outgoing) -> email.message.EmailMessage:
-    return message_from_bytes(to_bytes(compose(out)), policy=email.policy.default)  # type: ignore[return-value]
+    return message_from_bytes(compose(out), policy=email.policy.default)  # type: ignore[return-value]
 
 
 @pytest.mark.parametrize("evil", [
@@ -37,7 +37,7 @@ def test_crlf_in_subject_and_name_adds_no_header(evil: str) -> None:
     assert msg["Bcc"] is None
     assert [a.addr_spec for a in msg["To"].addresses] == ["ana@customer.example"]
     assert "victim@evil.example" in msg["Subject"]
-    raw = to_bytes(compose(_out(subject=evil, to_name=evil)))
+    raw = compose(_out(subject=evil, to_name=evil))
     head = raw.split(b"\r\n\r\n", 1)[0]
     assert not any(line.lower().startswith(b"bcc:") for line in head.split(b"\r\n"))
 

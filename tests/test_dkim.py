@@ -70,10 +70,12 @@ def test_sent_message_verifies(tmp_path: Path, sqlite_url: str, sink: SmtpSink) 
     assert got.data.startswith(b"DKIM-Signature:")
     dns = _dns("tg1", "helpdesk.example", public)
     assert dkim.verify(got.data, dnsfunc=dns)
-    # The signature covers the subject: tampering breaks it.
-    tampered = got.data.replace(b"Subject: [Ticket#", b"Subject: [Tacket#", 1)
-    assert tampered != got.data
-    assert not dkim.verify(tampered, dnsfunc=dns)
+    # The signature covers the headers and the body: tampering with either breaks it.
+    head, _, body = got.data.partition(b"\r\n\r\n")
+    for tampered in (head.replace(b"\r\nTo: ", b"\r\nTo: x", 1) + b"\r\n\r\n" + body,
+                     head + b"\r\n\r\n" + body.replace(b"ticket", b"tacket", 1)):
+        assert tampered != got.data
+        assert not dkim.verify(tampered, dnsfunc=dns)
     # And a different key published under that selector does not verify it.
     (tmp_path / "other").mkdir()
     _, other = _keypair(tmp_path / "other")

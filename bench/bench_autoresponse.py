@@ -1,0 +1,182 @@
+"""What auto-responses cost the intake: LMTP throughput at 4 connections, on vs off.
+
+Target (issue 5): enabling auto-responses costs less than 20% of intake throughput at 4
+connections. Each round starts the real daemon (`gateway.server.app.Daemon`) on a fresh
+SQLite database, bound to 127.0.0.1:0, and pushes the same corpus through 4 concurrent
+`smtplib.LMTP` clients. Every message comes from a different customer, so every one is
+answered (the per-address daily limit would otherwise make "on" look cheaper).
+
+Variants, alternated and repeated so both see the same machine state:
+  off       [autoresponse] enabled = false, no outbox worker
+  on        enabled: render + compose + outbox/article/event rows in the intake transaction
+  on+send   enabled, and the outbox worker delivering to a local aiosmtpd sink meanwhile
+            (the sink runs on the same 2 cores, so this overstates the cost)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import smtplib
+import statistics
+import tempfile
+import threading
+import time
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.smtp import SMTP
+
+from gateway import daemon as daemon_mod
+from gateway.config import Config, config_from_dict
+from gateway.server.app import Daemon
+
+CONNECTIONS = 4
+
+
+def corpus(n: int) -> list[tuple[str, bytes]]:
+    out = []
+    for i in range(n):
+        m = EmailMessage()
+        sender = f"customer{i}@c{i % 97}.example"
+        m["From"] = f"Customer {i} <{sender}>"
+        m["To"] = "support@helpdesk.example"
+        m["Subject"] = f"Question number {i} about my order"
+        m["Message-ID"] = f"<bench-ar-{i}@c.example>"
+        m.set_content("Hello,\n\n" + "my order did not arrive, please help. " * 20 + "\n")
+        out.append((sender, m.as_bytes()))
+    return out
+
+
+class _Sink:
+    """A minimal aiosmtpd smarthost on its own loop thread (for the on+send variant)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.server: Any = None
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.count += 1
+        return "250 OK"
+
+    def start(self) -> int:
+        self.thread.start()
+
+        async def make() -> Any:
+            return await self.loop.create_server(lambda: SMTP(self), "127.0.0.1", 0)
+
+        self.server = asyncio.run_coroutine_threadsafe(make(), self.loop).result(10)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    def stop(self) -> None:
+        async def close() -> None:
+            self.server.close()
+            await self.server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(close(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+def make_config(base: Path, enabled: bool, smarthost: str) -> Config:
+    return config_from_dict({
+        "database": {"url": f"sqlite:///{base / 'tg.db'}"},
+        "queues": [{"name": "Support", "addresses": ["support@helpdesk.example"]}],
+        "lmtp": {"listen": ["127.0.0.1:0"]},
+        "pipe": {"handoff_socket": ""},
+        "status": {"listen": "127.0.0.1:0"},
+        "intake": {"spool_dir": str(base / "spool")},
+        "rules": {"dir": str(base / "rules")},
+        "templates": {"dir": str(base / "templates")},  # missing: packaged defaults
+        "autoresponse": {"enabled": enabled, "max_per_day": 10},
+        "outbound": {"smarthost": smarthost, "retry_base": 1.0},
+    }, source=str(base / "bench.toml"), base_dir=str(base))
+
+
+def run_once(variant: str, mails: list[tuple[str, bytes]]) -> float:
+    """Messages per second through 4 LMTP connections for one variant."""
+    base = Path(tempfile.mkdtemp(prefix="tg-bench-ar-"))
+    sink = _Sink() if variant == "on+send" else None
+    smarthost = f"127.0.0.1:{sink.start()}" if sink else "127.0.0.1:9"
+    services = list(daemon_mod.SERVICES)
+    if variant != "on+send":
+        daemon_mod.SERVICES[:] = [s for s in services if not s.startswith("autoresponse.")]
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    config = make_config(base, enabled=variant != "off", smarthost=smarthost)
+
+    async def start() -> Daemon:
+        d = Daemon(config, drain_timeout=10.0)
+        await d.start()
+        return d
+
+    d = asyncio.run_coroutine_threadsafe(start(), loop).result(60)
+    port = next(int(n[1]) for n in d.bound() if isinstance(n, tuple))
+    chunks = [mails[i::CONNECTIONS] for i in range(CONNECTIONS)]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(CONNECTIONS + 1)
+
+    def client(chunk: list[tuple[str, bytes]]) -> None:
+        try:
+            lmtp = smtplib.LMTP("127.0.0.1", port, local_hostname="localhost", timeout=60)
+            lmtp.ehlo("localhost")
+            barrier.wait(30)
+            for sender, raw in chunk:
+                lmtp.sendmail(sender, ["support@helpdesk.example"], raw)
+            lmtp.quit()
+        except BaseException as exc:  # reported after the run
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in chunks]
+    for t in threads:
+        t.start()
+    barrier.wait(30)
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join(600)
+    elapsed = time.perf_counter() - t0
+    try:
+        asyncio.run_coroutine_threadsafe(d.stop(), loop).result(60)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+        daemon_mod.SERVICES[:] = services
+        if sink:
+            sink.stop()
+        shutil.rmtree(base, ignore_errors=True)
+    if errors:
+        raise RuntimeError(f"{variant}: {errors[0]!r}")
+    return len(mails) / elapsed
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="bench autoresponse")
+    parser.add_argument("--messages", type=int, default=400)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args(argv)
+    mails = corpus(args.messages)
+    results: dict[str, list[float]] = {"off": [], "on": [], "on+send": []}
+    run_once("off", mails[: CONNECTIONS * 10])  # warm-up: imports, template cache
+    for _ in range(args.repeat):
+        for variant in results:
+            results[variant].append(run_once(variant, mails))
+    off = statistics.median(results["off"])
+    print(f"{args.messages} messages x {args.repeat} rounds, {CONNECTIONS} LMTP connections, "
+          "SQLite")
+    for variant, rates in results.items():
+        med = statistics.median(rates)
+        cost = (1 - med / off) * 100
+        print(f"  {variant:<8} median {med:7.1f} msg/s  (runs: "
+              f"{', '.join(f'{r:.1f}' for r in rates)})  cost vs off: {cost:5.1f}%")
+    on_cost = (1 - statistics.median(results["on"]) / off) * 100
+    ok = on_cost < 20.0
+    print(f"target: auto-responses cost < 20% of intake throughput: "
+          f"{'PASS' if ok else 'FAIL'} ({on_cost:.1f}%)")
+    return 0 if ok else 1
