@@ -62,7 +62,7 @@ def codec_for(name: str | None) -> str | None:
     name = SUPERSETS.get(name, name)
     try:
         return codecs.lookup(name).name
-    except LookupError:
+    except (LookupError, ValueError):  # unknown, or garbage such as an embedded NUL
         return None
 
 

@@ -120,31 +120,47 @@ def parse_message(raw: bytes) -> ParsedMessage:
     attachments: list[Attachment] = []
     try:
         _walk(msg, text_parts, html_parts, attachments, 0)
-    except RecursionError:  # pragma: no cover - MAX_DEPTH stops this first
-        defects.append("nesting too deep")
+    except Exception as exc:  # a structure nothing else survives: the body as text
+        defects.append(f"unwalkable structure: {type(exc).__name__}")
+        body = raw.replace(b"\r\n", b"\n").partition(b"\n\n")[2]
+        text_parts, html_parts = [decode_bytes(body, None)], []
     html = _lf("\n".join(html_parts))
     text = _lf("\n".join(t for t in text_parts if t.strip()))
     if not text.strip() and html:
         text = html_to_text(html)
     defects.extend(type(d).__name__ for d in msg.defects)
+    try:
+        content_type = msg.get_content_type()
+    except Exception:
+        content_type = "text/plain"
     return ParsedMessage(
         raw=raw,
-        message_id=_first_msgid(_raw_header(msg, "message-id")),
-        subject=_clean(decode_header_value(_raw_header(msg, "subject"))),
-        from_name=from_name,
-        from_address=from_address,
+        message_id=_scrub(_first_msgid(_raw_header(msg, "message-id"))),
+        subject=_scrub(_clean(decode_header_value(_raw_header(msg, "subject")))),
+        from_name=_scrub(from_name),
+        from_address=_scrub(from_address),
         reply_to=_addresses(msg, "reply-to"),
         to=_addresses(msg, "to"),
         cc=_addresses(msg, "cc"),
         in_reply_to=_msgids(msg, "in-reply-to"),
         references=_msgids(msg, "references"),
-        text=text,
-        html=html,
-        attachments=tuple(attachments),
+        text=_scrub(text),
+        html=_scrub(html),
+        attachments=tuple(
+            Attachment(_scrub(a.filename), _scrub(a.content_type), a.content)
+            for a in attachments
+        ),
         headers=headers,
-        content_type=msg.get_content_type(),
+        content_type=_scrub(content_type),
         defects=tuple(dict.fromkeys(defects)),
     )
+
+
+def _scrub(value: str) -> str:
+    """Text any database takes: no surrogate escapes (raw 8-bit), no NUL characters."""
+    if not value.isascii() and _has_surrogates(value):
+        value = decode_bytes(value.encode("utf-8", "surrogateescape"), None)
+    return value.replace("\x00", "") if "\x00" in value else value
 
 
 # -- headers -------------------------------------------------------------------------
@@ -208,8 +224,8 @@ def _first_msgid(value: str) -> str:
 def _msgids(msg: email.message.Message, name: str) -> tuple[str, ...]:
     ids: list[str] = []
     for value in _raw_values(msg, name):
-        ids.extend(MSGID_RE.findall(_FOLD.sub(" ", value)))
-    return tuple(dict.fromkeys(ids))
+        ids.extend(_scrub(i) for i in MSGID_RE.findall(_FOLD.sub(" ", value)))
+    return tuple(dict.fromkeys(i for i in ids if i))
 
 
 def _clean(value: str) -> str:
@@ -224,7 +240,7 @@ def _lf(text: str) -> str:
 def _headers(msg: email.message.Message) -> dict[str, tuple[str, ...]]:
     out: dict[str, list[str]] = {}
     for key, value in msg.raw_items():
-        out.setdefault(key.lower(), []).append(_clean(decode_header_value(value)))
+        out.setdefault(_scrub(key.lower()), []).append(_scrub(_clean(decode_header_value(value))))
     return {k: tuple(v) for k, v in out.items()}
 
 
@@ -240,7 +256,8 @@ def _parsed_addresses(msg: email.message.Message, name: str) -> list[tuple[str, 
         pairs = email.utils.getaddresses(values)
     except Exception:
         return []
-    return [(_clean(decode_header_value(n)), a.strip().lower()) for n, a in pairs if "@" in a]
+    return [(_scrub(_clean(decode_header_value(n))), _scrub(a.strip().lower()))
+            for n, a in pairs if "@" in a]
 
 
 def _addresses(msg: email.message.Message, name: str) -> tuple[str, ...]:
@@ -275,11 +292,11 @@ def _walk(
         attachments.append(_message_attachment(part))
         return
     if ctype.startswith("multipart/"):
-        payload = part.get_payload()
+        payload = getattr(part, "_payload", None)
         if isinstance(payload, list):
             for sub in payload:
                 if isinstance(sub, email.message.Message):
-                    _walk(sub, text, html, attachments, depth + 1)
+                    _walk_part(sub, text, html, attachments, depth + 1)
             return
         repaired = _resplit(part)
         if repaired is not None:
@@ -293,7 +310,7 @@ def _walk(
         return
     if part.is_multipart():  # message/* other than rfc822 with a parsed payload
         for sub in part.get_payload():
-            _walk(sub, text, html, attachments, depth + 1)
+            _walk_part(sub, text, html, attachments, depth + 1)
         return
     if _is_attachment(part) or ctype.split("/")[0] != "text":
         attachments.append(_attachment(part))
@@ -303,6 +320,22 @@ def _walk(
         html.append(body)
     else:
         text.append(body)
+
+
+def _walk_part(
+    part: email.message.Message,
+    text: list[str],
+    html: list[str],
+    attachments: list[Attachment],
+    depth: int,
+) -> None:
+    """One sub-part; if it is beyond repair it becomes an attachment of its raw bytes."""
+    try:
+        _walk(part, text, html, attachments, depth)
+    except RecursionError:
+        raise
+    except Exception:
+        attachments.append(Attachment("", "application/octet-stream", _flatten(part)))
 
 
 def _resplit(part: email.message.Message) -> email.message.Message | None:
@@ -347,7 +380,7 @@ def _payload_bytes(part: email.message.Message) -> bytes:
         data = None
     if isinstance(data, bytes):
         return data
-    payload = part.get_payload()
+    payload = getattr(part, "_payload", None)  # undecoded: get_payload() would decode
     if isinstance(payload, str):
         return payload.encode("utf-8", "surrogateescape")
     if isinstance(payload, list):

@@ -23,6 +23,7 @@ EURO_QUOTES = "€ “quoted” – done…"
         ("utf-8", "utf-8"),
         ("windows-1250", "cp1250"),
         ("no-such-charset", None),
+        ("utf\x00-8", None),
         ("", None),
         (None, None),
     ],
