@@ -37,7 +37,7 @@ PROCESSING_SECONDS = Histogram(
     registry=None,
 )
 
-DISPOSITIONS = ("created", "follow-up", "ignored", "rejected", "size-rejected", "duplicate")
+DISPOSITIONS = ("created", "follow-up", "ignored", "rejected", "size-rejected")
 
 
 class DatabaseCollector(Collector):
