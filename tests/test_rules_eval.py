@@ -7,10 +7,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rules.conditions import BUILDERS
 from rules.evaluate import MATCHED, NOT_MATCHED, SKIPPED
-from tests.rules_helpers import decide, message, ruleset
+from tests.rules_helpers import QUEUES, decide, message, ruleset
 
 # condition key -> (value, a message it holds for, a message it does not hold for,
 #                   envelope sender, envelope recipients). Every condition is listed:
@@ -328,3 +330,26 @@ tags = ["x"]
     assert index.candidates("") == [2, 3]
     d = decide(rs, message(sender="a@mail.eu.acme.example"))
     assert d.route.tags == ("a", "n", "x")
+
+
+DOMAINS = ["acme.example", "eu.acme.example", "globex.example", "a.b.globex.example", ""]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rules=st.lists(st.tuples(st.sampled_from(["", "*."]), st.sampled_from(DOMAINS[:4]),
+                             st.booleans(), st.booleans(), st.booleans()),
+                   min_size=1, max_size=6),
+    sender=st.sampled_from(DOMAINS),
+)
+def test_routing_path_and_explained_path_agree(
+    rules: list[tuple[str, str, bool, bool, bool]], sender: str
+) -> None:
+    text = []
+    for i, (tree, domain, negate, stop, override) in enumerate(rules):
+        key = "not_from_domain" if negate else "from_domain"
+        text.append(f'[[rule]]\nname = "r{i}"\n{key} = "{tree}{domain}"\nqueue = '
+                    f'"{QUEUES[i % len(QUEUES)]}"\ntags = ["t{i}"]\nstop = {str(stop).lower()}\n'
+                    f"override = {str(override).lower()}\n")
+    rs = ruleset("\n".join(text))
+    decide(rs, message(sender=f"x@{sender}" if sender else "nobody"))  # asserts agreement

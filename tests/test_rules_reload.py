@@ -281,3 +281,12 @@ def test_server_refuses_to_start_with_invalid_rules(site: tuple[Path, Path]) -> 
         server.stop()
     assert "20-broken.toml:3: rule 'broken': subject_matches: bad regex" in "".join(server.lines)
     assert not sock.exists()
+
+
+def test_a_rule_directory_created_later_is_picked_up(tmp_path: Path) -> None:
+    rules_dir = tmp_path / "rules"
+    router = ReloadingRouter(rules_dir, QUEUES)
+    assert router.ruleset.rules == () and not router.changed()
+    write_rule(rules_dir, "Billing")
+    assert router.changed() and router.reload() == ()
+    assert queue_of(router) == "Billing"
