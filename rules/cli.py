@@ -82,5 +82,6 @@ def cmd_test(args: argparse.Namespace) -> int:
                f"{result.auto_response_why}")
     for n in result.notes:
         out.append(f"note: {n}")
+    out.append("(dry run: nothing was stored or sent)")
     print("\n".join(out))
     return 1 if result.problems else 0
