@@ -24,9 +24,11 @@ POLL_INTERVAL = 2.0
 
 async def run(ctx: DaemonContext, stopping: asyncio.Event,
               poll_interval: float = POLL_INTERVAL) -> None:
-    outbox = Outbox(ctx.config, ctx.store.factory)
-    ctx.state["outbox"] = {"smarthost": ctx.config.outbound.smarthost}
+    outbox: Outbox | None = None
     while not stopping.is_set():
+        if outbox is None or outbox.config is not ctx.config:  # new config after SIGHUP
+            outbox = Outbox(ctx.config, ctx.store.factory)
+            ctx.state["outbox"] = {"smarthost": ctx.config.outbound.smarthost}
         try:
             result = await asyncio.to_thread(outbox.run_until_idle)
         except Exception as exc:  # the database is away: keep the worker alive, say so

@@ -298,3 +298,74 @@ def test_two_instances_answering_each_other_stop(tmp_path: Path, sqlite_url: str
         assert 2 <= total <= 2 * max_per_day
     else:
         assert total == 1
+
+
+def test_agent_notification_to_queue_notify_addresses(tmp_path: Path, db_url: str,
+                                                      sink: SmtpSink, ar_store: Store) -> None:
+    config = make_config(tmp_path, db_url, outbound={"smarthost": sink.smarthost},
+                         autoresponse={"max_per_day": 1}, queues=[
+        {"name": "Support", "addresses": ["support@helpdesk.example"],
+         "notify": ["agents@helpdesk.example", "lead@helpdesk.example"]}])
+    intake = make_intake(config, ar_store)
+    first = intake.process(build_mail(), ENV)
+    intake.process(build_mail(subject=f"Re: [Ticket#{first.ticket_number}] Printer",
+                              message_id="m2@customer.example"), ENV)
+    deliver(config, ar_store)
+    by_rcpt: dict[str, list[Any]] = {}
+    for r in sink.received:
+        by_rcpt.setdefault(r.rcpt_tos[0], []).append(parsed(r))
+    assert len(by_rcpt[CUSTOMER]) == 1
+    agents = by_rcpt["agents@helpdesk.example"]
+    assert len(agents) == 2 and len(by_rcpt["lead@helpdesk.example"]) == 2
+    assert all(m["Auto-Submitted"] == "auto-generated" for m in agents)
+    assert agents[0]["Subject"] == f"[Ticket#{first.ticket_number}] Printer on fire"
+    body = agents[0].get_body(("plain",)).get_content()
+    assert first.ticket_number in body and "> the printer is on fire." in body
+    # The agent answers the notification: it threads onto the ticket by References.
+    reply = build_mail(sender="agents@helpdesk.example", subject="Re: notification",
+                       message_id="agent-1@helpdesk.example",
+                       headers={"References": agents[0]["Message-ID"]})
+    d = intake.process(reply, Envelope("agent@else.example", ENV.rcpt_tos))
+    assert d.ticket_number == first.ticket_number
+
+
+def test_reject_and_new_ticket_rejected(tmp_path: Path, db_url: str, sink: SmtpSink,
+                                        ar_store: Store) -> None:
+    config = make_config(tmp_path, db_url, outbound={"smarthost": sink.smarthost}, queues=[
+        {"name": "Sales", "addresses": ["sales@helpdesk.example"], "follow_up_closed": "reject"},
+        {"name": "Old", "addresses": ["old@helpdesk.example"], "accept_new": False}])
+    intake = make_intake(config, ar_store)
+    sales = Envelope(CUSTOMER, ("sales@helpdesk.example",))
+    first = intake.process(build_mail(to="sales@helpdesk.example"), sales)
+    assert first.ticket_number
+    _close(ar_store, first.ticket_number)
+    again = intake.process(build_mail(to="sales@helpdesk.example", message_id="m2@c.example",
+                                      subject=f"Re: [Ticket#{first.ticket_number}] more"),
+                           sales)
+    assert again.outcome is Outcome.REJECTED
+    intake.process(build_mail(to="old@helpdesk.example", message_id="m3@c.example"),
+                   Envelope(CUSTOMER, ("old@helpdesk.example",)))
+    deliver(config, ar_store)
+    bodies = [(r.mail_from, parsed(r).get_body(("plain",)).get_content())
+              for r in sink.received]
+    assert len(bodies) == 3
+    assert "is closed" in bodies[1][1] and bodies[1][0] == "sales@helpdesk.example"
+    assert "no longer takes new requests" in bodies[2][1]
+    assert bodies[2][0] == "old@helpdesk.example"
+    with ar_store.factory() as s:
+        kinds = sorted(r.kind for r in s.execute(select(OutboxMessage)).scalars())
+    assert kinds == ["auto-reply", "new-ticket-rejected", "reject"]
+
+
+def test_queue_without_address_uses_configured_from(tmp_path: Path, db_url: str,
+                                                    sink: SmtpSink, ar_store: Store) -> None:
+    config = make_config(tmp_path, db_url, outbound={"smarthost": sink.smarthost},
+                         autoresponse={"from_address": "helpdesk@helpdesk.example"})
+    intake = make_intake(config, ar_store)
+    d = intake.process(build_mail(to="unknown@helpdesk.example"),
+                       Envelope(CUSTOMER, ("unknown@helpdesk.example",)))
+    assert d.queue == "Postmaster"
+    deliver(config, ar_store)
+    [got] = sink.received
+    assert got.mail_from == "helpdesk@helpdesk.example"
+    assert parsed(got)["From"].addresses[0].addr_spec == "helpdesk@helpdesk.example"
