@@ -240,15 +240,29 @@ def main(argv: list[str]) -> int:
             empty_ms = measure(empty, "/", requests)
         finally:
             empty.close()
-        full = RunningServer(f"sqlite:///{base / 'full' / 'tg.db'}", base / "full")
+        # Fill the store first, then start the daemon on it, as on a running site.
+        full_url = f"sqlite:///{base / 'full' / 'tg.db'}"
+        filler = RunningServer(full_url, base / "full")
+        filler.close()  # creates the schema and the configured queues
+        from ticketstore.db import make_engine
+
+        engine = make_engine(full_url)
+        t0 = time.perf_counter()
+        populate(engine, tickets)
+        fill_s = time.perf_counter() - t0
+        engine.dispose()
+        full = RunningServer(full_url, base / "full")
         try:
             t0 = time.perf_counter()
-            populate(full.store.engine, tickets)
-            fill_s = time.perf_counter() - t0
+            status, _ = full.get("/")
+            first_ms = (time.perf_counter() - t0) * 1000
+            assert status == 200
             page_ms = measure(full, "/", requests)
             json_ms = measure(full, "/api/status.json", requests)
             health_ms = measure(full, "/healthz", requests)
             metrics_ms = measure(full, "/metrics", max(5, requests // 4))
+            full.server.app.months.ttl = 0  # every request recomputes all 12 months
+            uncached_ms = measure(full, "/", max(5, requests // 4))
         finally:
             full.close()
     print(f"store: {tickets:,} tickets in SQLite, filled in {fill_s:.1f} s")
@@ -259,6 +273,8 @@ def main(argv: list[str]) -> int:
           f"= {page_ms / empty_ms:.1f}x empty, {page_ms / health_ms:.1f}x healthz")
     print(f"  /api/status.json  {tickets:>7,}  {json_ms:8.1f} ms")
     print(f"  /metrics          {tickets:>7,}  {metrics_ms:8.1f} ms")
+    print(f"  / first request right after start (month cache warming): {first_ms:.1f} ms")
+    print(f"  / without the month cache (all 12 months each time): {uncached_ms:.1f} ms")
     ok = page_ms < TARGET_MS
     print(f"target: / under {TARGET_MS:.0f} ms with {tickets:,} tickets: "
           f"{'PASS' if ok else 'FAIL'}")
