@@ -30,8 +30,10 @@ from ticketstore.models import Ticket
 class RunningDaemon:
     """A Daemon on a private loop thread; `lmtp()` opens a client to its TCP listener."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, services: list[str] | None = None) -> None:
         self.config = config
+        # No background services unless a test asks: they bind ports of their own.
+        self.services = services or []
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.daemon: Daemon | None = None
@@ -42,7 +44,7 @@ class RunningDaemon:
     def start(self) -> RunningDaemon:
         self.thread.start()
 
-        self.daemon = Daemon(self.config, drain_timeout=10.0)
+        self.daemon = Daemon(self.config, drain_timeout=10.0, services=self.services)
         self.call(self.daemon.start())  # on failure, stop() still cleans up
         return self
 
@@ -213,7 +215,7 @@ def test_reload_swaps_the_config_and_keeps_it_when_the_new_one_is_bad(
     config = load_config(str(cfg_file), env={})
     d = RunningDaemon(config)
     d.thread.start()
-    d.daemon = Daemon(config, str(cfg_file))
+    d.daemon = Daemon(config, str(cfg_file), services=[])
     d.call(d.daemon.start())
     hooks: list[str] = []
     d.ctx.reload_hooks.append(lambda: hooks.append("called"))
@@ -242,16 +244,11 @@ def test_reload_swaps_the_config_and_keeps_it_when_the_new_one_is_bad(
         d.stop()
 
 
-def test_services_run_until_stopping(tmp_path: Path, sqlite_url: str,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    import gateway.daemon
-
-    seen: list[str] = []
-    monkeypatch.setattr(gateway.daemon, "SERVICES", [f"{__name__}:_sample_service",
-                                                     "no.such.module:run"])
-    monkeypatch.setattr("gateway.server.app.SERVICES", gateway.daemon.SERVICES)
-    globals()["_SEEN"] = seen
-    d = RunningDaemon(daemon_config(tmp_path, sqlite_url)).start()
+def test_services_run_until_stopping(tmp_path: Path, sqlite_url: str) -> None:
+    seen = _SEEN
+    seen.clear()
+    d = RunningDaemon(daemon_config(tmp_path, sqlite_url),
+                      services=[f"{__name__}:_sample_service", "no.such.module:run"]).start()
     try:
         assert any("no.such.module" in e.message for e in d.ctx.errors)
     finally:

@@ -20,6 +20,7 @@ def _config(tmp_path: Path, sock: Path, strict: bool = False) -> str:
     return (f'[database]\nurl = "sqlite:///{tmp_path}/tg.db"\n'
             f'[lmtp]\nlisten = ["unix:{sock}"]\n'
             f'[pipe]\nhandoff_socket = ""\n'
+            '[status]\nlisten = "127.0.0.1:0"\n[autoresponse]\nenabled = false\n'
             f'[intake]\nstrict_recipients = {"true" if strict else "false"}\n'
             f'spool_dir = "{tmp_path}/spool"\n'
             '[[queues]]\nname = "Support"\naddresses = ["support@helpdesk.example"]\n')
@@ -95,7 +96,8 @@ def test_serve_exits_nonzero_with_a_clear_message_when_it_cannot_listen(tmp_path
     port = busy.getsockname()[1]
     cfg = tmp_path / "tg.toml"
     cfg.write_text(f'[database]\nurl = "sqlite:///{tmp_path}/tg.db"\n'
-                   f'[lmtp]\nlisten = ["127.0.0.1:{port}"]\n[pipe]\nhandoff_socket = ""\n')
+                   f'[lmtp]\nlisten = ["127.0.0.1:{port}"]\n[pipe]\nhandoff_socket = ""\n'
+                   '[status]\nlisten = "127.0.0.1:0"\n')
     try:
         out = subprocess.run([sys.executable, "-m", "gateway", "-c", str(cfg), "serve"],
                              capture_output=True, timeout=60, check=False)

@@ -59,8 +59,10 @@ class Daemon:
     """One running `ticketgate serve`; usable in-process (tests) or from the CLI."""
 
     def __init__(self, config: Config, config_path: str | None = None,
-                 drain_timeout: float = 60.0) -> None:
+                 drain_timeout: float = 60.0, services: list[str] | None = None) -> None:
         self.config = config
+        # None: every service in gateway.daemon.SERVICES (read at start, not import time).
+        self.services = services
         self.config_path = config_path
         self.drain_timeout = drain_timeout
         self.stopping = asyncio.Event()
@@ -90,7 +92,7 @@ class Daemon:
             server = await self._listen(address)
             self.servers.append((address, server))
             log.info("listening: %s", address)
-        for name in SERVICES:
+        for name in SERVICES if self.services is None else self.services:
             self._start_service(name)
         interval = sdnotify.watchdog_interval()
         if interval:
