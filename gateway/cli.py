@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     _handler(q, "gateway.cli_tickets:cmd_article_raw")
 
     p = sub.add_parser("serve", help="run the LMTP/SMTP server, outbox worker and status page")
+    # `ticketgate serve -v` (as `make run` writes it) as well as `ticketgate -v serve`.
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="debug logging (envelope addresses included)")
     _handler(p, "gateway.server_cli:cmd_serve")
 
     p = sub.add_parser("rules", help="rule files")
