@@ -173,3 +173,12 @@ def test_acknowledgement_waits_for_the_commit(intake: Intake) -> None:
     fut.result(30)
     committer.stop()
     assert order.index("commit") < order.index("ack")
+
+
+def test_serve_accepts_verbose_after_the_command_as_make_run_writes_it() -> None:
+    from gateway.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["serve", "-v"]).verbose is True
+    assert parser.parse_args(["-v", "serve"]).verbose is True
+    assert parser.parse_args(["serve"]).verbose is False
