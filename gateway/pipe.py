@@ -72,8 +72,7 @@ def _pipe(args: argparse.Namespace, stdin: BinaryIO) -> int:
     except ConfigError as exc:
         print(f"ticketgate pipe: config error: {exc}", file=sys.stderr)
         return EX_TEMPFAIL
-    if args.verbose:
-        logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
+    _setup_logging(args.verbose)
     envelope = Envelope(
         normalise_sender(args.sender),
         tuple(r.strip("<>") for r in [*args.recipient, *args.recipients] if r.strip("<>")),
@@ -93,6 +92,28 @@ def _pipe(args: argparse.Namespace, stdin: BinaryIO) -> int:
     if handed is not None:
         return handed
     return process_in_process(config, raw, envelope, started)
+
+
+class _OneLine(logging.Formatter):
+    """No tracebacks: pipe(8) copies stderr into the delivery status (and bounces)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = f"ticketgate pipe: {record.getMessage()}"
+        if record.exc_info and record.exc_info[1] is not None:
+            line += f" ({type(record.exc_info[1]).__name__})"
+        return " ".join(line.split())[:500]
+
+
+def _setup_logging(verbose: bool) -> None:
+    """-v: everything with tracebacks; otherwise warnings as one short line each."""
+    handler = logging.StreamHandler(sys.stderr)
+    if verbose:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    else:
+        handler.setFormatter(_OneLine())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 def _size_rejected(config: Config, size: int, envelope: Envelope) -> int:
