@@ -23,7 +23,10 @@ from ticketstore.models import Article, Event, OutboxMessage
 
 from .compose import Outgoing, compose, new_message_id, valid_address
 from .suppress import Check, suppression
-from .templates import TemplateError, Templates
+from .templates import TemplateError
+
+if TYPE_CHECKING:
+    from .templates import Templates
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -58,15 +61,23 @@ class AutoResponder:
 
     def __init__(self, config: Config, templates: Templates | None = None) -> None:
         self.config = config
-        tcfg = config.templates
-        self.templates = templates or Templates(
-            config.path(tcfg.dir), tcfg.language, tcfg.overrides
-        )
+        self._templates = templates
         ours = {a.lower() for q in config.queues for a in q.addresses}
         if config.autoresponse.from_address:
             ours.add(config.autoresponse.from_address.lower())
         self.system_addresses = frozenset(ours)
         self.noreply = re.compile(config.autoresponse.noreply_pattern, re.IGNORECASE)
+
+    @property
+    def templates(self) -> Templates:
+        """Built on first use, so a store that answers nothing never loads jinja2."""
+        if self._templates is None:
+            from .templates import Templates
+
+            tcfg = self.config.templates
+            self._templates = Templates(self.config.path(tcfg.dir), tcfg.language,
+                                        tcfg.overrides)
+        return self._templates
 
     # -- the seam -------------------------------------------------------------------------
 

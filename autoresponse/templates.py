@@ -16,12 +16,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import jinja2
-from jinja2.sandbox import SandboxedEnvironment
+from typing import TYPE_CHECKING, Any
 
 import gateway
+
+if TYPE_CHECKING:
+    import jinja2
 
 EVENTS = ("new-ticket", "follow-up", "reject", "new-ticket-rejected", "agent-notification")
 DEFAULT_SET = "default"
@@ -59,6 +59,10 @@ class Templates:
         self.overrides = {k.lower(): v for k, v in (overrides or {}).items()}
         self.directory = directory if directory is not None and directory.is_dir() \
             else PACKAGED_DIR
+        # Imported here: `ticketgate pipe` only pays for jinja2 when it renders something.
+        import jinja2
+        from jinja2.sandbox import SandboxedEnvironment
+
         self.env = SandboxedEnvironment(
             loader=jinja2.FileSystemLoader(str(self.directory)),
             undefined=jinja2.StrictUndefined,
@@ -83,6 +87,8 @@ class Templates:
                     yield name
 
     def _find(self, template_set: str, event: str, ext: str) -> jinja2.Template | None:
+        import jinja2
+
         for name in self.candidates(template_set, event, ext):
             try:
                 return self.env.get_template(name)
@@ -113,6 +119,8 @@ def _rel(templates: Templates, name: str | None) -> str:
 
 def render_one(templates: Templates, tpl: jinja2.Template, context: dict[str, Any]) -> str:
     """Render, turning any failure into a TemplateError naming the file and line."""
+    import jinja2
+
     try:
         return tpl.render(context)
     except jinja2.TemplateError as exc:
