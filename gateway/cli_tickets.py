@@ -7,8 +7,10 @@ ever added, never renamed or removed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import select
@@ -19,7 +21,11 @@ from ticketstore.models import TICKET_STATES, Article, Event, Queue, Ticket, utc
 from .runtime import Store, load_or_exit, open_store
 
 
-def ticket_json(t: Ticket) -> dict[str, Any]:
+def ticket_json(t: Ticket, linked: dict[int, str] | None = None) -> dict[str, Any]:
+    """`linked` maps ticket ids to numbers, for the ticket this one continues."""
+    linked_number = None
+    if t.linked_ticket_id is not None:
+        linked_number = (linked or {}).get(t.linked_ticket_id)
     return {
         "number": t.number,
         "title": t.title,
@@ -33,6 +39,7 @@ def ticket_json(t: Ticket) -> dict[str, Any]:
         "created_at": t.created_at.isoformat(),
         "updated_at": t.updated_at.isoformat(),
         "closed_at": t.closed_at.isoformat() if t.closed_at else None,
+        "linked_ticket": linked_number,
     }
 
 
@@ -44,14 +51,28 @@ def article_json(a: Article) -> dict[str, Any]:
         "kind": a.kind,
         "from": a.from_address,
         "from_name": a.from_name,
+        "to": _split(a.to),
+        "cc": _split(a.cc),
         "subject": a.subject,
         "size": a.size,
         "attachments": [
-            {"filename": x.filename, "content_type": x.content_type, "size": x.size,
-             "sha256": x.sha256} for x in a.attachments
+            {"id": x.id, "filename": x.filename, "content_type": x.content_type,
+             "size": x.size, "sha256": x.sha256} for x in a.attachments
         ],
         "created_at": a.created_at.isoformat(),
     }
+
+
+def _split(addresses: str) -> list[str]:
+    return [a.strip() for a in addresses.split(",") if a.strip()]
+
+
+def _linked_numbers(session: Session, tickets: list[Ticket]) -> dict[int, str]:
+    ids = {t.linked_ticket_id for t in tickets if t.linked_ticket_id is not None}
+    if not ids:
+        return {}
+    rows = session.execute(select(Ticket.id, Ticket.number).where(Ticket.id.in_(ids))).all()
+    return {r.id: r.number for r in rows}
 
 
 def event_json(e: Event) -> dict[str, Any]:
@@ -59,8 +80,14 @@ def event_json(e: Event) -> dict[str, Any]:
             "created_at": e.created_at.isoformat()}
 
 
-def _store(args: argparse.Namespace) -> Store:
-    return open_store(load_or_exit(args.config))
+@contextlib.contextmanager
+def _store(args: argparse.Namespace) -> Iterator[Store]:
+    """The configured store, disposed of (connections closed) when the command ends."""
+    store = open_store(load_or_exit(args.config))
+    try:
+        yield store
+    finally:
+        store.dispose()
 
 
 def _table(rows: list[list[str]], headers: list[str]) -> str:
@@ -78,8 +105,7 @@ def _short(text: str, n: int) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    store = _store(args)
-    with store.factory() as session:
+    with _store(args) as store, store.factory() as session:
         q = select(Ticket).join(Queue).order_by(Ticket.id.desc()).limit(args.limit)
         if args.queue:
             q = q.where(Queue.name == args.queue)
@@ -87,7 +113,8 @@ def cmd_list(args: argparse.Namespace) -> int:
             q = q.where(Ticket.state == args.state)
         tickets = session.execute(q).scalars().all()
         if args.json:
-            json.dump([ticket_json(t) for t in tickets], sys.stdout, indent=2,
+            linked = _linked_numbers(session, list(tickets))
+            json.dump([ticket_json(t, linked) for t in tickets], sys.stdout, indent=2,
                       ensure_ascii=False)
             print()
             return 0
@@ -108,14 +135,13 @@ def _load_ticket(session: Session, number: str) -> Ticket | None:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    store = _store(args)
-    with store.factory() as session:
+    with _store(args) as store, store.factory() as session:
         t = _load_ticket(session, args.number)
         if t is None:
             print(f"ticketgate: no ticket {args.number}", file=sys.stderr)
             return 1
         if args.json:
-            data = ticket_json(t)
+            data = ticket_json(t, _linked_numbers(session, [t]))
             data["articles"] = [article_json(a) for a in t.articles]
             data["history"] = [event_json(e) for e in t.events]
             json.dump(data, sys.stdout, indent=2, ensure_ascii=False)
@@ -146,9 +172,8 @@ def cmd_set(args: argparse.Namespace) -> int:
         print("ticketgate: nothing to change (use --state, --queue or --priority)",
               file=sys.stderr)
         return 64
-    store = _store(args)
     now = utcnow()
-    with store.factory() as session, session.begin():
+    with _store(args) as store, store.factory() as session, session.begin():
         t = session.execute(select(Ticket).where(Ticket.number == args.number)).scalar_one_or_none()
         if t is None:
             print(f"ticketgate: no ticket {args.number}", file=sys.stderr)
@@ -184,8 +209,7 @@ def cmd_set(args: argparse.Namespace) -> int:
 
 
 def cmd_article_raw(args: argparse.Namespace) -> int:
-    store = _store(args)
-    with store.factory() as session:
+    with _store(args) as store, store.factory() as session:
         raw = session.execute(select(Article.raw).where(Article.id == args.id)).scalar()
         if raw is None:
             print(f"ticketgate: no article {args.id}", file=sys.stderr)
