@@ -96,7 +96,7 @@ def _table(rows: list[list[str]], headers: list[str]) -> str:
     line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
     out = [line, "  ".join("-" * w for w in widths)]
     out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(out)
+    return "\n".join(o.rstrip() for o in out)
 
 
 def _short(text: str, n: int) -> str:
