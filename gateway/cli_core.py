@@ -68,7 +68,8 @@ def cmd_spool_list(args: argparse.Namespace) -> int:
         print("spool is empty")
     for entry in items:
         _raw, _env, meta = entry.read()
-        print(f"{entry.path.name}  {meta.get('error', '?')}")
+        print(f"{entry.path.name}  {meta.get('quarantined_at', '?')}  "
+              f"attempts={meta.get('attempts', 1)}  {meta.get('error', '?')}")
     return 0
 
 

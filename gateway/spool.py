@@ -42,21 +42,34 @@ def failed_dir(spool_dir: Path) -> Path:
 
 
 def quarantine(spool_dir: Path, raw: bytes, envelope: Envelope, exc: BaseException) -> Path:
-    """Write raw + error atomically (temp file, fsync, rename). Returns the .eml path."""
+    """Write raw + error atomically (temp file, fsync, rename). Returns the .eml path.
+
+    One entry per distinct message: the MTA retries a message that failed for days, and
+    every retry that fails again only updates the entry's error and attempt count.
+    """
     target = failed_dir(spool_dir)
     target.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%f")
-    name = f"{stamp}-{hashlib.sha256(raw).hexdigest()[:16]}"
+    eml = target / f"{hashlib.sha256(raw).hexdigest()[:32]}.eml"
+    previous: dict[str, object] = {}
+    if eml.exists():
+        try:
+            previous = json.loads(eml.with_suffix(".json").read_text("utf-8"))
+        except (OSError, ValueError):
+            previous = {}
+    attempts = previous.get("attempts", 1 if previous else 0)
     meta = {
         "mail_from": envelope.mail_from,
         "rcpt_tos": list(envelope.rcpt_tos),
         "error": f"{type(exc).__name__}: {exc}",
         "traceback": "".join(traceback.format_exception(exc)),
         "quarantined_at": stamp,
+        "first_quarantined_at": previous.get("first_quarantined_at", stamp),
+        "attempts": (attempts if isinstance(attempts, int) else 1) + 1,
     }
-    _atomic_write(target / f"{name}.json", json.dumps(meta, indent=2).encode("utf-8"))
-    eml = target / f"{name}.eml"
-    _atomic_write(eml, raw)
+    _atomic_write(eml.with_suffix(".json"), json.dumps(meta, indent=2).encode("utf-8"))
+    if not eml.exists():
+        _atomic_write(eml, raw)
     return eml
 
 
@@ -64,7 +77,13 @@ def entries(spool_dir: Path) -> list[SpoolEntry]:
     folder = failed_dir(spool_dir)
     if not folder.is_dir():
         return []
-    return [SpoolEntry(p) for p in sorted(folder.glob("*.eml"))]
+    found = []
+    for p in folder.glob("*.eml"):
+        try:
+            found.append((p.stat().st_mtime, p.name, p))
+        except FileNotFoundError:  # replayed and removed meanwhile
+            continue
+    return [SpoolEntry(p) for _t, _n, p in sorted(found)]
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -41,8 +42,9 @@ def test_quarantine_writes_raw_and_error_beside_it(tmp_path: Path) -> None:
 def test_entries_read_back_and_remove(tmp_path: Path) -> None:
     first = quarantine(tmp_path, b"one", Envelope(None, ()), _boom())
     second = quarantine(tmp_path, b"two", Envelope("a@b.example", ("x@y.example",)), _boom())
+    os.utime(first, (1_000_000, 1_000_000))  # oldest first, whatever the names
     items = entries(tmp_path)
-    assert [e.path for e in items] == sorted([first, second])
+    assert [e.path for e in items] == [first, second]
     by_raw = {e.read()[0]: e for e in items}
     _raw, env, meta = by_raw[b"two"].read()
     assert env == Envelope("a@b.example", ("x@y.example",))
@@ -61,10 +63,18 @@ def test_entry_without_its_json_still_reads(tmp_path: Path) -> None:
     assert (raw, env, meta) == (b"raw", Envelope(None, ()), {})
 
 
-def test_same_message_twice_gets_two_entries(tmp_path: Path) -> None:
+def test_same_message_failing_again_updates_its_entry(tmp_path: Path) -> None:
     a = quarantine(tmp_path, b"same", Envelope(None, ()), _boom())
-    b = quarantine(tmp_path, b"same", Envelope(None, ()), _boom())
-    assert a != b
+    first = json.loads(a.with_suffix(".json").read_text())
+    assert first["attempts"] == 1
+    b = quarantine(tmp_path, b"same", Envelope("x@y.example", ()), KeyError("other bug"))
+    assert a == b
+    assert len(entries(tmp_path)) == 1
+    meta = json.loads(b.with_suffix(".json").read_text())
+    assert meta["attempts"] == 2
+    assert meta["error"] == "KeyError: 'other bug'"
+    assert meta["first_quarantined_at"] == first["quarantined_at"]
+    assert quarantine(tmp_path, b"different", Envelope(None, ()), _boom()) != a
     assert len(entries(tmp_path)) == 2
 
 
