@@ -285,8 +285,16 @@ def _walk(
     depth: int,
 ) -> None:
     ctype = part.get_content_type()
-    if depth > MAX_DEPTH:
-        attachments.append(Attachment("", ctype, _payload_bytes(part)))
+    if depth > MAX_DEPTH:  # absurd nesting: keep the leaves, flat, without recursing
+        try:
+            leaves = [p for p in part.walk() if not p.is_multipart()]
+        except RecursionError:
+            leaves = []
+        for leaf in leaves:
+            if leaf.get_content_maintype() == "text" and not _is_attachment(leaf):
+                text.append(_decode_text_part(leaf))
+            else:
+                attachments.append(_attachment(leaf))
         return
     if ctype == "message/rfc822" or (ctype.startswith("message/") and _is_attachment(part)):
         attachments.append(_message_attachment(part))
