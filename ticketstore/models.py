@@ -202,9 +202,6 @@ class OutboxMessage(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
-    # Lets the responder add the outgoing article and its outbox row in one flush.
-    article: Mapped[Article | None] = relationship(foreign_keys=[article_id])
-
     __table_args__ = (
         Index("ix_outbox_state_next", "state", "next_attempt_at"),
         Index("ix_outbox_rcpt_created", "rcpt_to", "created_at"),
