@@ -7,8 +7,9 @@ only the HTML parts are autoescaped. Templates receive plain dicts, never ORM ob
 Layout: `<dir>/<set>/<language>/<event>.txt` and an optional `<event>.html` beside it.
 The set is chosen per customer id, then customer domain (`[templates] overrides`), then the
 queue's `templates`, then "default"; a file missing from the chosen set or language is
-taken from the "default" set and from English. When `[templates] dir` does not exist the
-templates shipped with ticketgate (the ones `ticketgate init` copies) are used.
+taken from the "default" set and from English, and finally from the templates shipped with
+ticketgate (the ones `ticketgate init` copies), which are also used when `[templates] dir`
+does not exist.
 """
 
 from __future__ import annotations
@@ -64,7 +65,10 @@ class Templates:
         from jinja2.sandbox import SandboxedEnvironment
 
         self.env = SandboxedEnvironment(
-            loader=jinja2.FileSystemLoader(str(self.directory)),
+            # The shipped templates stand behind the site's: a site overrides only what it
+            # wants to change, and a missing file never silences an answer.
+            loader=jinja2.FileSystemLoader(list(dict.fromkeys(
+                [str(self.directory), str(PACKAGED_DIR)]))),
             undefined=jinja2.StrictUndefined,
             autoescape=_autoescape,
             keep_trailing_newline=True,
@@ -87,34 +91,51 @@ class Templates:
                     yield name
 
     def _find(self, template_set: str, event: str, ext: str) -> jinja2.Template | None:
+        for name in self.candidates(template_set, event, ext):
+            tpl = self._find_name(name)
+            if tpl is not None:
+                return tpl
+        return None
+
+    def _find_name(self, name: str) -> jinja2.Template | None:
         import jinja2
 
-        for name in self.candidates(template_set, event, ext):
-            try:
-                return self.env.get_template(name)
-            except jinja2.TemplateNotFound:
-                continue
-            except jinja2.TemplateSyntaxError as exc:
-                raise TemplateError(exc.message or "syntax error", _rel(self, exc.name),
-                                    exc.lineno) from None
-        return None
+        try:
+            return self.env.get_template(name)
+        except jinja2.TemplateNotFound:
+            return None
+        except jinja2.TemplateSyntaxError as exc:
+            raise TemplateError(exc.message or "syntax error", _rel(self, exc.name),
+                                exc.lineno) from None
 
     def render(self, template_set: str, event: str, context: dict[str, Any]) -> Rendered:
         text_tpl = self._find(template_set, event, "txt")
         if text_tpl is None:
             raise TemplateError(f"no template for {event!r} in set {template_set!r}")
-        html_tpl = self._find(template_set, event, "html")
+        # The HTML part only from beside the text part that was chosen: a customised text
+        # must not go out next to a shipped HTML version that says something else.
+        html_tpl = None
+        if text_tpl.filename and Path(text_tpl.filename).with_suffix(".html").is_file():
+            html_name = (text_tpl.name or "").removesuffix(".txt") + ".html"
+            html_tpl = self._find_name(html_name)
         text = render_one(self, text_tpl, context)
         html = render_one(self, html_tpl, context) if html_tpl is not None else None
         return Rendered(text, html, text_tpl.name or "")
 
     def all_files(self) -> list[str]:
-        """Every template file under the folder, as loader names."""
-        return sorted(n for n in self.env.list_templates() if n.endswith((".txt", ".html")))
+        """Every template file in the site's folder (or the shipped one), as loader names."""
+        return sorted(
+            p.relative_to(self.directory).as_posix() for p in self.directory.rglob("*")
+            if p.suffix in (".txt", ".html") and p.is_file()
+        )
 
 
 def _rel(templates: Templates, name: str | None) -> str:
-    return str(templates.directory / name) if name else str(templates.directory)
+    """The file a loader name came from (the site's folder, else the shipped one)."""
+    if not name:
+        return str(templates.directory)
+    own = templates.directory / name
+    return str(own if own.is_file() else PACKAGED_DIR / name)
 
 
 def render_one(templates: Templates, tpl: jinja2.Template, context: dict[str, Any]) -> str:

@@ -119,3 +119,16 @@ def test_excerpt_quotes_and_bounds() -> None:
     text = "\n".join(f"line {i}" for i in range(40))
     out = excerpt(text, lines=3)
     assert out == "> line 0\n> line 1\n> line 2\n> [...]"
+
+
+def test_site_overrides_one_file_and_the_rest_comes_from_the_shipped_set(
+    tmp_path: Path,
+) -> None:
+    _write(tmp_path, "default/en/new-ticket.txt", "ours {{ ticket.number }}")
+    t = Templates(tmp_path)
+    out = t.render("default", "new-ticket", sample_context())
+    assert out.text == "ours 2026112210000017"
+    assert out.html is None  # the shipped HTML says something else: not sent beside ours
+    reject = t.render("default", "reject", sample_context())
+    assert "is closed" in reject.text  # shipped
+    assert t.all_files() == ["default/en/new-ticket.txt"]
