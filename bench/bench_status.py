@@ -107,7 +107,7 @@ def populate(engine: Engine, tickets: int, seed: int = 6, now: dt.datetime | Non
             a_rows.append(_article(aid, tid, "out", "auto-reply", f"ar{tid}@bench.invalid", raw,
                                    created, domain))
             e_rows.append({"ticket_id": tid, "article_id": aid, "kind": "autoresponse-sent",
-                           "detail": "{}", "created_at": created})
+                           "detail": '{"event": "new-ticket"}', "created_at": created})
             sent = not (recent and rnd.random() < 0.02)
             o_rows.append({
                 "ticket_id": tid, "article_id": aid, "kind": "auto-reply", "mail_from": "",

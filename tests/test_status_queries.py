@@ -101,7 +101,11 @@ def test_autoresponses_and_outbox(config: Config, store: Store, intake: Intake) 
                             detail={"reason": reason, "check": reason}))
         s.add(Event(kind="autoresponse-suppressed", created_at=NOW - dt.timedelta(days=31),
                     detail={"reason": "bulk"}))
-        s.add(Event(kind="autoresponse-sent", created_at=NOW - dt.timedelta(minutes=1)))
+        s.add(Event(kind="autoresponse-sent", created_at=NOW - dt.timedelta(minutes=1),
+                    detail={"event": "new-ticket", "to": "a@x.example"}))
+        for _ in range(2):
+            s.add(Event(kind="autoresponse-sent", created_at=NOW - dt.timedelta(days=2),
+                        detail={"event": "agent-notification"}))
         states = [("pending", 3), ("pending", 1), ("sending", 0), ("failed", 5), ("sent", 2)]
         for i, (state, hours) in enumerate(states):
             s.add(OutboxMessage(kind="auto-reply", rcpt_to="a@x.example",
@@ -109,7 +113,8 @@ def test_autoresponses_and_outbox(config: Config, store: Store, intake: Intake) 
                                 created_at=NOW - dt.timedelta(hours=hours)))
     data = snapshot(store.engine, sources(config), NOW)
     ar = data["autoresponses"]
-    assert ar["sent"] == {"hour": 1, "day": 1, "month": 1}
+    assert ar["sent"] == {"hour": 1, "day": 1, "month": 3}
+    assert ar["sent_by_event_30d"] == {"agent-notification": 2, "new-ticket": 1}
     assert ar["suppressed"] == {"hour": 3, "day": 3, "month": 3}
     assert ar["suppressed_by_reason_30d"] == {"bulk": 2, "out-of-office": 1}
     assert list(ar["suppressed_by_reason_30d"]) == ["bulk", "out-of-office"]

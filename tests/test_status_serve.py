@@ -146,6 +146,7 @@ listen = "127.0.0.1:0"
         assert b'ticketgate_messages_total{disposition="created"} 1.0' in metrics
     finally:
         code = serve.stop()
+        print("".join(serve.lines))  # shown by pytest when the test fails
     assert code == 0, "".join(serve.lines)
     with pytest.raises(OSError):
         get(port, "/healthz")

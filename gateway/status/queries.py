@@ -168,16 +168,29 @@ def spool_files(spool_dir: Path, now: dt.datetime) -> dict[str, Any]:
 # -- auto-responses and the outbox ----------------------------------------------------
 
 
-def suppressed_by_reason(conn: Connection, now: dt.datetime) -> dict[str, int]:
+def _by_detail(conn: Connection, kind: str, key: str, now: dt.datetime) -> dict[str, int]:
+    """Events of `kind` in the last 30 days counted by detail[key], most frequent first."""
     since = now - WINDOWS[-1][1]
-    reason = E.c.detail["reason"].as_string()
+    value = E.c.detail[key].as_string()
     rows = conn.execute(
-        select(reason.label("reason"), func.count().label("n"))
-        .where(E.c.kind == "autoresponse-suppressed", E.c.created_at >= since)
-        .group_by(reason)
+        select(value.label("v"), func.count().label("n"))
+        .where(E.c.kind == kind, E.c.created_at >= since)
+        .group_by(value)
     ).all()
-    counts = {(r.reason or "unknown"): int(r.n) for r in rows}
+    counts: dict[str, int] = {}
+    for r in rows:
+        label = r.v or "unknown"
+        counts[label] = counts.get(label, 0) + int(r.n)
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def suppressed_by_reason(conn: Connection, now: dt.datetime) -> dict[str, int]:
+    return _by_detail(conn, "autoresponse-suppressed", "reason", now)
+
+
+def sent_by_event(conn: Connection, now: dt.datetime) -> dict[str, int]:
+    """What the queued answers were: new-ticket, follow-up, reject, agent-notification..."""
+    return _by_detail(conn, "autoresponse-sent", "event", now)
 
 
 def outbox(conn: Connection, now: dt.datetime) -> dict[str, Any]:
@@ -412,6 +425,7 @@ def snapshot(engine: Engine, src: Sources, now: dt.datetime,
                 "sent": events["autoresponse-sent"],
                 "suppressed": events["autoresponse-suppressed"],
                 "suppressed_by_reason_30d": suppressed_by_reason(conn, now),
+                "sent_by_event_30d": sent_by_event(conn, now),
             },
             "outbox": outbox(conn, now),
             "queues": queues(conn, now),
