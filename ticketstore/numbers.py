@@ -12,8 +12,9 @@ processes creating tickets at the same moment never get the same number.
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import Connection
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -57,33 +58,35 @@ def counter_scope(generator: str, day: dt.date) -> str:
     return "global" if generator == "autoincrement" else f"{day:%Y%m%d}"
 
 
-def next_counter(session: Session, scope: str) -> int:
-    """Atomically increment and return the counter for `scope` in this transaction."""
-    bind = session.get_bind()
-    dialect = bind.dialect.name
-    if dialect == "postgresql":
-        ins = postgresql.insert(Counter).values(scope=scope, value=0).on_conflict_do_nothing()
-    elif dialect == "sqlite":
-        ins = sqlite.insert(Counter).values(scope=scope, value=0).on_conflict_do_nothing()
-    else:  # pragma: no cover - other backends: best effort
-        if session.get(Counter, scope) is None:
-            session.add(Counter(scope=scope, value=0))
-            session.flush()
-        ins = None
-    if ins is not None:
-        session.execute(ins)
-    value = session.execute(
-        update(Counter)
-        .where(Counter.scope == scope)
-        .values(value=Counter.value + 1)
-        .returning(Counter.value)
-    ).scalar_one()
-    return int(value)
+def next_counter(conn: Connection, scope: str) -> int:
+    """Atomically increment and return the counter for `scope` in this transaction.
+
+    One upsert statement (`INSERT .. ON CONFLICT DO UPDATE .. RETURNING`, SQLite 3.35+
+    and PostgreSQL): the row lock it takes serialises concurrent writers.
+    """
+    stmt = _UPSERT[conn.dialect.name == "postgresql"]
+    return int(conn.execute(stmt, {"scope": scope, "value": 1}).scalar_one())
+
+
+def _upsert(mod: Any) -> Any:
+    table = Counter.__table__
+    return (
+        mod.insert(table)
+        .on_conflict_do_update(index_elements=[table.c.scope],
+                               set_={"value": table.c.value + 1})
+        .returning(table.c.value)
+    )
+
+
+_UPSERT = {False: _upsert(sqlite), True: _upsert(postgresql)}
 
 
 def new_ticket_number(
-    session: Session, generator: str, system_id: str, now: dt.datetime, min_size: int = 5
+    conn: Connection | Session, generator: str, system_id: str, now: dt.datetime,
+    min_size: int = 5,
 ) -> str:
+    if isinstance(conn, Session):
+        conn = conn.connection()
     day = now.date()
-    value = next_counter(session, counter_scope(generator, day))
+    value = next_counter(conn, counter_scope(generator, day))
     return format_number(generator, system_id, value, day, min_size)
