@@ -5,7 +5,8 @@ a lease until `next_attempt_at`) in its own committed transaction with a conditi
 UPDATE, so two workers (the daemon and a `ticketgate outbox send` from a timer) can never
 both own it. Only the owner sends, then marks it sent. If the process dies between the
 smarthost's 250 and that mark, the row stays "sending" until its lease runs out and is
-sent again then: the one duplicate we accept instead of losing mail.
+sent again then: the duplicates we accept instead of losing mail (at most MARK_EVERY,
+as sent rows are marked in small groups).
 
 4xx replies and connection errors put the row back to pending with exponential backoff
 (`retry_base` * 2^(attempts-1), at most `retry_max`) until `max_attempts`; a 5xx reply
@@ -34,7 +35,11 @@ from .dkim_sign import DkimError, DkimSigner
 
 log = logging.getLogger("ticketgate.outbox")
 
-BATCH = 50
+BATCH = 20
+# Sent rows are marked in groups of this many (one write transaction each, so the worker
+# does not compete with the intake for the database on every message). A crash can thus
+# resend at most this many messages, after their lease.
+MARK_EVERY = 10
 
 
 class PermanentFailure(Exception):
@@ -186,11 +191,16 @@ class Outbox:
         self.sender_factory: Callable[[], Sender] = sender_factory or (
             lambda: SmtpSender(config))
         self.clock = clock
-        # A claim older than this is presumed dead (its process crashed mid-send).
-        self.lease = dt.timedelta(seconds=max(60.0, 4 * config.outbound.timeout))
+        self.lease = self.lease_for(BATCH)
         self._signer: DkimSigner | None = None
 
     # -- claiming -------------------------------------------------------------------------
+
+    def lease_for(self, limit: int) -> dt.timedelta:
+        """How long a claim of `limit` rows is owned: long enough to send all of them even
+        if every one takes the full SMTP timeout, so no live worker loses its rows; a
+        claim older than this is presumed dead (its process crashed mid-send)."""
+        return dt.timedelta(seconds=max(60.0, self.config.outbound.timeout * (limit + 1)))
 
     def claim(self, limit: int = BATCH) -> list[OutboxMessage]:
         """Take up to `limit` due rows (pending, or sending with an expired lease)."""
@@ -210,7 +220,7 @@ class Outbox:
                     .where(OutboxMessage.id == row.id, OutboxMessage.state == row.state,
                            OutboxMessage.attempts == row.attempts)
                     .values(state="sending", attempts=row.attempts + 1,
-                            next_attempt_at=now + self.lease)
+                            next_attempt_at=now + self.lease_for(limit))
                 )
                 if res.rowcount == 1:  # type: ignore[attr-defined]
                     claimed.append(row.id)
@@ -230,12 +240,22 @@ class Outbox:
         if not rows:
             return Result()
         result = Result()
+        sent: list[int] = []
         sender = self.sender_factory()
         try:
             for row in rows:
-                result += self._deliver_one(sender, row)
+                res = self._deliver_one(sender, row)
+                result += res
+                if res.sent:
+                    sent.append(row.id)
+                if len(sent) >= MARK_EVERY:
+                    self._mark_sent(sent)
+                    sent = []
         finally:
-            sender.close()
+            try:
+                self._mark_sent(sent)
+            finally:
+                sender.close()
         return result
 
     def run_until_idle(self, max_batches: int = 1000) -> Result:
@@ -261,9 +281,18 @@ class Outbox:
                 return Result(failed=1, errors=[f"outbox #{row.id}: {exc}"])
             self._retry(row, str(exc))
             return Result(retried=1, errors=[f"outbox #{row.id}: {exc}"])
-        self._mark(row.id, state="sent", sent_at=self.clock(), last_error="")
         log.debug("outbox #%s sent to %s", row.id, row.rcpt_to)
         return Result(sent=1)
+
+    def _mark_sent(self, ids: list[int]) -> None:
+        if not ids:
+            return
+        with self.factory() as session, session.begin():
+            session.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.id.in_(ids), OutboxMessage.state == "sending")
+                .values(state="sent", sent_at=self.clock(), last_error="")
+            )
 
     def _sign(self, message: bytes) -> bytes:
         d = self.config.outbound.dkim

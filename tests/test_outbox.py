@@ -284,3 +284,22 @@ def test_retry_cli_and_unknown_id(tmp_path: Path, db_url: str, sink: SmtpSink,
     assert cli_main(["-c", cfg_file, "outbox", "retry", str(row.id)]) == 0
     assert cli_main(["-c", cfg_file, "outbox", "send"]) == 0
     assert len(sink.received) == 1
+
+
+def test_batches_are_marked_sent_in_groups(tmp_path: Path, sqlite_url: str,
+                                           sink: SmtpSink) -> None:
+    from autoresponse.outbox import BATCH
+
+    config = _config(tmp_path, sqlite_url, sink)
+    store = open_store(config)
+    try:
+        _tickets(config, store, BATCH + 5)
+        outbox = Outbox(config, store.factory)
+        assert outbox.deliver_due().sent == BATCH
+        states = [r.state for r in _rows(store)]
+        assert states.count("sent") == BATCH and states.count("pending") == 5
+        assert outbox.deliver_due().sent == 5
+        assert outbox.deliver_due().sent == 0
+        assert len(sink.received) == BATCH + 5
+    finally:
+        store.dispose()
