@@ -220,6 +220,9 @@ class Daemon:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.committer is not None:
             await asyncio.to_thread(self.committer.stop)
+            c = self.committer
+            log.info("group commit: %d messages in %d transactions (largest %d)",
+                     c.messages, c.batches, c.largest_batch)
         self._executor.shutdown(wait=True)
         if self.ctx is not None:
             self.ctx.store.dispose()

@@ -45,6 +45,7 @@ class GroupCommitter:
         # Observability (and the tests): how many batches, of what size.
         self.batches = 0
         self.largest_batch = 0
+        self.messages = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -119,6 +120,7 @@ class GroupCommitter:
                 job.future.set_exception(exc)
             return
         self.batches += 1
+        self.messages += len(batch)
         self.largest_batch = max(self.largest_batch, len(batch))
         for job, disposition in results.items():
             job.future.set_result(disposition)
