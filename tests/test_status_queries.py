@@ -114,7 +114,6 @@ def test_autoresponses_and_outbox(config: Config, store: Store, intake: Intake) 
     data = snapshot(store.engine, sources(config), NOW)
     ar = data["autoresponses"]
     assert ar["sent"] == {"hour": 1, "day": 1, "month": 3}
-    assert ar["sent_by_event_30d"] == {"agent-notification": 2, "new-ticket": 1}
     assert ar["suppressed"] == {"hour": 3, "day": 3, "month": 3}
     assert ar["suppressed_by_reason_30d"] == {"bulk": 2, "out-of-office": 1}
     assert list(ar["suppressed_by_reason_30d"]) == ["bulk", "out-of-office"]

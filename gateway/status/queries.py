@@ -188,11 +188,6 @@ def suppressed_by_reason(conn: Connection, now: dt.datetime) -> dict[str, int]:
     return _by_detail(conn, "autoresponse-suppressed", "reason", now)
 
 
-def sent_by_event(conn: Connection, now: dt.datetime) -> dict[str, int]:
-    """What the queued answers were: new-ticket, follow-up, reject, agent-notification..."""
-    return _by_detail(conn, "autoresponse-sent", "event", now)
-
-
 def outbox(conn: Connection, now: dt.datetime) -> dict[str, Any]:
     # Only the unsent states: counting every sent row would grow with the store forever.
     rows = conn.execute(
@@ -425,7 +420,6 @@ def snapshot(engine: Engine, src: Sources, now: dt.datetime,
                 "sent": events["autoresponse-sent"],
                 "suppressed": events["autoresponse-suppressed"],
                 "suppressed_by_reason_30d": suppressed_by_reason(conn, now),
-                "sent_by_event_30d": sent_by_event(conn, now),
             },
             "outbox": outbox(conn, now),
             "queues": queues(conn, now),
