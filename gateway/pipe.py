@@ -131,6 +131,29 @@ def _size_rejected(config: Config, size: int, envelope: Envelope) -> int:
     return EX_OK
 
 
+def _setup_failed(exc: Exception, transient: bool) -> int:
+    """The store, rules or templates could not be set up: 75, and no quarantine copy.
+
+    Nothing here is specific to this message (every delivery would fail the same way), so
+    the MTA's queue is the right place to wait until the admin fixes it.
+    """
+    from rules.errors import RulesError
+
+    if isinstance(exc, RulesError):
+        log.error("invalid rules, not accepting mail: %s", exc)
+        print("ticketgate pipe: temporary failure: invalid rule files "
+              "(run `ticketgate rules check`)", file=sys.stderr)
+    elif transient:
+        log.warning("transient failure: %s", type(exc).__name__)
+        print("ticketgate pipe: temporary failure (database busy or unavailable)",
+              file=sys.stderr)
+    else:
+        log.error("could not start the intake", exc_info=exc)
+        print(f"ticketgate pipe: temporary failure: cannot start ({type(exc).__name__})",
+              file=sys.stderr)
+    return EX_TEMPFAIL
+
+
 def process_in_process(config: Config, raw: bytes, envelope: Envelope, started: float) -> int:
     from ticketstore.db import is_transient
 
@@ -140,6 +163,9 @@ def process_in_process(config: Config, raw: bytes, envelope: Envelope, started: 
     try:
         store = open_store(config)
         intake = build_intake(config, store)
+    except Exception as exc:
+        return _setup_failed(exc, is_transient(exc))
+    try:
         if (envelope.rcpt_tos and config.intake.strict_recipients
                 and not any(intake.recipient_known(r) for r in envelope.rcpt_tos)):
             print("ticketgate pipe: unknown recipient", file=sys.stderr)

@@ -370,3 +370,18 @@ def test_pipe_with_unreachable_handoff_socket_falls_back_without_heavy_imports(
     loaded = {m for m in _imported(r.stderr) if m.split(".")[0] in ("aiosmtpd", "dkim")}
     assert loaded == set(), sorted(loaded)
     assert inbound(sqlite_url) == 1
+
+
+def test_invalid_rules_are_75_without_quarantine(tmp_path: Path, sqlite_url: str) -> None:
+    """Broken rule files fail every delivery alike: the MTA queue waits, the spool stays empty."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "10-broken.toml").write_text('[[rule]]\nname = "x"\nsubject_matches = "("\n'
+                                          'queue = "Support"\n')
+    config = write_config(tmp_path, sqlite_url, rules={"dir": str(rules)})
+    result = pipe(config, mail("new_ticket_de.eml"), "-r", SUPPORT)
+    assert result.returncode == EX_TEMPFAIL
+    assert b"rules check" in result.stderr
+    assert not (tmp_path / "spool" / "failed").exists()
+    rules.joinpath("10-broken.toml").unlink()
+    assert pipe(config, mail("new_ticket_de.eml"), "-r", SUPPORT).returncode == EX_OK
