@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -313,3 +314,28 @@ def test_a_reloaded_config_changes_the_token_without_a_restart(
         ctx.config, status=dataclasses.replace(ctx.config.status, token="new-token"))
     assert service.request("/healthz").status == 401
     assert service.request("/healthz?token=new-token").status == 200
+
+
+def test_connections_over_the_limit_get_503_and_the_server_recovers(
+    ctx: DaemonContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    monkeypatch.setattr(status_server, "MAX_CONNECTIONS", 1)
+    monkeypatch.setattr(status_server, "HEADER_TIMEOUT", 3.0)
+    svc = StatusService(ctx)
+    try:
+        # A client that connects and sends nothing holds the only slot ...
+        with socket.create_connection(("127.0.0.1", svc.port), timeout=10) as idle:
+            idle.sendall(b"GET /healthz HTTP/1.1\r\n")
+            time.sleep(0.3)
+            busy = svc.raw(b"GET /healthz HTTP/1.1\r\n\r\n")
+            assert busy.startswith(b"HTTP/1.1 503 ")
+            assert b"nosniff" in busy
+        # ... until it goes away; then requests are served again.
+        deadline = time.monotonic() + 10
+        while svc.request("/healthz").status != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        svc.stop()
