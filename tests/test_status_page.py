@@ -17,6 +17,7 @@ from gateway.status.page import (
     domain_table,
     format_age,
     format_number,
+    format_when,
 )
 from tests.status_helpers import StatusService, deliver, make_context, message, status_config
 
@@ -135,6 +136,10 @@ def test_formatting() -> None:
     assert format_age(3 * 3600 + 120) == "3 h 2 min"
     assert format_age(2 * 86400 + 5 * 3600) == "2 d 5 h"
     assert format_number(1234567) == "1\u202f234\u202f567"
+    assert format_when("2026-11-22T10:15:42.5+01:00") == "2026-11-22 09:15"
+    assert format_when("2026-11-22T10:15:00") == "2026-11-22 10:15"
+    assert format_when("yesterday") == "yesterday"
+    assert format_when(None) == "—"
 
 
 def test_domain_table_keeps_the_busiest_and_sums_the_rest() -> None:

@@ -68,8 +68,13 @@ def format_age(seconds: float | None) -> str:
 def format_when(iso: str | None) -> str:
     if not iso:
         return "—"
-    value = dt.datetime.fromisoformat(iso).astimezone(dt.UTC)
-    return value.strftime("%Y-%m-%d %H:%M")
+    try:
+        value = dt.datetime.fromisoformat(str(iso))
+    except ValueError:  # published by another service in some other shape: show as is
+        return str(iso)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M")
 
 
 def format_number(n: int | float | None) -> str:
