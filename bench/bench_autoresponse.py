@@ -104,7 +104,7 @@ def run_once(variant: str, mails: list[tuple[str, bytes]]) -> tuple[float, float
     The CPU figure includes the LMTP client threads (same for every variant) and is less
     disturbed than wall-clock throughput when other work shares the machine.
     """
-    base = Path(tempfile.mkdtemp(prefix="tg-bench-ar-"))
+    base = Path(tempfile.mkdtemp(prefix="bench-autoresponse-"))
     sink = _Sink() if variant == "on+send" else None
     smarthost = f"127.0.0.1:{sink.start()}" if sink else "127.0.0.1:9"
     services = list(daemon_mod.SERVICES)
