@@ -118,6 +118,11 @@ class Server:
                 return int(line.split()[1])
         raise RuntimeError(field)
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server process so far."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -177,20 +182,25 @@ def send_all(port: int, messages: list[bytes], connections: int) -> float:
     return elapsed
 
 
-def throughput(kind: str, n: int, connections: int, work: Path) -> tuple[float, float]:
-    """(new msgs/s, follow-up msgs/s) for one server kind on a fresh store."""
+def throughput(kind: str, n: int, connections: int, work: Path
+               ) -> list[tuple[float, float]]:
+    """[(msgs/s, server CPU ms per message)] for new tickets, then follow-ups."""
     rnd = random.Random(3)
     news = [new_message(i, rnd) for i in range(n)]
     follows = [follow_up(i, rnd) for i in range(n)]
     folder = Path(tempfile.mkdtemp(prefix=f"{kind}-{connections}-", dir=work))
     server = Server(kind, folder)
+    results = []
     try:
         send_all(server.port, news[:5], 1)  # warm-up (imports, first queries)
-        t_new = send_all(server.port, news[5:], connections)
-        t_follow = send_all(server.port, follows[5:], connections)
+        for batch in (news[5:], follows[5:]):
+            cpu = server.cpu_seconds()
+            elapsed = send_all(server.port, batch, connections)
+            cpu = server.cpu_seconds() - cpu
+            results.append((len(batch) / elapsed, cpu / len(batch) * 1000))
     finally:
         server.stop()
-    return (n - 5) / t_new, (n - 5) / t_follow
+    return results
 
 
 def big_message(size: int) -> bytes:
@@ -243,16 +253,17 @@ def main(argv: list[str]) -> int:
     try:
         report(f"messages per phase: {n} (~{len(new_message(0, random.Random(1)))} bytes)")
         for connections, target in ((1, 0.6), (4, 1.0)):
-            base_new, base_follow = throughput("baseline", n, connections, work)
-            tg_new, tg_follow = throughput("ticketgate", n, connections, work)
-            for phase, base, ours in (("new", base_new, tg_new),
-                                      ("follow-up", base_follow, tg_follow)):
-                ratio = ours / base
+            base = throughput("baseline", n, connections, work)
+            ours = throughput("ticketgate", n, connections, work)
+            for phase, (b_rate, b_cpu), (o_rate, o_cpu) in zip(("new", "follow-up"), base,
+                                                                  ours, strict=True):
+                ratio = o_rate / b_rate
                 ok = ratio >= target
                 status |= 0 if ok else 1
-                report(f"{connections} conn {phase:9s}: baseline {base:7.1f} msg/s, "
-                       f"ticketgate {ours:7.1f} msg/s, ratio {ratio:.2f} "
-                       f"(target >= {target}) {'OK' if ok else 'MISSED'}")
+                report(f"{connections} conn {phase:9s}: baseline {b_rate:7.1f} msg/s, "
+                       f"ticketgate {o_rate:7.1f} msg/s, ratio {ratio:.2f} "
+                       f"(target >= {target}) {'OK' if ok else 'MISSED'}; server CPU "
+                       f"{b_cpu:.2f} vs {o_cpu:.2f} ms/msg")
         idle, peak, big = memory(work, size)
         factor = (peak - idle) / big
         ok = factor < 4

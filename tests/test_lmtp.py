@@ -220,3 +220,17 @@ def test_client_disconnecting_in_data_leaves_the_server_healthy(
     client.quit()
     assert code == 250
     assert sqlite_daemon.count(Ticket) == 1
+
+
+def test_a_large_message_parsed_in_a_worker_thread_is_stored(running: RunningDaemon) -> None:
+    from gateway.server.handler import INLINE_PREPARE_MAX
+
+    body = MESSAGE + (b"y" * 76 + b"\r\n") * (INLINE_PREPARE_MAX // 78 + 100)
+    assert len(body) > INLINE_PREPARE_MAX
+    client = running.lmtp()
+    ((code, _),) = _send(client, ["support@helpdesk.example"], body)
+    client.quit()
+    assert code == 250
+    with running.ctx.store.factory() as session:
+        size = session.scalars(select(Article.size).where(Article.direction == "in")).one()
+    assert size == len(body)

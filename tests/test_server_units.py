@@ -182,3 +182,35 @@ def test_serve_accepts_verbose_after_the_command_as_make_run_writes_it() -> None
     assert parser.parse_args(["serve", "-v"]).verbose is True
     assert parser.parse_args(["-v", "serve"]).verbose is True
     assert parser.parse_args(["serve"]).verbose is False
+
+
+class _FailsToParse(Intake):
+    def prepare(self, raw: bytes, envelope: Envelope) -> Any:
+        if b"unparseable" in raw:
+            raise ValueError("parser bug")
+        return super().prepare(raw, envelope)
+
+
+async def _prepare_and_store_all(committer: GroupCommitter, intake: Intake,
+                                 raws: list[bytes]) -> list[Any]:
+    import asyncio
+
+    return await asyncio.gather(*(committer.prepare_and_store(intake, r, ENV) for r in raws),
+                                return_exceptions=True)
+
+
+def test_the_writer_parses_raw_submissions_and_a_parse_failure_stays_alone(
+    intake: Intake,
+) -> None:
+    import asyncio
+
+    buggy = _FailsToParse(intake.config, intake.factory)
+    committer = GroupCommitter(intake.factory)
+    committer.start()
+    raws = [_mail(i, "unparseable" if i == 1 else "fine") for i in range(4)]
+    results = asyncio.run(_prepare_and_store_all(committer, buggy, raws))
+    committer.stop()
+    assert isinstance(results[1], ValueError)
+    assert [r.outcome for i, r in enumerate(results) if i != 1] == [Outcome.CREATED] * 3
+    with intake.factory() as session:
+        assert len(session.scalars(select(Ticket)).all()) == 3
