@@ -107,16 +107,15 @@ def run_once(variant: str, mails: list[tuple[str, bytes]]) -> tuple[float, float
     base = Path(tempfile.mkdtemp(prefix="bench-autoresponse-"))
     sink = _Sink() if variant == "on+send" else None
     smarthost = f"127.0.0.1:{sink.start()}" if sink else "127.0.0.1:9"
-    services = list(daemon_mod.SERVICES)
-    if variant != "on+send":
-        daemon_mod.SERVICES[:] = [s for s in services if not s.startswith("autoresponse.")]
+    services = [s for s in daemon_mod.SERVICES
+                if variant == "on+send" or not s.startswith("autoresponse.")]
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     config = make_config(base, enabled=variant != "off", smarthost=smarthost)
 
     async def start() -> Daemon:
-        d = Daemon(config, drain_timeout=10.0)
+        d = Daemon(config, drain_timeout=10.0, services=services)
         await d.start()
         return d
 
@@ -151,7 +150,6 @@ def run_once(variant: str, mails: list[tuple[str, bytes]]) -> tuple[float, float
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
-        daemon_mod.SERVICES[:] = services
         if sink:
             sink.stop()
         shutil.rmtree(base, ignore_errors=True)

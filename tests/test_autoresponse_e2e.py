@@ -369,3 +369,26 @@ def test_queue_without_address_uses_configured_from(tmp_path: Path, db_url: str,
     [got] = sink.received
     assert got.mail_from == "helpdesk@helpdesk.example"
     assert parsed(got)["From"].addresses[0].addr_spec == "helpdesk@helpdesk.example"
+
+
+def test_through_the_daemon_reply_arrives_in_seconds(tmp_path: Path, sqlite_url: str,
+                                                     sink: SmtpSink) -> None:
+    """As a user sees it: LMTP in, the daemon's own outbox worker sends the reply."""
+    import time
+
+    from tests.test_server_app import RunningDaemon, daemon_config
+
+    config = daemon_config(tmp_path, sqlite_url, outbound={"smarthost": sink.smarthost})
+    daemon = RunningDaemon(config, services=["autoresponse.worker:run"]).start()
+    try:
+        client = daemon.lmtp()
+        client.sendmail(CUSTOMER, ["support@helpdesk.example"], build_mail())
+        client.quit()
+        deadline = time.monotonic() + 15
+        while not sink.received and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        daemon.stop()
+    [got] = sink.received
+    assert got.rcpt_tos == [CUSTOMER]
+    assert "[Ticket#" in parsed(got)["Subject"]
