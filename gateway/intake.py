@@ -49,12 +49,22 @@ def content_hash(raw: bytes) -> str:
 
     The same message delivered over LMTP (CRLF) and through pipe(8) (LF, with a
     Delivered-To or mbox `From ` line prepended) hashes the same, so its second copy
-    is a duplicate.
+    is a duplicate. Only the header block is normalised as a copy; the body is hashed
+    in slices, so a 25 MB message is not copied (twice) to compute it.
     """
-    data = raw.replace(b"\r\n", b"\n")
-    if data.startswith(b"From "):  # mbox From_ line (procmail, pipe(8) flag F)
-        data = data.partition(b"\n")[2]
-    head, sep, body = data.partition(b"\n\n")
+    start = 0
+    if raw.startswith(b"From "):  # mbox From_ line (procmail, pipe(8) flag F)
+        start = raw.find(b"\n") + 1 or len(raw)
+    # The first blank line once CRLF is LF: "\n" then "\n" or "\r\n" (the first "\n"
+    # may be the end of a CRLF).
+    ends = [(i, n) for i, n in ((raw.find(b"\n\n", start), 2), (raw.find(b"\n\r\n", start), 3))
+            if i >= 0]
+    if ends:
+        nl, width = min(ends)
+        head_end = nl - 1 if nl > start and raw[nl - 1] == 0x0D else nl
+        head, sep, body_start = raw[start:head_end].replace(b"\r\n", b"\n"), b"\n\n", nl + width
+    else:
+        head, sep, body_start = raw[start:].replace(b"\r\n", b"\n"), b"", len(raw)
     kept: list[bytes] = []
     skipping = False
     for line in head.split(b"\n"):
@@ -69,7 +79,13 @@ def content_hash(raw: bytes) -> str:
     h = hashlib.sha256()
     h.update(b"\n".join(kept))
     h.update(sep)
-    h.update(body)
+    carry = b""
+    for pos in range(body_start, len(raw), 1 << 20):
+        chunk = carry + raw[pos:pos + (1 << 20)]
+        carry = b""
+        if chunk.endswith(b"\r") and pos + (1 << 20) < len(raw):
+            chunk, carry = chunk[:-1], b"\r"  # may be half of a CRLF
+        h.update(chunk.replace(b"\r\n", b"\n"))
     return h.hexdigest()
 
 
