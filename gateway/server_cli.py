@@ -16,5 +16,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         logging.getLogger("mail.log").setLevel(logging.WARNING)
     config = load_or_exit(args.config)
     from .server.app import serve
+    from .server.malloc import fix_mmap_threshold
+
+    fix_mmap_threshold()
 
     return asyncio.run(serve(config, args.config))

@@ -214,3 +214,13 @@ def test_the_writer_parses_raw_submissions_and_a_parse_failure_stays_alone(
     assert [r.outcome for i, r in enumerate(results) if i != 1] == [Outcome.CREATED] * 3
     with intake.factory() as session:
         assert len(session.scalars(select(Ticket)).all()) == 3
+
+
+def test_mmap_threshold_is_accepted_by_glibc() -> None:
+    import platform
+
+    from gateway.server.malloc import fix_mmap_threshold
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("not glibc")
+    assert fix_mmap_threshold() is True
