@@ -80,10 +80,10 @@ def content_hash(raw: bytes) -> str:
     h.update(b"\n".join(kept))
     h.update(sep)
     carry = b""
-    for pos in range(body_start, len(raw), 1 << 20):
-        chunk = carry + raw[pos:pos + (1 << 20)]
+    for pos in range(body_start, len(raw), 1 << 18):
+        chunk = carry + raw[pos:pos + (1 << 18)]
         carry = b""
-        if chunk.endswith(b"\r") and pos + (1 << 20) < len(raw):
+        if chunk.endswith(b"\r") and pos + (1 << 18) < len(raw):
             chunk, carry = chunk[:-1], b"\r"  # may be half of a CRLF
         h.update(chunk.replace(b"\r\n", b"\n"))
     return h.hexdigest()

@@ -129,9 +129,9 @@ class _StructureParser(mailparser.MailParser):  # type: ignore[misc]
         return self
 
 
-def _tree(raw: bytes, defects: list[str]) -> email.message.Message:
+def _tree(raw: bytes, defects: list[str], split_above: int | None) -> email.message.Message:
     """The message tree: split on the raw bytes when large, else the stdlib's."""
-    if len(raw) > LARGE_MESSAGE:
+    if split_above is not None and len(raw) > split_above:
         try:
             msg = split_message(raw)
             defects.extend(sorted(_StructureParser(msg).defects_categories))
@@ -156,9 +156,11 @@ def _tree(raw: bytes, defects: list[str]) -> email.message.Message:
         return msg
 
 
-def parse_message(raw: bytes) -> ParsedMessage:
+def parse_message(raw: bytes, *, split_above: int | None = LARGE_MESSAGE) -> ParsedMessage:
+    """Parse `raw`; messages larger than `split_above` bytes (None: none) are split on
+    their raw bytes. Both ways give the same result (tests/test_parse_memory.py)."""
     defects: list[str] = []
-    msg = _tree(raw, defects)
+    msg = _tree(raw, defects, split_above)
     headers = _headers(msg)
     from_name, from_address = _first_address(msg, "from")
     text_parts: list[str] = []

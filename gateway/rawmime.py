@@ -120,7 +120,7 @@ def _part(raw: bytes, start: int, end: int, depth: int, is_root: bool = False
     if head.get_content_maintype() == "message" or head.get_content_type() == "multipart/digest":
         raise Unsupported(head.get_content_type())
     if head.get_content_maintype() == "multipart":
-        part = _multipart(raw, head, body, end, depth)
+        part = _multipart(raw, head, body, end, depth, is_root)
     else:
         part = RawLeaf(raw, body, end)
         part._headers = head._headers
@@ -164,15 +164,17 @@ def _strip_eol(raw: bytes, start: int, end: int) -> int:
     return end
 
 
-def _multipart(raw: bytes, head: email.message.Message, start: int, end: int, depth: int
-               ) -> email.message.Message:
+def _multipart(raw: bytes, head: email.message.Message, start: int, end: int, depth: int,
+               is_root: bool = False) -> email.message.Message:
     part = email.message.Message()
     part._headers = head._headers
     part._unixfrom = head._unixfrom
     part.defects.extend(head.defects)
+    # FeedParser.close() flags a root multipart left without parts.
+    unsplit = [errors.MultipartInvariantViolationDefect()] if is_root else []
     boundary = head.get_boundary()
     if boundary is None:
-        part.defects.append(errors.NoBoundaryInMultipartDefect())
+        part.defects += [errors.NoBoundaryInMultipartDefect(), *unsplit]
         return _repaired(raw, part, None, start, end, depth)
     cte = str(head.get("content-transfer-encoding", "8bit")).lower()
     if cte not in ("7bit", "8bit", "binary"):
@@ -184,7 +186,7 @@ def _multipart(raw: bytes, head: email.message.Message, start: int, end: int, de
     delims = _delimiters(raw, sep, start, end)
     if not delims or delims[0][2]:
         # Never opened: the stdlib keeps the text before the close delimiter (or all).
-        part.defects.append(errors.StartBoundaryNotFoundDefect())
+        part.defects += [errors.StartBoundaryNotFoundDefect(), *unsplit]
         stop = delims[0][0] if delims else end
         return _repaired(raw, part, boundary, start, stop, depth)
     children: list[email.message.Message] = []
