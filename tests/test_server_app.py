@@ -8,6 +8,8 @@ bound to 127.0.0.1:0 (and optionally a Unix socket), so tests talk to it with a 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import shutil
 import smtplib
 import socket
 import tempfile
@@ -90,9 +92,24 @@ class RunningDaemon:
             return int(session.scalar(select(func.count()).select_from(model)) or 0)
 
 
+_SOCKET_DIRS: list[Path] = []
+
+
 def short_socket_dir() -> Path:
-    """Unix socket paths are limited to ~107 bytes; pytest's tmp_path can be longer."""
-    return Path(tempfile.mkdtemp(prefix="tg", dir="/tmp"))
+    """Unix socket paths are limited to ~107 bytes; pytest's tmp_path can be longer.
+
+    The folders are removed when the test process exits.
+    """
+    path = Path(tempfile.mkdtemp(prefix="tg-sock-", dir="/tmp"))
+    if not _SOCKET_DIRS:
+        atexit.register(_remove_socket_dirs)
+    _SOCKET_DIRS.append(path)
+    return path
+
+
+def _remove_socket_dirs() -> None:
+    for path in _SOCKET_DIRS:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def daemon_config(tmp_path: Path, db_url: str, **sections: Any) -> Config:
