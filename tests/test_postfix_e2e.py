@@ -5,7 +5,7 @@ Postfix (its own config, queue and log folders in a temp dir; smtpd on a free
 four domains to ticketgate:
 
     helpdesk.example  lmtp:inet:127.0.0.1:<gateway port>
-    unix.example      lmtp:unix:<gateway socket>
+    unix.example      ticketgate-lmtp:unix:<gateway socket>  (as in docs/postfix.md)
     pipe.example      pipe(8) -> ticketgate pipe -> hand-off to the daemon
     inproc.example    pipe(8) -> ticketgate pipe, processing in-process
 
@@ -264,6 +264,7 @@ error     unix  - - n - - error
 retry     unix  - - n - - error
 discard   unix  - - n - - discard
 lmtp      unix  - - n - - lmtp
+ticketgate-lmtp unix - - n - - lmtp
 anvil     unix  - - n - 1 anvil
 scache    unix  - - n - 1 scache
 postlog   unix-dgram n - n - 1 postlogd
@@ -271,7 +272,7 @@ tgpipe    unix  - n n - - {pipe.replace("CFG", str(site.gw / "tg.toml"))}
 tginproc  unix  - n n - - {pipe.replace("CFG", str(site.gw / "inproc.toml"))}
 """
     transport = (f"helpdesk.example lmtp:inet:127.0.0.1:{site.gateway_port}\n"
-                 f"unix.example lmtp:unix:{site.gw}/run/postfix.sock\n"
+                 f"unix.example ticketgate-lmtp:unix:{site.gw}/run/postfix.sock\n"
                  "pipe.example tgpipe:\n"
                  "inproc.example tginproc:\n")
     return main, master, transport
