@@ -22,11 +22,15 @@ import random
 import tracemalloc
 
 import pytest
+from sqlalchemy import select
 
-from gateway.intake import content_hash
+from gateway.envelope import Envelope
+from gateway.intake import Intake, content_hash
 from gateway.parse import ParsedMessage, parse_message
 from gateway.rawmime import SMALL_PART, RawLeaf, split_message
+from gateway.runtime import Store
 from tests.support import MAIL
+from ticketstore.models import Article, Attachment
 
 
 def _b64(data: bytes, nl: bytes) -> bytes:
@@ -282,3 +286,26 @@ def test_delimiter_lines_in_a_row_make_no_empty_part() -> None:
            b"Content-Type: text/plain\n\nafter the swallowed close\n")
     m = _assert_split_agrees(raw)
     assert m.text == "after the swallowed close"
+
+
+def test_large_attachments_are_stored_byte_for_byte_and_in_order(
+    intake: Intake, store: Store
+) -> None:
+    """On SQLite big attachments are written through blob I/O (gateway/intake.py)."""
+    rnd = random.Random(3)
+    first, small, last = rnd.randbytes(1_500_000), b"tiny", rnd.randbytes((1 << 20) + 1)
+    parts = b"".join(
+        b"--b\nContent-Type: application/octet-stream; name=%s\n"
+        b"Content-Transfer-Encoding: base64\n\n%s" % (name, base64.encodebytes(data))
+        for name, data in ((b"first.bin", first), (b"small.bin", small), (b"last.bin", last)))
+    raw = (b"From: a@customer.example\nSubject: files\nMessage-ID: <files@customer.example>\n"
+           b'Content-Type: multipart/mixed; boundary="b"\n\n' + parts + b"--b--\n")
+    d = intake.process(raw, Envelope("a@customer.example", ("support@helpdesk.example",)))
+    with store.factory() as session:
+        rows = session.execute(select(Attachment.filename, Attachment.size, Attachment.content)
+                               .where(Attachment.article_id == d.article_id)
+                               .order_by(Attachment.id)).all()
+        stored_raw = session.scalar(select(Article.raw).where(Article.id == d.article_id))
+    assert [(r.filename, r.size, r.content) for r in rows] == [
+        ("first.bin", len(first), first), ("small.bin", 4, small), ("last.bin", len(last), last)]
+    assert stored_raw == raw
