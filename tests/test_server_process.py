@@ -125,3 +125,55 @@ def test_idle_daemon_stops_promptly(tmp_path: Path, sig: signal.Signals) -> None
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+LAUNCH_AS_SYSTEMD = """
+import os, sys
+tcp, unix = int(sys.argv[1]), int(sys.argv[2])
+os.dup2(tcp, 3)
+os.dup2(unix, 4)
+os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="2", LISTEN_FDNAMES="lmtp:smtp")
+os.execv(sys.executable, [sys.executable, "-m", "gateway", *sys.argv[3:]])
+"""
+
+
+def test_socket_activation_uses_the_inherited_sockets(tmp_path: Path) -> None:
+    sockdir = short_socket_dir()
+    tcp = socket.socket()
+    tcp.bind(("127.0.0.1", 0))
+    tcp.listen()
+    smtp_path = sockdir / "smtp.sock"
+    unix = socket.socket(socket.AF_UNIX)
+    unix.bind(str(smtp_path))
+    unix.listen()
+    configured = sockdir / "configured.sock"
+    cfg = tmp_path / "tg.toml"
+    cfg.write_text(_config(tmp_path, configured))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LAUNCH_AS_SYSTEMD, str(tcp.fileno()), str(unix.fileno()),
+         "-c", str(cfg), "serve"],
+        pass_fds=(tcp.fileno(), unix.fileno()), stderr=subprocess.DEVNULL)
+    try:
+        port = tcp.getsockname()[1]
+        tcp.close()
+        unix.close()  # only the daemon holds them now
+        client = smtplib.LMTP("127.0.0.1", port, local_hostname="localhost", timeout=30)
+        assert client.ehlo("localhost")[0] == 250, "LMTP on the inherited TCP socket"
+        client.mail("alice@customer.example")
+        client.rcpt("support@helpdesk.example")
+        assert client.data(MESSAGE)[0] == 250
+        client.quit()
+        with smtplib.SMTP(local_hostname="localhost", timeout=30) as s:
+            s.sock = socket.socket(socket.AF_UNIX)
+            s.sock.settimeout(30)
+            s.sock.connect(str(smtp_path))
+            assert s.getreply()[0] == 220
+            assert s.ehlo("localhost")[0] == 250, "SMTP (FileDescriptorName=smtp)"
+        assert not configured.exists(), "configured listeners are replaced"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert smtp_path.exists(), "systemd's socket file is left alone"

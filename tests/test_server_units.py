@@ -224,3 +224,12 @@ def test_mmap_threshold_is_accepted_by_glibc() -> None:
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("not glibc")
     assert fix_mmap_threshold() is True
+
+
+def test_inherited_sockets_only_for_our_pid_and_the_variables_are_consumed() -> None:
+    from gateway.server.activation import inherited_sockets
+
+    env = {"LISTEN_PID": "1", "LISTEN_FDS": "2", "LISTEN_FDNAMES": "lmtp:smtp"}
+    assert inherited_sockets(env) == []
+    assert env == {}, "children must not see another process's sockets"
+    assert inherited_sockets({}) == []

@@ -36,6 +36,14 @@ def test_service_is_type_notify_with_watchdog_reload_and_hardening() -> None:
         assert svc[key] == value, key
 
 
+def test_socket_unit_activates_the_service_with_lmtp_sockets() -> None:
+    sock = _unit("ticketgate.socket")["Socket"]
+    assert sock["Service"] == "ticketgate.service"
+    assert sock["FileDescriptorName"] == "lmtp"
+    # The service must not delete the folder the socket unit's socket file lives in.
+    assert _unit("ticketgate.service")["Service"]["RuntimeDirectoryPreserve"] == "yes"
+
+
 def test_outbox_timer_drives_the_oneshot_service() -> None:
     assert _unit("ticketgate-outbox.service")["Service"]["ExecStart"].endswith("outbox send")
     assert _unit("ticketgate-outbox.timer")["Timer"]["OnUnitActiveSec"]

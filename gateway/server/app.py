@@ -28,6 +28,7 @@ from gateway.daemon import SERVICES, DaemonContext
 from gateway.runtime import build_intake, open_store
 
 from . import sdnotify
+from .activation import inherited_sockets
 from .groupcommit import GroupCommitter
 from .handler import DeliveryHandler
 from .listeners import ListenAddress, ListenError, parse_listen
@@ -59,8 +60,12 @@ class Daemon:
     """One running `ticketgate serve`; usable in-process (tests) or from the CLI."""
 
     def __init__(self, config: Config, config_path: str | None = None,
-                 drain_timeout: float = 60.0, services: list[str] | None = None) -> None:
+                 drain_timeout: float = 60.0, services: list[str] | None = None,
+                 inherited: list[tuple[str, socket.socket]] | None = None) -> None:
         self.config = config
+        # Listening sockets from systemd (socket activation); they replace the configured
+        # [lmtp]/[smtp] listeners, and systemd, not we, removes their socket files.
+        self.inherited = inherited or []
         # None: every service in gateway.daemon.SERVICES (read at start, not import time).
         self.services = services
         self.config_path = config_path
@@ -73,6 +78,7 @@ class Daemon:
         self._executor = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1),
                                             thread_name_prefix="prepare")
         self._tasks: list[asyncio.Task[None]] = []
+        self._created: list[ListenAddress] = []  # listeners we bound (and clean up)
         self._service_tasks: list[asyncio.Task[None]] = []
         self._reload_lock = asyncio.Lock()
         self._hostname = socket.gethostname()
@@ -82,15 +88,27 @@ class Daemon:
     async def start(self) -> None:
         config = self.config
         addresses = listen_addresses(config)
+        if self.inherited:
+            activated = [(_address_of(proto, sock), sock) for proto, sock in self.inherited]
+            paths = {a.path.resolve() for a, _s in activated if a.path is not None}
+            # Of our own listeners only the pipe hand-off socket, unless systemd has it.
+            ours = [a for a in addresses if a.path is not None
+                    and a.path.resolve() not in paths
+                    and a.path == config.path(config.pipe.handoff_socket)]
+        else:
+            activated, ours = [], addresses
         store = await asyncio.to_thread(open_store, config)
         intake = await asyncio.to_thread(build_intake, config, store)
         self.ctx = DaemonContext(config, store, intake)
         self.committer = GroupCommitter(store.factory, config.lmtp.group_commit_max)
         self.committer.start()
         self.handler = DeliveryHandler(self.ctx, self.committer, self._executor)
-        for address in addresses:
-            server = await self._listen(address)
-            self.servers.append((address, server))
+        for address, sock in activated:
+            self.servers.append((address, await self._listen(address, sock)))
+            log.info("listening (socket activation): %s", address)
+        for address in ours:
+            self.servers.append((address, await self._listen(address)))
+            self._created.append(address)
             log.info("listening: %s", address)
         for name in SERVICES if self.services is None else self.services:
             self._start_service(name)
@@ -104,7 +122,8 @@ class Daemon:
         """The socket names actually bound (ports chosen by the OS for `:0`)."""
         return [s.getsockname() for _a, srv in self.servers for s in srv.sockets]
 
-    async def _listen(self, address: ListenAddress) -> asyncio.AbstractServer:
+    async def _listen(self, address: ListenAddress, sock: socket.socket | None = None
+                      ) -> asyncio.AbstractServer:
         loop = asyncio.get_running_loop()
         cls = IntakeLMTP if address.protocol == "lmtp" else IntakeSMTP
 
@@ -114,6 +133,10 @@ class Daemon:
                        enable_SMTPUTF8=True, hostname=self._hostname,
                        ident=f"ticketgate {__version__}", loop=loop)
 
+        if sock is not None:
+            if sock.family == socket.AF_UNIX:
+                return await loop.create_unix_server(factory, sock=sock)
+            return await loop.create_server(factory, sock=sock)
         if address.path is None:
             return await loop.create_server(factory, address.host, address.port,
                                             reuse_address=True)
@@ -226,11 +249,18 @@ class Daemon:
         self._executor.shutdown(wait=True)
         if self.ctx is not None:
             self.ctx.store.dispose()
-        for address, _server in self.servers:
+        for address in self._created:
             if address.path is not None:
                 with contextlib.suppress(OSError):
                     address.path.unlink()
         log.info("stopped")
+
+
+def _address_of(protocol: str, sock: socket.socket) -> ListenAddress:
+    name = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        return ListenAddress(protocol, path=Path(name if isinstance(name, str) else "?"))
+    return ListenAddress(protocol, host=str(name[0]), port=int(name[1]))
 
 
 def _remove_stale_socket(path: Path) -> None:
@@ -256,7 +286,7 @@ def _remove_stale_socket(path: Path) -> None:
 async def serve(config: Config, config_path: str | None) -> int:
     """Run until SIGTERM/SIGINT; SIGHUP reloads. Returns the process exit code."""
     loop = asyncio.get_running_loop()
-    daemon = Daemon(config, config_path)
+    daemon = Daemon(config, config_path, inherited=inherited_sockets())
     stop = asyncio.Event()
     reloads: set[asyncio.Task[bool]] = set()
 
