@@ -89,12 +89,6 @@ class AutoResponder:
     # -- the seam -------------------------------------------------------------------------
 
     def after_store(self, session: Session, stored: StoredMessage) -> None:
-        # Nothing here reads the intake's pending rows (the ticket and the article are
-        # already flushed): let its events flush once, at the end of `Intake.store`.
-        with session.no_autoflush:
-            self._after_store(session, stored)
-
-    def _after_store(self, session: Session, stored: StoredMessage) -> None:
         if BOUNCE in stored.classification.labels:
             self._record_bounce(session, stored)
         qcfg = self.config.queue(stored.ticket.queue.name)
@@ -145,9 +139,10 @@ class AutoResponder:
     def _suppressed(self, session: Session, stored: StoredMessage, event: str, check: str,
                     reason: str) -> None:
         log.debug("no %s for ticket %s: %s", event, stored.ticket.number, reason)
-        session.add(Event(ticket_id=stored.ticket.id, article_id=stored.article.id,
-                          kind="autoresponse-suppressed", created_at=stored.now,
-                          detail={"event": event, "check": check, "reason": reason}))
+        session.connection().execute(_INSERT_EVENT, dict(
+            ticket_id=stored.ticket.id, article_id=stored.article.id,
+            kind="autoresponse-suppressed", created_at=stored.now,
+            detail={"event": event, "check": check, "reason": reason}))
 
     # -- agents ---------------------------------------------------------------------------
 
@@ -252,7 +247,7 @@ class AutoResponder:
         ))
 
     def _record_bounce(self, session: Session, stored: StoredMessage) -> None:
-        session.add(Event(
+        session.connection().execute(_INSERT_EVENT, dict(
             ticket_id=stored.ticket.id, article_id=stored.article.id, kind="bounce",
             created_at=stored.now,
             detail={"failed_recipients": sorted(bounced_recipients(stored.msg.raw))[:50],

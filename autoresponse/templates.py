@@ -14,6 +14,7 @@ does not exist.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 EVENTS = ("new-ticket", "follow-up", "reject", "new-ticket-rejected", "agent-notification")
 DEFAULT_SET = "default"
 FALLBACK_LANGUAGE = "en"
+RECHECK = 2.0  # seconds a template lookup is reused before the files are looked at again
 PACKAGED_DIR = Path(gateway.__file__).parent / "starter" / "templates"
 
 
@@ -58,6 +60,7 @@ class Templates:
                  overrides: dict[str, str] | None = None) -> None:
         self.language = language or FALLBACK_LANGUAGE
         self.overrides = {k.lower(): v for k, v in (overrides or {}).items()}
+        self._resolved: dict[tuple[str, str], tuple[float, Any, Any]] = {}
         self.directory = directory if directory is not None and directory.is_dir() \
             else PACKAGED_DIR
         # Imported here: `ticketgate pipe` only pays for jinja2 when it renders something.
@@ -108,7 +111,16 @@ class Templates:
             raise TemplateError(exc.message or "syntax error", _rel(self, exc.name),
                                 exc.lineno) from None
 
-    def render(self, template_set: str, event: str, context: dict[str, Any]) -> Rendered:
+    def resolve(self, template_set: str, event: str) -> tuple[jinja2.Template,
+                                                            jinja2.Template | None]:
+        """The text template and the HTML one beside it (or None), looked up again at most
+        every RECHECK seconds: the lookup stats several files, and edits still show up
+        within seconds without a reload."""
+        key = (template_set, event)
+        now = time.monotonic()
+        hit = self._resolved.get(key)
+        if hit is not None and now - hit[0] < RECHECK:
+            return hit[1], hit[2]
         text_tpl = self._find(template_set, event, "txt")
         if text_tpl is None:
             raise TemplateError(f"no template for {event!r} in set {template_set!r}")
@@ -118,6 +130,11 @@ class Templates:
         if text_tpl.filename and Path(text_tpl.filename).with_suffix(".html").is_file():
             html_name = (text_tpl.name or "").removesuffix(".txt") + ".html"
             html_tpl = self._find_name(html_name)
+        self._resolved[key] = (now, text_tpl, html_tpl)
+        return text_tpl, html_tpl
+
+    def render(self, template_set: str, event: str, context: dict[str, Any]) -> Rendered:
+        text_tpl, html_tpl = self.resolve(template_set, event)
         text = render_one(self, text_tpl, context)
         html = render_one(self, html_tpl, context) if html_tpl is not None else None
         return Rendered(text, html, text_tpl.name or "")
