@@ -32,6 +32,7 @@ import email
 import email.message
 import quopri
 import re
+from collections.abc import Iterator
 from email import errors
 from email.parser import BytesHeaderParser
 
@@ -131,9 +132,9 @@ def _part(raw: bytes, start: int, end: int, depth: int, is_root: bool = False
     return part
 
 
-def _delimiters(raw: bytes, sep: bytes, start: int, end: int) -> list[tuple[int, int, bool]]:
-    """(line start, line end, is close) of every delimiter line of `sep` in the region."""
-    found: list[tuple[int, int, bool]] = []
+def _delimiters(raw: bytes, sep: bytes, start: int, end: int
+                ) -> Iterator[tuple[int, int, bool]]:
+    """(line start, line end, is close) of each delimiter line of `sep` in the region."""
     pos = raw.find(sep, start, end)
     while pos >= 0:
         after = pos + len(sep)
@@ -149,10 +150,9 @@ def _delimiters(raw: bytes, sep: bytes, start: int, end: int) -> list[tuple[int,
                     q += 2
                 elif q < end:
                     q += 1
-                found.append((pos, q, close))
+                yield pos, q, close
                 after = q
         pos = raw.find(sep, after, end)
-    return found
 
 
 def _strip_eol(raw: bytes, start: int, end: int) -> int:
@@ -184,26 +184,26 @@ def _multipart(raw: bytes, head: email.message.Message, start: int, end: int, de
     except UnicodeEncodeError as exc:  # non-ASCII boundary parameter (RFC 2231)
         raise Unsupported("boundary") from exc
     delims = _delimiters(raw, sep, start, end)
-    if not delims or delims[0][2]:
+    current = next(delims, None)
+    if current is None or current[2]:
         # Never opened: the stdlib keeps the text before the close delimiter (or all).
         part.defects += [errors.StartBoundaryNotFoundDefect(), *unsplit]
-        stop = delims[0][0] if delims else end
+        stop = current[0] if current else end
         return _repaired(raw, part, boundary, start, stop, depth)
     children: list[email.message.Message] = []
-    i = 0
     while True:
-        while i + 1 < len(delims) and delims[i + 1][0] == delims[i][1]:
-            i += 1  # delimiter lines in a row: no empty parts between them
-        child_start = delims[i][1]
-        child_end = delims[i + 1][0] if i + 1 < len(delims) else end
-        children.append(_part(raw, child_start, _strip_eol(raw, child_start, child_end),
+        following = next(delims, None)
+        while following is not None and following[0] == current[1]:
+            current, following = following, next(delims, None)  # no empty parts
+        child_end = following[0] if following else end
+        children.append(_part(raw, current[1], _strip_eol(raw, current[1], child_end),
                               depth + 1))
-        i += 1
-        if i >= len(delims):
+        if following is None:
             part.defects.append(errors.CloseBoundaryNotFoundDefect())
             break
-        if delims[i][2]:
+        if following[2]:
             break
+        current = following
     part.set_payload(children)
     return part
 
