@@ -29,37 +29,37 @@ CUSTOMER = "ana@customer.example"
 ENV = Envelope(CUSTOMER, ("support@helpdesk.example",))
 
 DSN = (
-    "From: Mail Delivery System <MAILER-DAEMON@mx.customer.example>\r\n"
-    "To: support@helpdesk.example\r\n"
-    "Subject: Undelivered Mail Returned to Sender\r\n"
-    "Message-ID: <dsn1@mx.customer.example>\r\n"
-    "MIME-Version: 1.0\r\n"
-    'Content-Type: multipart/report; report-type=delivery-status; boundary="b1"\r\n'
-    "\r\n--b1\r\nContent-Type: text/plain\r\n\r\nI could not deliver your mail.\r\n"
-    "--b1\r\nContent-Type: message/delivery-status\r\n\r\n"
-    "Reporting-MTA: dns; mx.customer.example\r\n\r\n"
-    "Final-Recipient: rfc822; gone@customer.example\r\nAction: failed\r\nStatus: 5.1.1\r\n"
-    "\r\n--b1--\r\n"
-).encode()
+    b"From: Mail Delivery System <MAILER-DAEMON@mx.customer.example>\r\n"
+    b"To: support@helpdesk.example\r\n"
+    b"Subject: Undelivered Mail Returned to Sender\r\n"
+    b"Message-ID: <dsn1@mx.customer.example>\r\n"
+    b"MIME-Version: 1.0\r\n"
+    b'Content-Type: multipart/report; report-type=delivery-status; boundary="b1"\r\n'
+    b"\r\n--b1\r\nContent-Type: text/plain\r\n\r\nI could not deliver your mail.\r\n"
+    b"--b1\r\nContent-Type: message/delivery-status\r\n\r\n"
+    b"Reporting-MTA: dns; mx.customer.example\r\n\r\n"
+    b"Final-Recipient: rfc822; gone@customer.example\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+    b"\r\n--b1--\r\n"
+)
 
 # A qmail-style bounce: no multipart/report, only flufl.bounce recognises it.
 QMAIL_BOUNCE = (
-    "From: MAILER-DAEMON@mail.customer.example\r\n"
-    "To: support@helpdesk.example\r\n"
-    "Subject: failure notice\r\n"
-    "Message-ID: <qb1@mail.customer.example>\r\n"
-    "\r\n"
-    "Hi. This is the qmail-send program at mail.customer.example.\r\n"
-    "I'm afraid I wasn't able to deliver your message to the following addresses.\r\n"
-    "This is a permanent error; I've given up. Sorry it didn't work out.\r\n"
-    "\r\n"
-    "<gone@customer.example>:\r\n"
-    "Sorry, no mailbox here by that name. (#5.1.1)\r\n"
-    "\r\n"
-    "--- Below this line is a copy of the message.\r\n"
-    "\r\n"
-    "Subject: hello\r\n"
-).encode()
+    b"From: MAILER-DAEMON@mail.customer.example\r\n"
+    b"To: support@helpdesk.example\r\n"
+    b"Subject: failure notice\r\n"
+    b"Message-ID: <qb1@mail.customer.example>\r\n"
+    b"\r\n"
+    b"Hi. This is the qmail-send program at mail.customer.example.\r\n"
+    b"I'm afraid I wasn't able to deliver your message to the following addresses.\r\n"
+    b"This is a permanent error; I've given up. Sorry it didn't work out.\r\n"
+    b"\r\n"
+    b"<gone@customer.example>:\r\n"
+    b"Sorry, no mailbox here by that name. (#5.1.1)\r\n"
+    b"\r\n"
+    b"--- Below this line is a copy of the message.\r\n"
+    b"\r\n"
+    b"Subject: hello\r\n"
+)
 
 # (case id, raw message, envelope, the check that must say no)
 CASES: list[tuple[str, bytes, Envelope, str]] = [
