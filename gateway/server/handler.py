@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.daemon import DaemonContext
 from gateway.envelope import Envelope
 from gateway.spool import quarantine
+from gateway.status.metrics import PROCESSING_SECONDS
 
 from . import replies
 from .groupcommit import GroupCommitter
@@ -92,12 +93,13 @@ class DeliveryHandler:
         finally:
             self.in_flight -= 1
         self.ctx.counters[f"server.{disposition.outcome.value}"] += 1
+        duration = time.monotonic() - started
+        PROCESSING_SECONDS.labels(entry="lmtp").observe(duration)
         log.info(
             "message_id=<%s> disposition=%s ticket=%s queue=%s recipients=%d size=%d "
             "duration=%.3fs",
             disposition.message_id, disposition.outcome.value, disposition.ticket_number or "-",
-            disposition.queue or "-", len(envelope.rcpt_tos), len(raw),
-            time.monotonic() - started,
+            disposition.queue or "-", len(envelope.rcpt_tos), len(raw), duration,
         )
         log.debug("message_id=<%s> from=<%s> to=%s", disposition.message_id,
                   envelope.mail_from or "", ",".join(f"<{r}>" for r in envelope.rcpt_tos))
