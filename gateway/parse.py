@@ -53,7 +53,7 @@ import mailparser
 
 from .charsets import decode_bytes
 from .htmltext import html_to_text
-from .rawmime import RawLeaf, Unsupported, split_message
+from .rawmime import SMALL_PART, RawLeaf, Unsupported, split_message
 
 log = logging.getLogger("ticketgate.parse")
 MSGID_RE = re.compile(r"<([^<>\s]+)>")
@@ -129,11 +129,12 @@ class _StructureParser(mailparser.MailParser):  # type: ignore[misc]
         return self
 
 
-def _tree(raw: bytes, defects: list[str], split_above: int | None) -> email.message.Message:
+def _tree(raw: bytes, defects: list[str], split_above: int | None, whole_parts_below: int
+          ) -> email.message.Message:
     """The message tree: split on the raw bytes when large, else the stdlib's."""
     if split_above is not None and len(raw) > split_above:
         try:
-            msg = split_message(raw)
+            msg = split_message(raw, whole_parts_below)
             defects.extend(sorted(_StructureParser(msg).defects_categories))
             return msg
         except (Unsupported, RecursionError):
@@ -156,11 +157,14 @@ def _tree(raw: bytes, defects: list[str], split_above: int | None) -> email.mess
         return msg
 
 
-def parse_message(raw: bytes, *, split_above: int | None = LARGE_MESSAGE) -> ParsedMessage:
-    """Parse `raw`; messages larger than `split_above` bytes (None: none) are split on
-    their raw bytes. Both ways give the same result (tests/test_parse_memory.py)."""
+def parse_message(
+    raw: bytes, *, split_above: int | None = LARGE_MESSAGE, whole_parts_below: int = SMALL_PART
+) -> ParsedMessage:
+    """Parse `raw`. Messages larger than `split_above` bytes (None: none) are split on
+    their raw bytes, where parts under `whole_parts_below` bytes are parsed whole. Every
+    way gives the same result (tests/test_parse_memory.py)."""
     defects: list[str] = []
-    msg = _tree(raw, defects, split_above)
+    msg = _tree(raw, defects, split_above, whole_parts_below)
     headers = _headers(msg)
     from_name, from_address = _first_address(msg, "from")
     text_parts: list[str] = []

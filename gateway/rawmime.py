@@ -44,8 +44,10 @@ MAX_DEPTH = 40
 
 _HEADER_LINE = re.compile(rb"From |[\041-\071\073-\176]*:|[\t ]")
 _LINE_END = re.compile(rb"\r\n|\r|\n")
+_NL_END = re.compile(r"(\r\n|\r|\n)\Z")  # the feed parser's NLCRE_eol
 # The repair `parse._resplit` does on a str payload, on bytes.
 _BOUNDARY_LINE = re.compile(rb"^--([ -~]{1,200}?)[ \t]*\r?$", re.MULTILINE)
+_BOUNDARY_AT = re.compile(rb"--([ -~]{1,200}?)[ \t]*\r?$", re.MULTILINE)
 
 
 class Unsupported(Exception):
@@ -84,9 +86,9 @@ class RawLeaf(email.message.Message):
         return data if isinstance(data, bytes) else b""
 
 
-def split_message(raw: bytes) -> email.message.Message:
-    """The message tree of `raw`, with large leaves kept as `RawLeaf` slices."""
-    return _part(raw, 0, len(raw), depth=0, is_root=True)
+def split_message(raw: bytes, small_part: int = SMALL_PART) -> email.message.Message:
+    """The message tree of `raw`; leaves of `small_part` bytes or more stay `RawLeaf`s."""
+    return _part(raw, 0, len(raw), 0, small_part, is_root=True)
 
 
 def _headers(raw: bytes, start: int, end: int) -> tuple[email.message.Message, int, bool]:
@@ -111,19 +113,21 @@ def _headers(raw: bytes, start: int, end: int) -> tuple[email.message.Message, i
     return headers, max(body, pos), missing
 
 
-def _part(raw: bytes, start: int, end: int, depth: int, is_root: bool = False
+def _part(raw: bytes, start: int, end: int, depth: int, small: int, is_root: bool = False
           ) -> email.message.Message:
     if depth > MAX_DEPTH:
         raise Unsupported("nesting")
-    if not is_root and end - start < SMALL_PART:
-        return email.message_from_bytes(raw[start:end])
+    if not is_root and end - start < small:
+        small = email.message_from_bytes(raw[start:end])
+        _strip_last(small)
+        return small
     head, body, missing = _headers(raw, start, end)
     if head.get_content_maintype() == "message" or head.get_content_type() == "multipart/digest":
         raise Unsupported(head.get_content_type())
     if head.get_content_maintype() == "multipart":
-        part = _multipart(raw, head, body, end, depth, is_root)
+        part = _multipart(raw, head, body, end, depth, small, is_root)
     else:
-        part = RawLeaf(raw, body, end)
+        part = RawLeaf(raw, body, end if is_root else _strip_eol(raw, body, end))
         part._headers = head._headers
         part._unixfrom = head._unixfrom
         part.defects.extend(head.defects)
@@ -155,6 +159,24 @@ def _delimiters(raw: bytes, sep: bytes, start: int, end: int
         pos = raw.find(sep, after, end)
 
 
+def _strip_last(part: email.message.Message) -> None:
+    """Drop the line end before the next delimiter where the feed parser drops it.
+
+    That is in the last message it created in the part (for a forwarded message, the
+    inner one's): a multipart's epilogue, else its payload.
+    """
+    while part.get_content_maintype() != "multipart" and isinstance(
+            part._payload, list) and part._payload:
+        part = part._payload[-1]
+    if part.get_content_maintype() == "multipart":
+        if part.epilogue == "":
+            part.epilogue = None
+        elif part.epilogue is not None:
+            part.epilogue = _NL_END.sub("", part.epilogue, count=1)
+    elif isinstance(part._payload, str):
+        part._payload = _NL_END.sub("", part._payload, count=1)
+
+
 def _strip_eol(raw: bytes, start: int, end: int) -> int:
     """`end` without the line end just before it (it belongs to the next delimiter)."""
     if end - start >= 2 and raw.startswith(b"\r\n", end - 2, end):
@@ -165,7 +187,8 @@ def _strip_eol(raw: bytes, start: int, end: int) -> int:
 
 
 def _multipart(raw: bytes, head: email.message.Message, start: int, end: int, depth: int,
-               is_root: bool = False) -> email.message.Message:
+               small: int, is_root: bool = False, repair: bool = True
+               ) -> email.message.Message:
     part = email.message.Message()
     part._headers = head._headers
     part._unixfrom = head._unixfrom
@@ -175,7 +198,7 @@ def _multipart(raw: bytes, head: email.message.Message, start: int, end: int, de
     boundary = head.get_boundary()
     if boundary is None:
         part.defects += [errors.NoBoundaryInMultipartDefect(), *unsplit]
-        return _repaired(raw, part, None, start, end, depth)
+        return _repaired(raw, part, None, start, end, depth, small)
     cte = str(head.get("content-transfer-encoding", "8bit")).lower()
     if cte not in ("7bit", "8bit", "binary"):
         part.defects.append(errors.InvalidMultipartContentTransferEncodingDefect())
@@ -189,15 +212,17 @@ def _multipart(raw: bytes, head: email.message.Message, start: int, end: int, de
         # Never opened: the stdlib keeps the text before the close delimiter (or all).
         part.defects += [errors.StartBoundaryNotFoundDefect(), *unsplit]
         stop = current[0] if current else end
-        return _repaired(raw, part, boundary, start, stop, depth)
+        if not repair:  # a repaired multipart is not repaired again (parse._resplit)
+            part.set_payload(raw[start:stop].decode("ascii", "surrogateescape"))
+            return part
+        return _repaired(raw, part, boundary, start, stop, depth, small)
     children: list[email.message.Message] = []
     while True:
         following = next(delims, None)
         while following is not None and following[0] == current[1]:
             current, following = following, next(delims, None)  # no empty parts
         child_end = following[0] if following else end
-        children.append(_part(raw, current[1], _strip_eol(raw, current[1], child_end),
-                              depth + 1))
+        children.append(_part(raw, current[1], child_end, depth + 1, small))
         if following is None:
             part.defects.append(errors.CloseBoundaryNotFoundDefect())
             break
@@ -209,16 +234,17 @@ def _multipart(raw: bytes, head: email.message.Message, start: int, end: int, de
 
 
 def _repaired(raw: bytes, part: email.message.Message, declared: str | None,
-              start: int, end: int, depth: int) -> email.message.Message:
+              start: int, end: int, depth: int, small: int) -> email.message.Message:
     """`parse._resplit` on bytes: re-split on the first `--token` line, if any."""
-    found = _BOUNDARY_LINE.search(raw, start, end)
+    # (`^` does not match at a search's start position unless a line starts there.)
+    found = _BOUNDARY_AT.match(raw, start, end) or _BOUNDARY_LINE.search(raw, start, end)
     boundary = found.group(1).decode("ascii").removesuffix("--") if found else ""
     if not boundary.strip() or boundary == declared:
         part.set_payload(raw[start:end].decode("ascii", "surrogateescape"))
         return part
     head = BytesHeaderParser().parsebytes(
         f'Content-Type: {part.get_content_type()}; boundary="{boundary}"\n\n'.encode())
-    repaired = _multipart(raw, head, start, end, depth + 1)
+    repaired = _multipart(raw, head, start, end, depth + 1, small, repair=False)
     if not isinstance(repaired.get_payload(), list):
         part.set_payload(raw[start:end].decode("ascii", "surrogateescape"))
         return part

@@ -22,6 +22,8 @@ import random
 import tracemalloc
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select
 
 from gateway.envelope import Envelope
@@ -309,3 +311,47 @@ def test_large_attachments_are_stored_byte_for_byte_and_in_order(
     assert [(r.filename, r.size, r.content) for r in rows] == [
         ("first.bin", len(first), first), ("small.bin", 4, small), ("last.bin", len(last), last)]
     assert stored_raw == raw
+
+
+_PIECES = [
+    b"--b", b"--b--", b"--c", b"--c--", b"--b ", b"--bx", b"--", b"", b"X: y", b" folded",
+    b"Content-Type: multipart/mixed; boundary=c",
+    b'Content-Type: multipart/alternative; boundary="b"',
+    b"Content-Type: multipart/mixed", b"Content-Type: message/rfc822", b"Subject: inner",
+    b"Content-Type: text/plain; charset=utf-8", b"Content-Type: text/html",
+    b"Content-Transfer-Encoding: base64", b"Content-Transfer-Encoding: quoted-printable",
+    b'Content-Disposition: attachment; filename="a\xc3\xa4.txt"', b"QUJDREVG", b"QUJ=",
+    b"caf=E9=", b"hello world", b"Gr\xc3\xbc\xc3\x9fe",
+]
+_ROOTS = [b'Content-Type: multipart/mixed; boundary="b"', b"Content-Type: multipart/related; "
+          b"boundary=b", b"Content-Type: multipart/mixed", b"Content-Type: text/plain"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(root=st.sampled_from(_ROOTS), nl=st.sampled_from([b"\n", b"\r\n"]),
+       lines=st.lists(st.tuples(st.sampled_from(_PIECES),
+                                st.sampled_from([b"\n", b"\r\n", b"\r", b""])), max_size=40),
+       whole_below=st.sampled_from([1, 40, 1 << 30]))
+def test_random_structures_parse_the_same_split_and_generic(
+    root: bytes, nl: bytes, lines: list[tuple[bytes, bytes]], whole_below: int
+) -> None:
+    """Boundary lines, lone CRs, broken and nested structure, big and small parts."""
+    raw = b"Subject: s" + nl + root + nl + nl + b"".join(a + b for a, b in lines)
+    split = parse_message(raw, split_above=0, whole_parts_below=whole_below)
+    assert _fields(split) == _fields(parse_message(raw, split_above=None))
+
+
+@pytest.mark.parametrize("whole_below", [1, 1 << 30])
+@pytest.mark.parametrize("raw", [
+    # Found by fuzzing: a repair boundary on the body's first line after a lone CR ...
+    b"Content-Type:multipart/\r--x\n--b",
+    # ... a repaired multipart whose new boundary only closes is not repaired again ...
+    b"Content-Type:multipart/\n--b\r--c--\n--c",
+    # ... and the line end before a delimiter goes, except from an unsplit multipart.
+    b'Content-Type: multipart/mixed; boundary="b"\n\n--b\n\nhello\n\n--b--\n',
+    b'Content-Type: multipart/mixed; boundary="b"\n\n--b\nContent-Type: multipart/mixed;'
+    b' boundary="c"\n\nno delimiter\n\n--b--\n',
+])
+def test_fuzzing_finds_stay_fixed(raw: bytes, whole_below: int) -> None:
+    split = parse_message(raw, split_above=0, whole_parts_below=whole_below)
+    assert _fields(split) == _fields(parse_message(raw, split_above=None))
