@@ -2,33 +2,35 @@
 
 What parses what, and why:
 
-- **The message tree.** Up to `LARGE_MESSAGE` bytes, mail-parser's guarded entry point
-  builds it with the stdlib parser over the raw bytes (`MailParser._parse_guarded`, which
-  turns a crafted nesting's RecursionError into its own error). Above that size the MIME
-  structure is split on the raw bytes by `rawmime.split_message`: header blocks and small
-  parts still go through the stdlib parser, but big leaves (a 25 MB base64 attachment)
-  stay slices of the raw message and are decoded once, straight into the attachment.
-  The stdlib feed parser would hold the message as line strings, a joined payload
-  string and a joined base64 string at once: 7-8x the message (issue 3's memory target
-  is 4x). Structures the splitter does not reproduce exactly fall back to the first way.
-- **Defects.** mail-parser walks the tree and collects the defect categories of every
-  part (`_StructureParser`). Its own extraction (bodies, attachments re-encoded to
-  base64, address/date/Received diagnostics, the two result dicts) is skipped: we
-  decode all of that ourselves below, and it cost ~3/4 of the parsing time.
-- **Everything else is decoded here, from the raw header values**, because real mail
-  needs repairs that a strict decoder refuses:
+1. The message tree. Up to `LARGE_MESSAGE` bytes, mail-parser's guarded entry point
+   (`MailParser._parse_guarded`, which turns a crafted nesting's RecursionError into its
+   own error) builds it with the stdlib parser over the raw bytes. Above that size
+   `rawmime.split_message` finds the MIME structure on the raw bytes: header blocks and
+   parts under 256 KiB still go through the stdlib parser, but big leaves (a 25 MB
+   base64 attachment) stay slices of the raw message and are decoded once, straight
+   into the attachment. The stdlib feed parser holds such a message as line strings, a
+   joined payload and a newline-free base64 copy at once: 7-8x the message, where
+   issue 3 allows the whole server 4x. What the splitter does not reproduce exactly
+   (multipart/digest, a big message/rfc822 part, absurd nesting) takes the first way.
+2. Defects. mail-parser walks the tree and collects every part's defect categories
+   (`_StructureParser`). Its own extraction (bodies, attachments re-encoded to base64,
+   address/date/Received diagnostics, two result dicts) is skipped: we decode all of
+   that ourselves, below, and it cost ~3/4 of the parsing time.
+3. Everything else is decoded here, from the raw header values and part payloads,
+   because real mail needs repairs that a strict decoder refuses:
 
-- RFC 2047 encoded words (Q and B) are decoded with `charsets.decode_bytes`, so a word
-  labelled Shift_JIS or ISO-2022-JP that uses Microsoft's extensions (①, 髙) still
-  decodes, and one labelled ISO-8859-1 that is really Windows-1252 keeps its € and “”;
-- undeclared 8-bit header bytes (raw UTF-8 or Latin-1 in Subject, From or a filename)
-  are decoded as UTF-8, else Windows-1252, instead of becoming U+FFFD;
-- attachment names come from RFC 2231 parameters (with continuations and charsets),
-  encoded words in `filename=`/`name=` (Outlook, Gmail) or raw 8-bit bytes;
-- a multipart whose declared boundary never occurs (or that declares none) is re-split
-  on the boundary its body actually uses, so its text is not lost;
-- a nested `message/rfc822` (a forward as attachment) is kept whole as an `.eml`
-  attachment named after its subject.
+   - RFC 2047 encoded words (Q and B) are decoded with `charsets.decode_bytes`, so a
+     word labelled Shift_JIS or ISO-2022-JP that uses Microsoft's extensions (①, 髙)
+     still decodes, and one labelled ISO-8859-1 that is really Windows-1252 keeps its €
+     and “”;
+   - undeclared 8-bit header bytes (raw UTF-8 or Latin-1 in Subject, From or a
+     filename) are decoded as UTF-8, else Windows-1252, instead of becoming U+FFFD;
+   - attachment names come from RFC 2231 parameters (with continuations and charsets),
+     encoded words in `filename=`/`name=` (Outlook, Gmail) or raw 8-bit bytes;
+   - a multipart whose declared boundary never occurs (or that declares none) is
+     re-split on the boundary its body actually uses, so its text is not lost;
+   - a nested `message/rfc822` (a forward as attachment) is kept whole as an `.eml`
+     attachment named after its subject.
 
 Parsing never raises on malformed input: what cannot be understood is left empty, and
 the raw bytes are always kept by the caller.
