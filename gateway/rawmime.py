@@ -20,9 +20,9 @@ The boundary rules are the feed parser's (`email.feedparser`): a delimiter is a 
 `--boundary`, optionally `--`, optional blanks, then the line end; an enclosing
 boundary ends an inner part; repeated delimiter lines make no empty parts; the line
 end before a delimiter belongs to it; the defects it would record are recorded too.
-Whatever this splitter does not reproduce exactly (`multipart/digest`, deep nesting,
-giant header blocks) raises `Unsupported`, and the caller parses the message with the
-generic path instead.
+Whatever this splitter does not reproduce exactly (`multipart/digest`, a `message/*`
+part of `SMALL_PART` or more, nesting beyond `MAX_DEPTH`, header blocks over 1 MiB)
+raises `Unsupported`, and the caller parses the whole message the generic way instead.
 """
 
 from __future__ import annotations
@@ -118,9 +118,9 @@ def _part(raw: bytes, start: int, end: int, depth: int, small: int, is_root: boo
     if depth > MAX_DEPTH:
         raise Unsupported("nesting")
     if not is_root and end - start < small:
-        small = email.message_from_bytes(raw[start:end])
-        _strip_last(small)
-        return small
+        whole = email.message_from_bytes(raw[start:end])
+        _strip_last(whole)
+        return whole
     head, body, missing = _headers(raw, start, end)
     if head.get_content_maintype() == "message" or head.get_content_type() == "multipart/digest":
         raise Unsupported(head.get_content_type())
