@@ -306,8 +306,43 @@ def _parsed_addresses(msg: email.message.Message, name: str) -> list[tuple[str, 
         if _has_surrogates(raw):
             raw = decode_bytes(raw.encode("utf-8", "surrogateescape"), None)
         values.append(_FOLD.sub("", raw))
+    out: list[tuple[str, str]] = []
+    for value in values:
+        modern = _modern_addresses(value)
+        if not modern:
+            out += _legacy_addresses(value)
+            continue
+        if any(not n for n, _a in modern):
+            # `addr (Full Name)`: the old comment form names the sender; keep that name.
+            legacy = dict((a, n) for n, a in _legacy_addresses(value) if n)
+            modern = [(n or legacy.get(a, ""), a) for n, a in modern]
+        out += modern
+    return out
+
+
+def _modern_addresses(value: str) -> list[tuple[str, str]]:
+    """The RFC 5322 parser behind `email.headerregistry`: encoded words stay inside the
+    display name, so `=?utf-8?q?x@evil?= <ana@example>` is ana@example, never x@evil.
+
+    Its public wrapper (`policy.default.header_factory`) raises when a display name
+    decodes to CR/LF, so the parser is called directly; `_legacy_addresses` remains the
+    fallback should it fail or move.
+    """
     try:
-        pairs = email.utils.getaddresses(values)
+        from email._header_value_parser import get_address_list
+
+        address_list, _rest = get_address_list(value)
+        mailboxes = [(m.display_name or "", m.addr_spec or "")
+                     for a in address_list.addresses for m in a.all_mailboxes]
+    except Exception:
+        return []
+    return [(_scrub(_clean(n)), _scrub(a.strip().lower())) for n, a in mailboxes if "@" in a]
+
+
+def _legacy_addresses(value: str) -> list[tuple[str, str]]:
+    """`getaddresses` as a fallback for what the strict parser finds nothing in."""
+    try:
+        pairs = email.utils.getaddresses([value])
     except Exception:
         return []
     return [(_scrub(_clean(decode_header_value(n))), _scrub(a.strip().lower()))

@@ -226,6 +226,23 @@ def test_header_injection_cannot_add_headers_or_recipients(
     assert "\n" not in msg["Subject"] and "victim@evil.example" in msg["Subject"]
 
 
+@pytest.mark.parametrize("evil_name", [
+    "=?utf-8?q?Ana=0D=0ATo:_victim@evil.example?=",  # encoded CR/LF and an address
+    "=?utf-8?q?victim@evil.example?=",                # a bare address in an encoded word
+    "=?utf-8?q?Ana=2C_victim@evil.example?=",         # an encoded comma before it
+])
+def test_encoded_display_name_cannot_change_the_recipient(
+    ar_config: Config, ar_store: Store, sink: SmtpSink, evil_name: str
+) -> None:
+    """The address comes from the angle brackets, never from inside an encoded word."""
+    raw = build_mail(subject="Printer", sender=f"{evil_name} <{CUSTOMER}>")
+    make_intake(ar_config, ar_store).process(raw, ENV)
+    deliver(ar_config, ar_store)
+    [got] = sink.received
+    assert got.rcpt_tos == [CUSTOMER]
+    assert [a.addr_spec for a in parsed(got)["To"].addresses] == [CUSTOMER]
+
+
 def test_any_language_in_utf8(tmp_path: Path, db_url: str, sink: SmtpSink,
                               ar_store: Store) -> None:
     config = make_config(tmp_path, db_url, outbound={"smarthost": sink.smarthost},

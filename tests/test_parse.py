@@ -391,3 +391,20 @@ def test_stdlib_agrees_on_structure() -> None:
     assert [p.get_content_type() for p in msg.walk()][:3] == [
         "multipart/mixed", "text/plain", "message/rfc822"
     ]
+
+
+@pytest.mark.parametrize(("header", "name", "address"), [
+    (b"=?utf-8?q?Ana=0D=0ATo:_x@evil.example?= <ana@customer.example>",
+     "Ana To: x@evil.example", "ana@customer.example"),
+    (b"=?utf-8?q?x@evil.example?= <ana@customer.example>", "x@evil.example",
+     "ana@customer.example"),
+    (b"=?utf-8?q?Ana=2C_x@evil.example?= <ana@customer.example>", "Ana, x@evil.example",
+     "ana@customer.example"),
+    (b'"Doe, Jane" <jane@customer.example>', "Doe, Jane", "jane@customer.example"),
+    (b"broken <ana@customer.example", "broken", "ana@customer.example"),
+])
+def test_from_address_is_never_taken_from_an_encoded_word(
+    header: bytes, name: str, address: str
+) -> None:
+    m = parse_message(b"From: " + header + b"\r\nSubject: x\r\n\r\nbody\r\n")
+    assert (m.from_name, m.from_address) == (name, address)
