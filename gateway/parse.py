@@ -308,6 +308,11 @@ def _parsed_addresses(msg: email.message.Message, name: str) -> list[tuple[str, 
         values.append(_FOLD.sub("", raw))
     out: list[tuple[str, str]] = []
     for value in values:
+        if "=?" not in value:
+            # Without encoded words getaddresses is right, and 7x cheaper than the
+            # strict parser; with them, only the strict parser keeps names and addresses apart.
+            out += _legacy_addresses(value)
+            continue
         modern = _modern_addresses(value)
         if not modern:
             out += _legacy_addresses(value)
