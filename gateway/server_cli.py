@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 
 from .runtime import load_or_exit, setup_logging
+
+EX_CONFIG = 78  # sysexits.h: configuration error
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -20,4 +23,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     fix_mmap_threshold()
 
-    return asyncio.run(serve(config, args.config))
+    from rules.errors import RulesError
+    from ticketstore.db import StoreUnavailable
+
+    try:
+        return asyncio.run(serve(config, args.config))
+    except (RulesError, StoreUnavailable) as exc:
+        # An admin's mistake, not a bug: say what to fix, no traceback (systemd shows stderr).
+        print(f"ticketgate serve: not starting: {exc}", file=sys.stderr)
+        return EX_CONFIG
