@@ -85,9 +85,13 @@ def cmd_outbox_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
+    if not rows:
+        print("outbox is empty" + (f" (state {args.state})" if args.state else ""))
+        return 0
+    print(f"{'ID':>6} {'STATE':<8} {'TRY':>3} {'KIND':<20} RECIPIENT")
     for r in rows:
         err = f"  {r['last_error']}" if r["last_error"] else ""
-        print(f"{r['id']:>6} {r['state']:<8} {r['attempts']:>2} {r['kind']:<20} "
+        print(f"{r['id']:>6} {r['state']:<8} {r['attempts']:>3} {r['kind']:<20} "
               f"{r['rcpt_to']}{err}")
     return 0
 

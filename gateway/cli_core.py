@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from importlib import resources
 from pathlib import Path
@@ -52,6 +53,8 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
     config = load_or_exit(args.config)
     setup_logging(args.verbose)
+    if not args.verbose:
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # its plugin list is noise
     engine = make_engine(config.database_url, config.database.busy_timeout)
     upgrade(engine)
     engine.dispose()

@@ -278,8 +278,13 @@ def test_retry_cli_and_unknown_id(tmp_path: Path, db_url: str, sink: SmtpSink,
     assert cli_main(["-c", cfg_file, "outbox", "send"]) == 0
     [row] = _rows(ob_store)
     assert row.state == "failed"
+    capsys.readouterr()
+    assert cli_main(["-c", cfg_file, "outbox", "list", "--state", "pending"]) == 0
+    assert capsys.readouterr().out == "outbox is empty (state pending)\n"
     assert cli_main(["-c", cfg_file, "outbox", "list", "--state", "failed"]) == 0
-    assert "554" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split() == ["ID", "STATE", "TRY", "KIND", "RECIPIENT"]
+    assert "554" in out
     assert cli_main(["-c", cfg_file, "outbox", "retry", "999"]) == 1
     sink.set_reply("250 OK")
     assert cli_main(["-c", cfg_file, "outbox", "retry", str(row.id)]) == 0
