@@ -30,6 +30,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bench import int_option
+
 BASELINE_SERVER = r"""
 import asyncio, os, sys, itertools
 from aiosmtpd.lmtp import LMTP
@@ -236,17 +238,10 @@ def memory(work: Path, size: int) -> tuple[int, int, int]:
     return idle, peak, len(raw)
 
 
-def _arg(argv: list[str], name: str, default: int) -> int:
-    for a in argv:
-        if a.startswith(f"--{name}="):
-            return int(a.split("=", 1)[1])
-    return default
-
-
 def main(argv: list[str]) -> int:
     quick = "--quick" in argv
-    n = _arg(argv, "messages", 200 if quick else 2000)
-    size = _arg(argv, "big", 25_000_000)
+    n = int_option(argv, "messages", 200 if quick else 2000)
+    size = int_option(argv, "big", 25_000_000)
     work = Path(tempfile.mkdtemp(prefix="bench-lmtp-"))
     report: Callable[[str], None] = lambda line: print(line, flush=True)  # noqa: E731
     status = 0

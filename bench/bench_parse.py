@@ -27,6 +27,7 @@ from pathlib import Path
 
 import mailparser
 
+from bench import int_option
 from bench.bench_lmtp import big_message, memory, new_message
 from gateway.parse import parse_message
 
@@ -54,13 +55,6 @@ def _peak(fn: Callable[[bytes], object], raw: bytes) -> int:
         tracemalloc.stop()
 
 
-def _arg(argv: list[str], name: str, default: int) -> int:
-    for a in argv:
-        if a.startswith(f"--{name}="):
-            return int(a.split("=", 1)[1])
-    return default
-
-
 def main(argv: list[str]) -> int:
     quick = "--quick" in argv
     rounds = 3 if quick else 7
@@ -81,7 +75,7 @@ def main(argv: list[str]) -> int:
             report(f"{label}: {name:36s} {ms:6.3f} ms/message ({ms / floor:.1f}x the floor)")
 
     status = 0
-    size = _arg(argv, "big", 25_000_000)
+    size = int_option(argv, "big", 25_000_000)
     raw = big_message(size)
     stdlib_peak = _peak(email.message_from_bytes, raw)
     ours = _peak(parse_message, raw)

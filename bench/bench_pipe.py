@@ -32,6 +32,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bench import int_option
+
 RCPT = "support@helpdesk.example"
 BIN = Path(sys.executable).parent
 TICKETGATE = [str(BIN / "ticketgate")] if (BIN / "ticketgate").exists() else [
@@ -159,16 +161,9 @@ def _variant_handoff(work: Path, n: int) -> tuple[list[float], list[float], str]
     return news, follows, _check_store(cfg, n)
 
 
-def _arg(argv: list[str], name: str, default: int) -> int:
-    for a in argv:
-        if a.startswith(f"--{name}="):
-            return int(a.split("=", 1)[1])
-    return default
-
-
 def main(argv: list[str]) -> int:
     quick = "--quick" in argv
-    n = _arg(argv, "messages", 5 if quick else 20)
+    n = int_option(argv, "messages", 5 if quick else 20)
     report: Callable[[str], None] = lambda line: print(line, flush=True)  # noqa: E731
     work = Path(tempfile.mkdtemp(prefix="bench-pipe-"))
     try:
