@@ -19,12 +19,12 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, bindparam, func, insert, select, update
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from autoresponse.responder import NullResponder, Responder, StoredMessage
 from rules.route import NullRouter, Route, Router
 from ticketstore import numbers
+from ticketstore.db import dialect_insert
 from ticketstore.models import Article, Attachment, Event, Queue, Ticket, utcnow
 
 from .addresses import QueueMap
@@ -487,9 +487,8 @@ class Intake:
             conn = conn.connection()
         qid = conn.execute(select(_Q.c.id).where(_Q.c.name == name)).scalar_one_or_none()
         if qid is None:
-            mod = postgresql if conn.dialect.name == "postgresql" else sqlite
             conn.execute(
-                mod.insert(_Q).values(name=name, created_at=self.clock())
+                dialect_insert(conn.dialect.name)(_Q).values(name=name, created_at=self.clock())
                 .on_conflict_do_nothing()
             )
             qid = conn.execute(select(_Q.c.id).where(_Q.c.name == name)).scalar_one()

@@ -15,9 +15,9 @@ import datetime as dt
 from typing import Any
 
 from sqlalchemy import Connection
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from .db import dialect_insert
 from .models import Counter
 
 
@@ -64,21 +64,24 @@ def next_counter(conn: Connection, scope: str) -> int:
     One upsert statement (`INSERT .. ON CONFLICT DO UPDATE .. RETURNING`, SQLite 3.35+
     and PostgreSQL): the row lock it takes serialises concurrent writers.
     """
-    stmt = _UPSERT[conn.dialect.name == "postgresql"]
+    stmt = _UPSERT.get(conn.dialect.name)
+    if stmt is None:
+        stmt = _UPSERT[conn.dialect.name] = _upsert(dialect_insert(conn.dialect.name))
     return int(conn.execute(stmt, {"scope": scope, "value": 1}).scalar_one())
 
 
-def _upsert(mod: Any) -> Any:
+def _upsert(insert: Any) -> Any:
     table = Counter.__table__
     return (
-        mod.insert(table)
+        insert(table)
         .on_conflict_do_update(index_elements=[table.c.scope],
                                set_={"value": table.c.value + 1})
         .returning(table.c.value)
     )
 
 
-_UPSERT = {False: _upsert(sqlite), True: _upsert(postgresql)}
+# Built once per dialect, on first use.
+_UPSERT: dict[str, Any] = {}
 
 
 def new_ticket_number(
