@@ -50,6 +50,3 @@ class QueueMap:
             if queue is not None:
                 return queue
         return None
-
-    def is_ours(self, address: str) -> bool:
-        return self.lookup(address) is not None

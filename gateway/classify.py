@@ -44,10 +44,6 @@ class Classification:
     def __contains__(self, label: object) -> bool:
         return label in self.labels
 
-    @property
-    def is_automatic(self) -> bool:
-        return bool(self.labels)
-
 
 def _auto_submitted(msg: ParsedMessage, env: Envelope, loop_header: str) -> str | None:
     value = msg.header("auto-submitted").strip().lower()

@@ -12,6 +12,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from gateway.sysexits import EX_USAGE
+
 
 def _handler(p: argparse.ArgumentParser, target: str) -> None:
     p.set_defaults(_handler=target)
@@ -121,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     target = getattr(args, "_handler", None)
     if target is None:
         build_parser().print_help(sys.stderr)
-        return 64
+        return EX_USAGE
     module_name, func_name = target.split(":")
     func = getattr(importlib.import_module(module_name), func_name)
     return int(func(args) or 0)

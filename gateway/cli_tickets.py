@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, selectinload
 from ticketstore.models import TICKET_STATES, Article, Event, Queue, Ticket, utcnow
 
 from .runtime import Store, load_or_exit, open_store
+from .sysexits import EX_USAGE
 
 
 def ticket_json(t: Ticket, linked: dict[int, str] | None = None) -> dict[str, Any]:
@@ -171,7 +172,7 @@ def cmd_set(args: argparse.Namespace) -> int:
     if args.state is None and args.queue is None and args.priority is None:
         print("ticketgate: nothing to change (use --state, --queue or --priority)",
               file=sys.stderr)
-        return 64
+        return EX_USAGE
     now = utcnow()
     with _store(args) as store, store.factory() as session, session.begin():
         t = session.execute(select(Ticket).where(Ticket.number == args.number)).scalar_one_or_none()

@@ -20,7 +20,6 @@ class Outcome(enum.Enum):
     DUPLICATE = "duplicate"
     IGNORED = "ignored"
     REJECTED = "rejected"  # stored on a closed ticket of a "reject" queue
-    SIZE_REJECTED = "size-rejected"
 
 
 @dataclass(frozen=True)

@@ -252,7 +252,7 @@ class Intake:
                 events.append((None, "rejected", {"reason": "queue accepts no new tickets"}))
         elif outcome is Outcome.FOLLOW_UP:
             changes.update(self._follow_up_changes(ticket, p.route, now, events))
-        if outcome is not Outcome.CREATED or ticket.updated_at != now:
+        if outcome is not Outcome.CREATED:  # a new ticket was inserted with updated_at = now
             changes["updated_at"] = now
             conn.execute(update(_T).where(_T.c.id == ticket.id).values(**changes))
             for key, value in changes.items():

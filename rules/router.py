@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import Problem, RulesError
-from .evaluate import Decision, evaluate, route_only
+from .evaluate import route_only
 from .model import RuleSet
 from .reader import file_signature, load_rules
 from .route import Route
@@ -39,11 +39,6 @@ class RuleRouter:
         self, msg: ParsedMessage, envelope: Envelope, classification: Classification
     ) -> Route:
         return route_only(self.ruleset, msg, envelope, classification)
-
-    def explain(
-        self, msg: ParsedMessage, envelope: Envelope, classification: Classification
-    ) -> Decision:
-        return evaluate(self.ruleset, msg, envelope, classification)
 
 
 class ReloadingRouter(RuleRouter):

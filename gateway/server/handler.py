@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
@@ -150,6 +149,3 @@ class DeliveryHandler:
 
     def idle(self) -> bool:
         return self.in_flight == 0 and not any(c.busy for c in self.connections)
-
-    def busy_connections(self) -> Iterable[IntakeProtocolMixin]:
-        return [c for c in self.connections if c.busy]

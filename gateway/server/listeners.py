@@ -21,10 +21,6 @@ class ListenAddress:
     port: int = 0
     path: Path | None = None  # set for Unix sockets
 
-    @property
-    def is_unix(self) -> bool:
-        return self.path is not None
-
     def __str__(self) -> str:
         if self.path is not None:
             return f"{self.protocol} unix:{self.path}"
