@@ -474,7 +474,7 @@ class Intake:
             "classification": sorted(p.classification.labels),
         }
 
-    def queue_id(self, conn: Connection | Session, name: str) -> int:
+    def queue_id(self, conn: Connection, name: str) -> int:
         """The id of queue `name`, created on first use (race-safe).
 
         Only ids committed by `sync_queues` are cached: one created inside a transaction
@@ -483,8 +483,6 @@ class Intake:
         cached = self._queue_ids.get(name)
         if cached is not None:
             return cached
-        if isinstance(conn, Session):
-            conn = conn.connection()
         qid = conn.execute(select(_Q.c.id).where(_Q.c.name == name)).scalar_one_or_none()
         if qid is None:
             conn.execute(
@@ -497,5 +495,6 @@ class Intake:
     def sync_queues(self) -> None:
         """Create the configured queues so they show up before their first ticket."""
         with self.factory() as session, session.begin():
-            ids = {name: self.queue_id(session, name) for name in self.config.queue_names}
+            conn = session.connection()
+            ids = {name: self.queue_id(conn, name) for name in self.config.queue_names}
         self._queue_ids.update(ids)

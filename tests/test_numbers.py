@@ -85,7 +85,7 @@ def test_counter_increments_on_both_backends(db_url: str) -> None:
     got = []
     for _ in range(3):
         with factory() as s, s.begin():
-            got.append(numbers.new_ticket_number(s, "date-checksum", "10", now))
+            got.append(numbers.new_ticket_number(s.connection(), "date-checksum", "10", now))
     assert [g[:15] for g in got] == ["202611221000001", "202611221000002", "202611221000003"]
     engine.dispose()
 
@@ -97,7 +97,7 @@ def _make_numbers(url: str, count: int, out: multiprocessing.Queue) -> None:  # 
     made = []
     for _ in range(count):
         with factory() as s, s.begin():
-            made.append(numbers.new_ticket_number(s, "date-checksum", "10", now))
+            made.append(numbers.new_ticket_number(s.connection(), "date-checksum", "10", now))
     out.put(made)
 
 

@@ -15,7 +15,6 @@ import datetime as dt
 from typing import Any
 
 from sqlalchemy import Connection
-from sqlalchemy.orm import Session
 
 from .db import dialect_insert
 from .models import Counter
@@ -85,11 +84,8 @@ _UPSERT: dict[str, Any] = {}
 
 
 def new_ticket_number(
-    conn: Connection | Session, generator: str, system_id: str, now: dt.datetime,
-    min_size: int = 5,
+    conn: Connection, generator: str, system_id: str, now: dt.datetime, min_size: int = 5
 ) -> str:
-    if isinstance(conn, Session):
-        conn = conn.connection()
     day = now.date()
     value = next_counter(conn, counter_scope(generator, day))
     return format_number(generator, system_id, value, day, min_size)
