@@ -15,13 +15,11 @@ import logging
 import re
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import insert
-
 from gateway.addresses import split_plus
 from gateway.classify import BOUNCE, LOOP, bounced_message_ids, bounced_recipients
 from gateway.envelope import Outcome
 from gateway.subject import tag_subject
-from ticketstore.models import Article, Event, OutboxMessage
+from ticketstore.statements import STATEMENTS
 
 from .compose import Outgoing, compose, new_message_id, valid_address
 from .suppress import Check, suppression
@@ -31,7 +29,7 @@ if TYPE_CHECKING:
     from .templates import Templates
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
+    from sqlalchemy import Connection
 
     from gateway.config import Config, QueueConfig
 
@@ -48,11 +46,6 @@ KINDS = {
     "agent-notification": ("agent-notification", "notification"),
 }
 EXCERPT_LINES = 15
-# Plain Core inserts on the tables, built once: ORM objects (or `.values()` with literals)
-# cost several times more, and this runs inside the intake's commit for every answer.
-_INSERT_ARTICLE = insert(Article.__table__)
-_INSERT_OUTBOX = insert(OutboxMessage.__table__)
-_INSERT_EVENT = insert(Event.__table__)
 
 
 def excerpt(text: str, lines: int = EXCERPT_LINES) -> str:
@@ -88,16 +81,16 @@ class AutoResponder:
 
     # -- the seam -------------------------------------------------------------------------
 
-    def after_store(self, session: Session, stored: StoredMessage) -> None:
+    def after_store(self, conn: Connection, stored: StoredMessage) -> None:
         if BOUNCE in stored.classification.labels:
-            self._record_bounce(session, stored)
+            self._record_bounce(conn, stored)
         qcfg = self.config.queue(stored.ticket.queue.name)
         event = self._customer_event(stored, qcfg)
         if event is not None:
-            self._answer_customer(session, stored, qcfg, event)
+            self._answer_customer(conn, stored, qcfg, event)
         if qcfg.notify and stored.outcome in (Outcome.CREATED, Outcome.FOLLOW_UP,
                                                Outcome.REJECTED):
-            self._notify_agents(session, stored, qcfg)
+            self._notify_agents(conn, stored, qcfg)
 
     def _customer_event(self, stored: StoredMessage, qcfg: QueueConfig) -> str | None:
         if not self.config.autoresponse.enabled:
@@ -123,40 +116,40 @@ class AutoResponder:
         return addr.lower() in self.system_addresses or \
             split_plus(addr)[0] in self.system_addresses
 
-    def _answer_customer(self, session: Session, stored: StoredMessage, qcfg: QueueConfig,
+    def _answer_customer(self, conn: Connection, stored: StoredMessage, qcfg: QueueConfig,
                          event: str) -> None:
         rcpt = self.recipient(stored)
-        verdict = suppression(Check(session, stored, self.config, rcpt,
+        verdict = suppression(Check(conn, stored, self.config, rcpt,
                                     self.system_addresses, self.noreply))
         if verdict is None and not self.from_address(qcfg):
             verdict = ("no-from-address", "no queue address and no autoresponse.from_address")
         if verdict is not None:
-            self._suppressed(session, stored, event, *verdict)
+            self._suppressed(conn, stored, event, *verdict)
             return
-        self._plan(session, stored, qcfg, event, rcpt, stored.msg.from_name
+        self._plan(conn, stored, qcfg, event, rcpt, stored.msg.from_name
                    if rcpt == stored.msg.from_address.lower() else "")
 
-    def _suppressed(self, session: Session, stored: StoredMessage, event: str, check: str,
+    def _suppressed(self, conn: Connection, stored: StoredMessage, event: str, check: str,
                     reason: str) -> None:
         log.debug("no %s for ticket %s: %s", event, stored.ticket.number, reason)
-        session.connection().execute(_INSERT_EVENT, dict(
+        STATEMENTS(conn, "insert_event").execute(conn, dict(
             ticket_id=stored.ticket.id, article_id=stored.article.id,
             kind="autoresponse-suppressed", created_at=stored.now,
             detail={"event": event, "check": check, "reason": reason}))
 
     # -- agents ---------------------------------------------------------------------------
 
-    def _notify_agents(self, session: Session, stored: StoredMessage, qcfg: QueueConfig) -> None:
+    def _notify_agents(self, conn: Connection, stored: StoredMessage, qcfg: QueueConfig) -> None:
         """Agents hear about new tickets and follow-ups, except our own mail coming back."""
         sender = stored.msg.from_address
         if LOOP in stored.classification.labels or (sender and self._is_ours(sender)):
-            self._suppressed(session, stored, "agent-notification", "loop",
+            self._suppressed(conn, stored, "agent-notification", "loop",
                              "our own mail came back")
             return
         if not self.from_address(qcfg):
             return
         for addr in qcfg.notify:
-            self._plan(session, stored, qcfg, "agent-notification", addr.lower(), "")
+            self._plan(conn, stored, qcfg, "agent-notification", addr.lower(), "")
 
     # -- writing --------------------------------------------------------------------------
 
@@ -186,7 +179,7 @@ class AutoResponder:
             "queue": {"name": t.queue.name, "address": self.from_address(qcfg)},
         }
 
-    def _plan(self, session: Session, stored: StoredMessage, qcfg: QueueConfig, event: str,
+    def _plan(self, conn: Connection, stored: StoredMessage, qcfg: QueueConfig, event: str,
               rcpt: str, rcpt_name: str) -> None:
         t, m = stored.ticket, stored.msg
         tset = self.templates.choose_set(qcfg.templates, t.customer_id or "", t.customer_domain)
@@ -195,7 +188,7 @@ class AutoResponder:
         except TemplateError as exc:
             # A broken template must not make the MTA retry the customer's mail forever.
             log.error("template error for %s: %s", event, exc)
-            self._suppressed(session, stored, event, "template-error", str(exc))
+            self._suppressed(conn, stored, event, "template-error", str(exc))
             return
         sender = self.from_address(qcfg)
         tcfg = self.config.tickets
@@ -220,11 +213,10 @@ class AutoResponder:
         try:
             data = compose(out)
         except ValueError as exc:
-            self._suppressed(session, stored, event, "compose-error", str(exc))
+            self._suppressed(conn, stored, event, "compose-error", str(exc))
             return
         outbox_kind, article_kind = KINDS[event]
-        conn = session.connection()
-        article_id = conn.execute(_INSERT_ARTICLE, dict(
+        article_id = STATEMENTS(conn, "insert_article").scalar(conn, dict(
             ticket_id=t.id, direction="out", kind=article_kind, message_id=message_id,
             content_hash=hashlib.sha256(data).hexdigest(),
             in_reply_to=f"<{real_id}>" if real_id else "",
@@ -233,21 +225,21 @@ class AutoResponder:
             to=rcpt, cc="", subject=out.subject, body_text=rendered.text,
             body_html=rendered.html or "", raw=data, size=len(data), envelope_sender=sender,
             envelope_recipients=[rcpt], classification=[], created_at=stored.now,
-        )).inserted_primary_key[0]  # type: ignore[index]
-        conn.execute(_INSERT_OUTBOX, dict(
+        ))
+        STATEMENTS(conn, "insert_outbox").execute(conn, dict(
             ticket_id=t.id, article_id=article_id, kind=outbox_kind, mail_from=sender,
             rcpt_to=rcpt, message_id=message_id, message=data, state="pending", attempts=0,
-            next_attempt_at=stored.now, last_error="", created_at=stored.now,
+            next_attempt_at=stored.now, last_error="", created_at=stored.now, sent_at=None,
         ))
-        conn.execute(_INSERT_EVENT, dict(
+        STATEMENTS(conn, "insert_event").execute(conn, dict(
             ticket_id=t.id, article_id=article_id, kind="autoresponse-sent",
             created_at=stored.now,
             detail={"event": event, "template": rendered.template, "to": rcpt,
                     "message_id": message_id},
         ))
 
-    def _record_bounce(self, session: Session, stored: StoredMessage) -> None:
-        session.connection().execute(_INSERT_EVENT, dict(
+    def _record_bounce(self, conn: Connection, stored: StoredMessage) -> None:
+        STATEMENTS(conn, "insert_event").execute(conn, dict(
             ticket_id=stored.ticket.id, article_id=stored.article.id, kind="bounce",
             created_at=stored.now,
             detail={"failed_recipients": sorted(bounced_recipients(stored.msg.raw))[:50],

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     import datetime as dt
 
-    from sqlalchemy.orm import Session
+    from sqlalchemy import Connection
 
     from gateway.classify import Classification
     from gateway.envelope import Envelope, Outcome
@@ -36,11 +36,11 @@ class StoredMessage:
 
 
 class Responder(Protocol):
-    def after_store(self, session: Session, stored: StoredMessage) -> None: ...
+    def after_store(self, conn: Connection, stored: StoredMessage) -> None: ...
 
 
 class NullResponder:
     """Auto-responses off: nothing is planned."""
 
-    def after_store(self, session: Session, stored: StoredMessage) -> None:
+    def after_store(self, conn: Connection, stored: StoredMessage) -> None:
         return None

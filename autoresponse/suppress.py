@@ -14,16 +14,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import bindparam, func, literal, select
 
 from gateway import classify as c
 from gateway.addresses import split_plus
 from ticketstore.models import OutboxMessage
+from ticketstore.statements import STATEMENTS
 
 from .compose import valid_address
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
+    from sqlalchemy import Connection
 
     from gateway.config import Config
 
@@ -35,7 +36,7 @@ CUSTOMER_KINDS = ("auto-reply", "follow-up", "reject", "new-ticket-rejected")
 
 @dataclass(frozen=True)
 class Check:
-    session: Session
+    conn: Connection
     stored: StoredMessage
     config: Config
     recipient: str  # where the answer would go ("" when there is no usable address)
@@ -95,22 +96,19 @@ def _no_recipient(ctx: Check) -> str | None:
     return None if valid_address(ctx.recipient) else "no valid address to answer to"
 
 
-# Built once: this runs for every answered message, inside the intake's transaction.
-_SENT_SINCE = select(func.count(OutboxMessage.id)).where(
+# Prebuilt: this runs for every answered message, inside the intake's transaction.
+STATEMENTS.define("sent_since", lambda _d: select(func.count(OutboxMessage.id)).where(
     OutboxMessage.rcpt_to == bindparam("rcpt"),
     OutboxMessage.created_at >= bindparam("since", type_=OutboxMessage.created_at.type),
-    OutboxMessage.kind.in_(CUSTOMER_KINDS),
-)
+    OutboxMessage.kind.in_([literal(k) for k in CUSTOMER_KINDS]),
+))
 
 
 def _daily_limit(ctx: Check) -> str | None:
     limit = ctx.config.autoresponse.max_per_day
     since = ctx.stored.now - dt.timedelta(hours=24)
-    # On the connection: the intake's pending rows cannot change this count, so they
-    # are not flushed early, and the ORM's execute layers are skipped.
-    sent = ctx.session.connection().execute(
-        _SENT_SINCE, {"rcpt": ctx.recipient, "since": since}
-    ).scalar_one()
+    sent = STATEMENTS(ctx.conn, "sent_since").scalar(
+        ctx.conn, {"rcpt": ctx.recipient, "since": since})
     if sent >= limit:
         return f"{sent} auto-responses to {ctx.recipient} in 24 h (max_per_day = {limit})"
     return None

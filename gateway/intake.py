@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Engine, func, insert, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -26,6 +26,15 @@ from rules.route import NullRouter, Route, Router
 from ticketstore import numbers
 from ticketstore.db import dialect_insert
 from ticketstore.models import Article, Attachment, Event, Queue, Ticket, utcnow
+from ticketstore.statements import (
+    MAX_MESSAGE_IDS,
+    MAX_NUMBERS,
+    STATEMENTS,
+    detached,
+    numbered,
+    ticket_snapshot,
+    update_ticket,
+)
 
 from .addresses import QueueMap
 from .classify import BOUNCE, OUT_OF_OFFICE, Classification, bounced_message_ids, classify
@@ -89,23 +98,8 @@ def content_hash(raw: bytes) -> str:
     return h.hexdigest()
 
 
-_T = Ticket.__table__
-_A = Article.__table__
 _Q = Queue.__table__
-_E = Event.__table__
 _ATT = Attachment.__table__
-_TICKET_SELECT = select(_T, _Q.c.name.label("queue_name")).join(_Q, _T.c.queue_id == _Q.c.id)
-# Built once: constructing statements per message cost more than executing them.
-_INSERT_TICKET = insert(_T).returning(_T.c.id)
-_INSERT_ARTICLE = insert(_A).returning(_A.c.id)
-_DUPLICATE = (
-    select(_A.c.id, _T.c.number, _Q.c.name)
-    .join(_T, _A.c.ticket_id == _T.c.id)
-    .join(_Q, _T.c.queue_id == _Q.c.id)
-    .where(_A.c.message_id == bindparam("mid"), _A.c.content_hash == bindparam("chash"))
-    .limit(1)
-)
-
 
 # SQLite copies a bound blob twice (the bind, the record) before writing it; a large
 # attachment is inserted as a zeroblob (its column is the last one, so SQLite does not
@@ -124,14 +118,6 @@ def _insert_attachment_sqlite(conn: Connection, row: dict[str, Any]) -> None:
     with conn.connection.driver_connection.blobopen("attachments", "content", att_id) as blob:
         for pos in range(0, len(view), _STREAM_ABOVE):
             blob.write(view[pos:pos + _STREAM_ABOVE])
-
-
-def _ticket_snapshot(row: Row[Any]) -> Ticket:
-    """A detached Ticket (never added to a session) carrying a row's values."""
-    values = {c.key: row._mapping[c.key] for c in _T.columns}
-    ticket = Ticket(**values)
-    ticket.queue = Queue(id=values["queue_id"], name=row.queue_name)
-    return ticket
 
 
 def _event(
@@ -200,27 +186,32 @@ class Intake:
         queue = self.queues.queue_for(recipients) or self.config.tickets.default_queue
         return Prepared(raw, envelope, msg, classification, route, message_id, chash, queue)
 
-    def store(self, session: Session, p: Prepared) -> Disposition:
-        """Thread and write one prepared message in `session` (no commit here).
+    @property
+    def engine(self) -> Engine:
+        return self.factory.kw["bind"]  # type: ignore[no-any-return]
 
-        Writes go through SQLAlchemy Core on the session's connection: the ORM unit of
-        work cost ~10 ms per message, Core a fraction of that. Ticket and Article objects
-        handed to the responder are detached snapshots: refer to them by id.
+    def store(self, conn: Connection, p: Prepared) -> Disposition:
+        """Thread and write one prepared message on `conn`, inside its transaction.
+
+        The statements are prebuilt (ticketstore/statements.py): per message, SQLAlchemy's
+        execution machinery cost several times what the database needed. Ticket and
+        Article objects handed to the responder are detached snapshots: refer to them by id.
         """
         now = self.clock()
-        conn = session.connection()
-        dup = conn.execute(_DUPLICATE, {"mid": p.message_id, "chash": p.content_hash}).first()
+        dup = STATEMENTS(conn, "duplicate").first(
+            conn, {"mid": p.message_id, "chash": p.content_hash})
         if dup is not None:
-            return Disposition(Outcome.DUPLICATE, p.message_id, dup.number, dup.name, dup.id)
+            return Disposition(Outcome.DUPLICATE, p.message_id, dup["number"], dup["name"],
+                               dup["id"])
 
         if p.route.ignore:
-            conn.execute(insert(_E), [_event(None, None, "ignored", now, {
+            STATEMENTS(conn, "insert_event").execute(conn, _event(None, None, "ignored", now, {
                 "rules": list(p.route.matched), "message_id": p.message_id,
                 "from": p.msg.from_address, "subject": p.msg.subject[:200],
-            })])
+            }))
             return Disposition(Outcome.IGNORED, p.message_id, notes=p.route.matched)
 
-        ticket = self._find_ticket(session, p)
+        ticket = self._find_ticket(conn, p)
         closed_policy: str | None = None
         refused_new = False
         outcome = Outcome.FOLLOW_UP
@@ -254,25 +245,24 @@ class Intake:
             changes.update(self._follow_up_changes(ticket, p.route, now, events))
         if outcome is not Outcome.CREATED:  # a new ticket was inserted with updated_at = now
             changes["updated_at"] = now
-            conn.execute(update(_T).where(_T.c.id == ticket.id).values(**changes))
-            for key, value in changes.items():
-                setattr(ticket, key, value)
+            STATEMENTS(conn, update_ticket(frozenset(changes))).execute(
+                conn, {"ticket_id": ticket.id, **changes})
+            ticket.__dict__.update(changes)
 
         article = self._insert_article(conn, ticket, p, now)
         kind = "created" if outcome is Outcome.CREATED else "follow-up"
         events.append((None, kind, self._event_detail(p, ticket)))
         if p.route.matched:
             events.append((None, "routed", {"rules": list(p.route.matched)}))
-        conn.execute(insert(_E), [
+        STATEMENTS(conn, "insert_event").execute_many(conn, [
             _event(tid or ticket.id, None if tid else article.id, kind_, now, detail)
             for tid, kind_, detail in events
         ])
-        self.responder.after_store(session, StoredMessage(
+        self.responder.after_store(conn, StoredMessage(
             msg=p.msg, envelope=p.envelope, classification=p.classification, route=p.route,
             ticket=ticket, article=article, outcome=outcome, closed_policy=closed_policy,
             queue_refused_new=refused_new, now=now,
         ))
-        session.flush()
         return Disposition(outcome, p.message_id, ticket.number, ticket.queue.name, article.id,
                            notes=p.route.matched)
 
@@ -285,8 +275,8 @@ class Intake:
         prepared = self.prepare(raw, envelope)
         for attempt in (1, 2):
             try:
-                with self.factory() as session, session.begin():
-                    return self.store(session, prepared)
+                with self.engine.begin() as conn:
+                    return self.store(conn, prepared)
             except sa_exc.IntegrityError:
                 if attempt == 2:
                     raise
@@ -303,20 +293,20 @@ class Intake:
 
     # -- threading ------------------------------------------------------------------------
 
-    def _find_ticket(self, session: Session, p: Prepared) -> Ticket | None:
+    def _find_ticket(self, conn: Connection, p: Prepared) -> Ticket | None:
         """The ticket this message follows up, as a detached snapshot, or None."""
-        conn = session.connection()
         tcfg = self.config.tickets
         candidates = find_numbers(p.msg.subject, tcfg.hook)
         if tcfg.body_threading:
             candidates += find_numbers(p.msg.text[:20000], tcfg.hook)
-        plausible = [n for n in candidates if numbers.is_plausible(tcfg.generator, n)]
+        plausible = list(dict.fromkeys(
+            n for n in candidates if numbers.is_plausible(tcfg.generator, n)))[:MAX_NUMBERS]
         if plausible:
-            rows = {r.number: r for r in conn.execute(
-                _TICKET_SELECT.where(_T.c.number.in_(plausible[:20])))}
+            rows = {r["number"]: r for r in STATEMENTS(
+                conn, f"tickets_by_numbers/{len(plausible)}").rows(conn, numbered("n", plausible))}
             for number in plausible:
                 if number in rows:
-                    return _ticket_snapshot(rows[number])
+                    return ticket_snapshot(rows[number])
         ticket = self._by_references(conn, p)
         if ticket is not None:
             return ticket
@@ -325,23 +315,18 @@ class Intake:
             if ticket is not None:
                 return ticket
         if p.route.thread_key:
-            row = conn.execute(
-                _TICKET_SELECT
-                .where(_T.c.thread_key == p.route.thread_key, _T.c.state != "closed")
-                .order_by(_T.c.id.desc())
-                .limit(1)
-            ).first()
-            return _ticket_snapshot(row) if row is not None else None
+            row = STATEMENTS(conn, "ticket_by_thread_key").first(conn, {"key": p.route.thread_key})
+            return ticket_snapshot(row) if row is not None else None
         return None
 
     def _by_references(self, conn: Connection, p: Prepared) -> Ticket | None:
         # In-Reply-To names the parent; References ends with it: try nearest first.
         ids = list(dict.fromkeys(p.msg.in_reply_to + tuple(reversed(p.msg.references))))
-        return self._ticket_of_message(conn, [i for i in ids if i != p.message_id][:50])
+        return self._ticket_of_message(conn, [i for i in ids if i != p.message_id])
 
     def _by_bounced_message(self, conn: Connection, p: Prepared) -> Ticket | None:
         """A bounce of one of our outgoing mails: its returned copy names our Message-ID."""
-        ids = [i for i in bounced_message_ids(p.raw) if i != p.message_id]
+        ids = list(dict.fromkeys(i for i in bounced_message_ids(p.raw) if i != p.message_id))
         return self._ticket_of_message(conn, ids, direction="out")
 
     @staticmethod
@@ -349,16 +334,17 @@ class Intake:
         conn: Connection, ids: list[str], direction: str | None = None
     ) -> Ticket | None:
         """The ticket of the first of `ids` that is a stored Message-ID."""
+        ids = ids[:MAX_MESSAGE_IDS]
         if not ids:
             return None
-        q = select(_A.c.message_id, _A.c.ticket_id).where(_A.c.message_id.in_(ids))
+        name = f"tickets_of_messages/{len(ids)}" + ("/dir" if direction else "")
+        params: dict[str, str] = numbered("m", ids)
         if direction:
-            q = q.where(_A.c.direction == direction)
-        by_id = {r.message_id: r.ticket_id for r in conn.execute(q)}
+            params["direction"] = direction
+        by_id = {r["found_message_id"]: r for r in STATEMENTS(conn, name).rows(conn, params)}
         for mid in ids:
             if mid in by_id:
-                row = conn.execute(_TICKET_SELECT.where(_T.c.id == by_id[mid])).first()
-                return _ticket_snapshot(row) if row is not None else None
+                return ticket_snapshot(by_id[mid])
         return None
 
     @staticmethod
@@ -396,9 +382,9 @@ class Intake:
             updated_at=now,
             closed_at=now if state == "closed" else None,
         )
-        values["id"] = conn.execute(_INSERT_TICKET, values).scalar_one()
-        ticket = Ticket(**values)
-        ticket.queue = Queue(id=values["queue_id"], name=queue_name)
+        values["id"] = STATEMENTS(conn, "insert_ticket").scalar(conn, values)
+        ticket = detached(Ticket, values)
+        ticket.__dict__["queue"] = detached(Queue, {"id": values["queue_id"], "name": queue_name})
         return ticket
 
     @staticmethod
@@ -452,7 +438,7 @@ class Intake:
             classification=sorted(p.classification.labels),
             created_at=now,
         )
-        values["id"] = conn.execute(_INSERT_ARTICLE, values).scalar_one()
+        values["id"] = STATEMENTS(conn, "insert_article").scalar(conn, values)
         if m.attachments:
             rows = [dict(article_id=values["id"], filename=att.filename,
                          content_type=att.content_type, size=len(att.content),
@@ -463,7 +449,7 @@ class Intake:
                     _insert_attachment_sqlite(conn, row)
             else:
                 conn.execute(insert(Attachment.__table__), rows)
-        return Article(**values)
+        return detached(Article, values)
 
     def _event_detail(self, p: Prepared, ticket: Ticket) -> dict[str, object]:
         return {

@@ -23,7 +23,7 @@ from .reader import check_rules
 from .router import RuleRouter
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
+    from sqlalchemy import Connection
 
     from gateway.config import Config
     from gateway.envelope import Envelope
@@ -111,18 +111,19 @@ def _with_database(config: Config, intake: Intake, result: DryRun) -> None:
         return
     from sqlalchemy import inspect
 
-    from ticketstore.db import make_engine, make_sessionmaker
+    from ticketstore.db import make_engine
 
     engine = make_engine(url, config.database.busy_timeout, 1)
     try:
         if not inspect(engine).has_table("tickets"):
             _decide(config, intake, result, None, "the database has no schema yet")
             return
-        with make_sessionmaker(engine)() as session:
+        # A read-only look: a deferred transaction never waits for (or blocks) writers.
+        with engine.connect().execution_options(sqlite_begin="DEFERRED") as conn:
             try:
-                _decide(config, intake, result, session, "")
+                _decide(config, intake, result, conn, "")
             finally:
-                session.rollback()
+                conn.rollback()
     except Exception as exc:  # a dry run must still explain the rules
         result.notes.append(f"database lookup failed: {type(exc).__name__}: {exc}")
         _decide(config, intake, result, None, "could not look up existing tickets")
@@ -131,13 +132,13 @@ def _with_database(config: Config, intake: Intake, result: DryRun) -> None:
 
 
 def _decide(
-    config: Config, intake: Intake, result: DryRun, session: Session | None, why_no_db: str
+    config: Config, intake: Intake, result: DryRun, conn: Connection | None, why_no_db: str
 ) -> None:
     from ticketstore.models import Queue, Ticket
 
     p = result.prepared
     hook = config.tickets.hook
-    existing = intake._find_ticket(session, p) if session is not None else None
+    existing = intake._find_ticket(conn, p) if conn is not None else None
     new = f"new ticket in {result.queue}" + (f" ({why_no_db})" if why_no_db else "")
     closed_policy = None
     if existing is None:
@@ -168,11 +169,11 @@ def _decide(
                         customer_domain=p.msg.from_domain)
     refused = outcome is Outcome.CREATED and not config.queue(result.queue).accept_new
     result.auto_response, result.auto_response_why = _auto_response(
-        config, result, session, ticket, outcome, closed_policy, refused)
+        config, result, conn, ticket, outcome, closed_policy, refused)
 
 
 def _auto_response(
-    config: Config, result: DryRun, session: Session | None, ticket: Any, outcome: Outcome,
+    config: Config, result: DryRun, conn: Connection | None, ticket: Any, outcome: Outcome,
     closed_policy: str | None, refused: bool,
 ) -> tuple[bool, str]:
     """Yes/no and why, from the auto-responder's own suppression checks."""
@@ -200,15 +201,15 @@ def _auto_response(
         queue_refused_new=refused, now=dt.datetime.now(dt.UTC),
     )
     rcpt = responder.recipient(stored)
-    check = suppress.Check(session, stored, config, rcpt,  # type: ignore[arg-type]
+    check = suppress.Check(conn, stored, config, rcpt,  # type: ignore[arg-type]
                            responder.system_addresses, responder.noreply)
     for name, func in suppress.CHECKS:
-        if name == "daily-limit" and session is None:
+        if name == "daily-limit" and conn is None:
             continue
         reason = func(check)
         if reason:
             return False, f"{event} suppressed ({name}): {reason}"
     if not responder.from_address(qcfg):
         return False, "no queue address and no autoresponse.from_address to send from"
-    limit = "" if session is not None else " (daily limit not checked: no database)"
+    limit = "" if conn is not None else " (daily limit not checked: no database)"
     return True, f"{event} auto-response to {rcpt}{limit}"

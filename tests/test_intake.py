@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, func, select
 
 from autoresponse.responder import StoredMessage
 from gateway.config import Config
@@ -83,7 +82,7 @@ def test_bounce_is_stored_as_bounce_kind(fixed: Intake) -> None:
 
 
 class _Boom:
-    def after_store(self, session: Session, stored: StoredMessage) -> None:
+    def after_store(self, conn: Connection, stored: StoredMessage) -> None:
         raise RuntimeError("responder failed")
 
 

@@ -90,7 +90,7 @@ ENV = Envelope("c@customer.example", ("support@helpdesk.example",))
 
 
 def test_queued_messages_commit_in_one_batch(intake: Intake) -> None:
-    committer = GroupCommitter(intake.factory, max_batch=64)
+    committer = GroupCommitter(intake.engine, max_batch=64)
     futures = [committer.submit(intake, intake.prepare(_mail(i), ENV)) for i in range(10)]
     committer.start()  # everything is queued before the writer runs: one batch
     results = [f.result(30) for f in futures]
@@ -101,7 +101,7 @@ def test_queued_messages_commit_in_one_batch(intake: Intake) -> None:
 
 
 def test_batches_respect_the_maximum(intake: Intake) -> None:
-    committer = GroupCommitter(intake.factory, max_batch=4)
+    committer = GroupCommitter(intake.engine, max_batch=4)
     futures = [committer.submit(intake, intake.prepare(_mail(i), ENV)) for i in range(10)]
     committer.start()
     for f in futures:
@@ -113,8 +113,8 @@ def test_batches_respect_the_maximum(intake: Intake) -> None:
 class _FailsOnSubject(Intake):
     """Fails (like a bug would) after writing part of one message."""
 
-    def store(self, session: Any, p: Any) -> Any:
-        disposition = super().store(session, p)
+    def store(self, conn: Any, p: Any) -> Any:
+        disposition = super().store(conn, p)
         if "poison" in p.msg.subject:
             raise RuntimeError("bug after a partial write")
         return disposition
@@ -122,7 +122,7 @@ class _FailsOnSubject(Intake):
 
 def test_one_failing_message_does_not_fail_or_leak_into_the_batch(intake: Intake) -> None:
     buggy = _FailsOnSubject(intake.config, intake.factory)
-    committer = GroupCommitter(intake.factory)
+    committer = GroupCommitter(intake.engine)
     futures = [committer.submit(buggy, buggy.prepare(_mail(i, "poison" if i == 2 else "ok"),
                                                      ENV)) for i in range(5)]
     committer.start()
@@ -136,8 +136,47 @@ def test_one_failing_message_does_not_fail_or_leak_into_the_batch(intake: Intake
         assert len(session.scalars(select(Ticket)).all()) == 4
 
 
+def test_a_failing_message_alone_in_its_batch_leaves_nothing_behind(intake: Intake) -> None:
+    """A batch of one runs without a savepoint: the rollback must still undo its writes."""
+    buggy = _FailsOnSubject(intake.config, intake.factory)
+    committer = GroupCommitter(intake.engine)
+    committer.start()
+    with pytest.raises(RuntimeError):
+        committer.submit(buggy, buggy.prepare(_mail(1, "poison"), ENV)).result(30)
+    ok = committer.submit(buggy, buggy.prepare(_mail(2, "ok"), ENV)).result(30)
+    committer.stop()
+    assert ok.outcome is Outcome.CREATED
+    with intake.factory() as session:
+        assert session.scalars(select(Article.subject)).all() == ["ok 2"]
+        assert len(session.scalars(select(Ticket)).all()) == 1
+
+
+def test_an_integrity_race_alone_in_its_batch_is_retried(intake: Intake) -> None:
+    from sqlalchemy import exc as sa_exc
+
+    class _Collides(Intake):
+        calls = 0
+
+        def store(self, conn: Any, p: Any) -> Any:
+            self.calls += 1
+            if self.calls == 1:
+                super().store(conn, p)
+                raise sa_exc.IntegrityError("INSERT", {}, Exception("UNIQUE constraint failed"))
+            return super().store(conn, p)
+
+    racy = _Collides(intake.config, intake.factory)
+    committer = GroupCommitter(intake.engine)
+    committer.start()
+    result = committer.submit(racy, racy.prepare(_mail(7), ENV)).result(30)
+    committer.stop()
+    assert racy.calls == 2
+    assert result.outcome is Outcome.CREATED, "the first attempt's rows were rolled back"
+    with intake.factory() as session:
+        assert len(session.scalars(select(Ticket)).all()) == 1
+
+
 def test_the_same_message_twice_in_one_batch_is_one_ticket(intake: Intake) -> None:
-    committer = GroupCommitter(intake.factory)
+    committer = GroupCommitter(intake.engine)
     p = intake.prepare(_mail(1), ENV)
     futures = [committer.submit(intake, p), committer.submit(intake, p)]
     committer.start()
@@ -146,11 +185,11 @@ def test_the_same_message_twice_in_one_batch_is_one_ticket(intake: Intake) -> No
 
 
 def test_a_failed_commit_fails_every_message_of_the_batch(intake: Intake) -> None:
-    class BrokenFactory:
-        def __call__(self) -> Any:
+    class BrokenEngine:
+        def connect(self) -> Any:
             raise OSError(28, "No space left on device")
 
-    committer = GroupCommitter(BrokenFactory())  # type: ignore[arg-type]
+    committer = GroupCommitter(BrokenEngine())  # type: ignore[arg-type]
     futures = [committer.submit(intake, intake.prepare(_mail(i), ENV)) for i in range(3)]
     committer.start()
     committer.stop()
@@ -164,9 +203,9 @@ def test_acknowledgement_waits_for_the_commit(intake: Intake) -> None:
     from sqlalchemy import event
 
     order: list[str] = []
-    engine = intake.factory.kw["bind"]
+    engine = intake.engine
     event.listen(engine, "commit", lambda conn: order.append("commit"))
-    committer = GroupCommitter(intake.factory)
+    committer = GroupCommitter(intake.engine)
     committer.start()
     fut = committer.submit(intake, intake.prepare(_mail(1), ENV))
     fut.add_done_callback(lambda f: order.append("ack"))
@@ -205,7 +244,7 @@ def test_the_writer_parses_raw_submissions_and_a_parse_failure_stays_alone(
     import asyncio
 
     buggy = _FailsToParse(intake.config, intake.factory)
-    committer = GroupCommitter(intake.factory)
+    committer = GroupCommitter(intake.engine)
     committer.start()
     raws = [_mail(i, "unparseable" if i == 1 else "fine") for i in range(4)]
     results = asyncio.run(_prepare_and_store_all(committer, buggy, raws))

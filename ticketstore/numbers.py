@@ -12,12 +12,10 @@ processes creating tickets at the same moment never get the same number.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
 
 from sqlalchemy import Connection
 
-from .db import dialect_insert
-from .models import Counter
+from .statements import STATEMENTS
 
 
 def check_digit(digits: str) -> int:
@@ -63,24 +61,7 @@ def next_counter(conn: Connection, scope: str) -> int:
     One upsert statement (`INSERT .. ON CONFLICT DO UPDATE .. RETURNING`, SQLite 3.35+
     and PostgreSQL): the row lock it takes serialises concurrent writers.
     """
-    stmt = _UPSERT.get(conn.dialect.name)
-    if stmt is None:
-        stmt = _UPSERT[conn.dialect.name] = _upsert(dialect_insert(conn.dialect.name))
-    return int(conn.execute(stmt, {"scope": scope, "value": 1}).scalar_one())
-
-
-def _upsert(insert: Any) -> Any:
-    table = Counter.__table__
-    return (
-        insert(table)
-        .on_conflict_do_update(index_elements=[table.c.scope],
-                               set_={"value": table.c.value + 1})
-        .returning(table.c.value)
-    )
-
-
-# Built once per dialect, on first use.
-_UPSERT: dict[str, Any] = {}
+    return int(STATEMENTS(conn, "next_counter").scalar(conn, {"scope": scope}))
 
 
 def new_ticket_number(

@@ -100,7 +100,7 @@ class Daemon:
         store = await asyncio.to_thread(open_store, config)
         intake = await asyncio.to_thread(build_intake, config, store)
         self.ctx = DaemonContext(config, store, intake)
-        self.committer = GroupCommitter(store.factory, config.lmtp.group_commit_max)
+        self.committer = GroupCommitter(store.engine, config.lmtp.group_commit_max)
         self.committer.start()
         self.handler = DeliveryHandler(self.ctx, self.committer, self._executor)
         for address, sock in activated:

@@ -16,8 +16,8 @@ import queue
 import threading
 from dataclasses import dataclass, field
 
+from sqlalchemy import Engine
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.envelope import Disposition, Envelope
 from gateway.intake import Intake, Prepared
@@ -39,8 +39,8 @@ class _Job:
 class GroupCommitter:
     """Owns the only thread that writes intake results in the daemon."""
 
-    def __init__(self, factory: sessionmaker[Session], max_batch: int = 64) -> None:
-        self.factory = factory
+    def __init__(self, engine: Engine, max_batch: int = 64) -> None:
+        self.engine = engine
         self.max_batch = max(1, max_batch)
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
@@ -129,23 +129,34 @@ class GroupCommitter:
         results: dict[_Job, Disposition] = {}
         errors: dict[_Job, BaseException] = {}
         retry: list[_Job] = []
+        # A batch of one needs no savepoint: the transaction is the message's own.
+        single = len(batch) == 1
         try:
-            with self.factory() as session, session.begin():
+            with self.engine.connect() as conn, conn.begin():
                 for job in batch:
                     try:
-                        with session.begin_nested():
-                            results[job] = job.intake.store(session, job.prepared)  # type: ignore[arg-type]
+                        if single:
+                            results[job] = job.intake.store(conn, job.prepared)  # type: ignore[arg-type]
+                            continue
+                        with conn.begin_nested():
+                            results[job] = job.intake.store(conn, job.prepared)  # type: ignore[arg-type]
                     except sa_exc.IntegrityError:
                         # A concurrent writer (a pipe process) stored the same message or
                         # took the same number: retry alone once this batch is committed.
                         retry.append(job)
+                        if single:
+                            raise
                     except Exception as exc:
                         errors[job] = exc
+                        if single:
+                            raise
         except Exception as exc:
-            # BEGIN or COMMIT failed: nothing of this batch is durable.
-            for job in batch:
-                job.future.set_exception(exc)
-            return
+            if not single or not (retry or errors):
+                # BEGIN or COMMIT failed: nothing of this batch is durable.
+                for job in batch:
+                    job.future.set_exception(exc)
+                return
+            # The one message failed and its transaction rolled back: handled below.
         self.batches += 1
         self.messages += len(batch)
         self.largest_batch = max(self.largest_batch, len(batch))
@@ -155,8 +166,8 @@ class GroupCommitter:
             job.future.set_exception(error)
         for job in retry:
             try:
-                with self.factory() as session, session.begin():
-                    disposition = job.intake.store(session, job.prepared)  # type: ignore[arg-type]
+                with self.engine.begin() as conn:
+                    disposition = job.intake.store(conn, job.prepared)  # type: ignore[arg-type]
             except Exception as exc:
                 job.future.set_exception(exc)
             else:
