@@ -24,6 +24,9 @@ from . import replies
 from .handler import DeliveryHandler
 
 _SIZE_PARAM = re.compile(r"\sSIZE=(\d{1,20})(?:\s|$)", re.IGNORECASE)
+# `<dot-atom@dot-atom>` with ASCII atext only: what the stdlib parser returns unchanged.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+_SIMPLE_PATH = re.compile(rf"<({_ATOM})@({_ATOM})>(.*)\Z", re.DOTALL)
 
 
 class _ClientGone(Exception):
@@ -73,6 +76,23 @@ class IntakeProtocolMixin:
             transport.close()
 
     # -- commands ---------------------------------------------------------------------------
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's address parsing, with the plain `<local@domain>` case done by a regex.
+
+        The stock method defines a class on every call and runs the RFC 5322 token parser
+        even for the simplest path; together that was ~0.2 ms of CPU per MAIL/RCPT.
+        Anything the regex does not fully match takes the stock path unchanged.
+        """
+        m = _SIMPLE_PATH.match(arg or "")
+        rest = m.group(3).lstrip(" \t") if m is not None else ""
+        if m is None or rest.startswith("("):  # a comment after the path: stock parser
+            return super()._getaddr(arg)  # type: ignore[misc, no-any-return]
+        local = m.group(1)
+        limit = self.local_part_limit  # type: ignore[attr-defined]
+        if limit and len(local) > limit:
+            return None, None
+        return f"{local}@{m.group(2)}", rest
 
     async def push(self, status: str | bytes) -> None:
         await super().push(status)  # type: ignore[misc]
@@ -128,36 +148,45 @@ class IntakeProtocolMixin:
             await self.push(reply)
 
     async def _read_data(self, limit: int) -> tuple[bytes | None, int]:
-        """Read until the lone dot; undo dot-stuffing. (None, size) if over `limit`."""
+        """Read until the lone dot; undo dot-stuffing. (None, size) if over `limit`.
+
+        Reads up to each ".\r\n" rather than line by line: a 4 KB message takes one or
+        two reads instead of one per line (the per-line awaits were a measurable part of
+        the server's CPU). A ".\r\n" ends the message only at the start of a line.
+        """
         reader = self._reader
         buf = bytearray()
-        size = 0
-        at_line_start = True
-        too_big = False
+        size = 0  # bytes received, terminator excluded
+        tail = b"\r\n"  # the last two bytes before the current chunk ("\r\n": line start)
         while True:
             try:
-                line = await reader.readuntil(b"\r\n")
+                chunk = await reader.readuntil(b".\r\n")
+                found = True
             except asyncio.LimitOverrunError as exc:
-                # A very long line: take what is buffered (never splits a CRLF).
-                line = await reader.readexactly(exc.consumed)
+                # No ".\r\n" in the buffer's first `limit` bytes: take what cannot be part of one.
+                chunk = await reader.readexactly(exc.consumed)
+                found = False
             except asyncio.IncompleteReadError:
                 raise _ClientGone from None
-            if at_line_start:
-                if line == b".\r\n":
-                    break
-                if line[:1] == b".":
-                    line = line[1:]
-            at_line_start = line.endswith(b"\r\n")
-            size += len(line)
-            if too_big:
-                continue
-            if limit and size > limit:
-                too_big = True
-                buf = bytearray()  # drop what we have; keep reading to the end
-                continue
-            buf += line
-        if too_big:
+            if found and (tail + chunk[:-3])[-2:] == b"\r\n":
+                chunk = chunk[:-3]  # the terminator
+            else:
+                found = False
+            size += len(chunk)
+            tail = (tail + chunk)[-2:]
+            if buf is not None and limit and size > limit:
+                buf = None  # over the limit: drop what we have, keep reading to the end
+            if buf is not None:
+                buf += chunk
+            if found:
+                break
+        if buf is None:
             return None, size
+        # RFC 5321 4.5.2: the client doubled every dot that starts a line.
+        if buf[:1] == b".":
+            del buf[:1]
+        if b"\r\n." in buf:
+            buf = buf.replace(b"\r\n.", b"\r\n")
         raw = bytes(buf)
         del buf
         return raw, size
