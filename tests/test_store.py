@@ -47,6 +47,8 @@ def test_empty_sqlite_is_created_and_upgraded_on_first_use(tmp_path: Path) -> No
     with engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+        # FULL: every commit syncs the WAL, so a 250 / exit 0 survives a power cut.
+        assert conn.execute(text("PRAGMA synchronous")).scalar() == 2
     ensure_schema(engine)  # second call: a cheap no-op
     engine.dispose()
 
