@@ -47,6 +47,7 @@ class Prebuilt:
             proc = bp.type.dialect_impl(dialect).bind_processor(dialect)
             if proc is not None:
                 self.binders[name] = proc
+        self._plan = tuple((n, self.binders.get(n)) for n in self.names)
         # Result columns and their converters, in select order (None: no conversion).
         self.columns: tuple[str, ...] = ()
         self.loaders: tuple[Processor | None, ...] = ()
@@ -61,11 +62,8 @@ class Prebuilt:
     def params(self, values: Mapping[str, Any]) -> Sequence[Any] | dict[str, Any]:
         if self.fixed:
             values = {**self.fixed, **values}
-        binders = self.binders
-        if self.positional:
-            return tuple(binders[n](values[n]) if n in binders else values[n]
-                         for n in self.names)
-        return {n: binders[n](values[n]) if n in binders else values[n] for n in self.names}
+        out = [values[n] if f is None else f(values[n]) for n, f in self._plan]
+        return tuple(out) if self.positional else dict(zip(self.names, out, strict=True))
 
     def _run(self, conn: Connection, call: Callable[[Any], None], shown: Any) -> Any:
         cursor = conn.connection.cursor()
