@@ -14,6 +14,7 @@ import concurrent.futures
 import logging
 import queue
 import threading
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
@@ -135,21 +136,17 @@ class GroupCommitter:
             with self.engine.connect() as conn, conn.begin():
                 for job in batch:
                     try:
-                        if single:
+                        with nullcontext() if single else conn.begin_nested():
                             results[job] = job.intake.store(conn, job.prepared)  # type: ignore[arg-type]
-                            continue
-                        with conn.begin_nested():
-                            results[job] = job.intake.store(conn, job.prepared)  # type: ignore[arg-type]
-                    except sa_exc.IntegrityError:
-                        # A concurrent writer (a pipe process) stored the same message or
-                        # took the same number: retry alone once this batch is committed.
-                        retry.append(job)
-                        if single:
-                            raise
                     except Exception as exc:
-                        errors[job] = exc
+                        if isinstance(exc, sa_exc.IntegrityError):
+                            # A concurrent writer (a pipe process) stored the same message
+                            # or took the same number: retry alone after this batch.
+                            retry.append(job)
+                        else:
+                            errors[job] = exc
                         if single:
-                            raise
+                            raise  # no savepoint: roll the transaction back
         except Exception as exc:
             if not single or not (retry or errors):
                 # BEGIN or COMMIT failed: nothing of this batch is durable.

@@ -155,7 +155,7 @@ class IntakeProtocolMixin:
         the server's CPU). A ".\r\n" ends the message only at the start of a line.
         """
         reader = self._reader
-        buf = bytearray()
+        buf: bytearray | None = bytearray()
         size = 0  # bytes received, terminator excluded
         tail = b"\r\n"  # the last two bytes before the current chunk ("\r\n": line start)
         while True:
@@ -168,12 +168,14 @@ class IntakeProtocolMixin:
                 found = False
             except asyncio.IncompleteReadError:
                 raise _ClientGone from None
-            if found and (tail + chunk[:-3])[-2:] == b"\r\n":
+            # The two bytes before the ".\r\n" (taken without copying a big chunk).
+            before = chunk[-5:-3] if len(chunk) >= 5 else (tail + chunk[:-3])[-2:]
+            if found and before == b"\r\n":
                 chunk = chunk[:-3]  # the terminator
             else:
                 found = False
             size += len(chunk)
-            tail = (tail + chunk)[-2:]
+            tail = chunk[-2:] if len(chunk) >= 2 else (tail + chunk)[-2:]
             if buf is not None and limit and size > limit:
                 buf = None  # over the limit: drop what we have, keep reading to the end
             if buf is not None:
