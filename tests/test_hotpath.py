@@ -110,11 +110,15 @@ def test_a_missing_value_is_an_error_not_a_null(store: Store) -> None:
 def test_detached_snapshots_read_like_models() -> None:
     q = detached(Queue, {"id": 3, "name": "Support"})
     assert (q.id, q.name) == (3, "Support")
-    assert Prebuilt(select(T.c.id).where(T.c.number == bindparam("n")),
-                    _sqlite_dialect()).names == ("n",)
+    t = detached(Ticket, {"number": "5001", "tags": ["a"]})
+    assert (t.number, t.tags) == ("5001", ["a"])
 
 
-def _sqlite_dialect() -> object:
+def test_positional_parameters_follow_the_sql_order() -> None:
+    """SQLite binds by position: values must be passed in the order the SQL names them."""
     from sqlalchemy.dialects import sqlite
 
-    return sqlite.dialect()
+    stmt = select(T.c.id).where(T.c.state == bindparam("s"), T.c.number == bindparam("n"))
+    built = Prebuilt(stmt, sqlite.dialect())
+    assert built.names == ("s", "n")
+    assert built.params({"n": "42", "s": "open"}) == ("open", "42")

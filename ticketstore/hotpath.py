@@ -35,8 +35,8 @@ class Prebuilt:
         self.dialect = dialect
         names = list(compiled.binds)
         self.positional = bool(dialect.positional)
-        self.names: tuple[str, ...] = tuple(compiled.positiontup or names
-                                            if self.positional else names)
+        self.names: tuple[str, ...] = tuple(
+            (compiled.positiontup or names) if self.positional else names)
         self.binders: dict[str, Processor] = {}
         # Values fixed in the statement itself (`state != 'closed'`), used when not given.
         self.fixed: dict[str, Any] = {}
