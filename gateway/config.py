@@ -22,6 +22,9 @@ CONFIG_ENV = "TICKETGATE_CONFIG"
 DEFAULT_CONFIG_NAME = "ticketgate.toml"
 
 
+ENGINES = ("native", "aiosmtpd")
+
+
 class ConfigError(Exception):
     """A configuration problem, phrased as `file: key: what is wrong`."""
 
@@ -84,6 +87,9 @@ class LmtpConfig:
     listen: tuple[str, ...] = ("127.0.0.1:8024",)
     # Messages whose commits are grouped into one transaction at most.
     group_commit_max: int = 64
+    # Session implementation for the LMTP and SMTP listeners: "native" (ours, about a
+    # tenth of the CPU per message) or "aiosmtpd".
+    engine: str = "native"
 
 
 @dataclass(frozen=True)
@@ -373,6 +379,8 @@ def _validate(cfg: Config) -> None:
             other = seen_addrs.setdefault(addr.lower(), q.name)
             if other != q.name:
                 raise ConfigError(src, f"{key}.addresses", f"{addr} already belongs to {other}")
+    if cfg.lmtp.engine not in ENGINES:
+        raise ConfigError(src, "lmtp.engine", f"must be one of {', '.join(ENGINES)}")
     if cfg.intake.max_message_size < 1024:
         raise ConfigError(src, "intake.max_message_size", "must be at least 1024 bytes")
     if cfg.autoresponse.max_per_day < 0:

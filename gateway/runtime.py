@@ -7,6 +7,7 @@ and `spool replay` run exactly the same intake.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import dataclass
 
@@ -47,12 +48,35 @@ def build_intake(config: Config, store: Store) -> Intake:
     return intake
 
 
+_SYSLOG_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
+                    logging.CRITICAL: 2}
+
+
+class JournalFormatter(logging.Formatter):
+    """`<priority>name: message`: journald reads the priority and adds its own timestamp."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record).replace("\n", "\n ")  # one journal entry per record
+        return f"<{_SYSLOG_PRIORITY.get(record.levelno, 6)}>{text}"
+
+
+def stderr_is_journal(env: dict[str, str] | None = None) -> bool:
+    """systemd sets JOURNAL_STREAM to stderr's device:inode when stderr goes to journald."""
+    value = (os.environ if env is None else env).get("JOURNAL_STREAM", "")
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return value == f"{st.st_dev}:{st.st_ino}"
+
+
 def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    if stderr_is_journal():
+        handler.setFormatter(JournalFormatter("%(name)s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
 
 
 def load_or_exit(path: str | None) -> Config:

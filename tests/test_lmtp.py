@@ -2,7 +2,8 @@
 
 What is checked here is what Postfix relies on: one reply per accepted recipient
 (RFC 2033), 550 5.1.1 at RCPT for unknown recipients in strict mode, SIZE advertised
-and enforced with 552 5.3.4, and 451 4.3.0 without detail for any failure.
+and enforced with 552 5.3.4, and 451 4.3.0 without detail for any failure. Every test
+runs against both session engines (`[lmtp] engine`), so they cannot drift apart.
 """
 
 from __future__ import annotations
@@ -18,14 +19,34 @@ from sqlalchemy.exc import OperationalError
 
 from gateway.intake import Intake
 from gateway.spool import entries
+from gateway.config import ENGINES
 from tests.test_server_app import MESSAGE, RunningDaemon, daemon_config
-from tests.test_server_app import running as running
+from ticketstore.db import make_engine, upgrade
 from ticketstore.models import Article, Event, Ticket
 
 
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def sqlite_daemon(tmp_path: Path, sqlite_url: str) -> Iterator[RunningDaemon]:
+def running(tmp_path: Path, db_url: str, engine: str) -> Iterator[RunningDaemon]:
+    if db_url.startswith("postgresql"):
+        db = make_engine(db_url)
+        upgrade(db)
+        db.dispose()
+    d = RunningDaemon(daemon_config(tmp_path, db_url, lmtp={"engine": engine})).start()
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+@pytest.fixture
+def sqlite_daemon(tmp_path: Path, sqlite_url: str, engine: str) -> Iterator[RunningDaemon]:
     d = RunningDaemon(daemon_config(tmp_path, sqlite_url, smtp={"listen": ["127.0.0.1:0"]},
+                                    lmtp={"engine": engine},
                                     intake={"max_message_size": 64 * 1024})).start()
     try:
         yield d

@@ -33,6 +33,7 @@ from .groupcommit import GroupCommitter
 from .handler import DeliveryHandler
 from .listeners import ListenAddress, ListenError, parse_listen
 from .protocol import IntakeLMTP, IntakeSMTP
+from .session import Session
 
 log = logging.getLogger("ticketgate.server")
 
@@ -125,13 +126,18 @@ class Daemon:
     async def _listen(self, address: ListenAddress, sock: socket.socket | None = None
                       ) -> asyncio.AbstractServer:
         loop = asyncio.get_running_loop()
-        cls = IntakeLMTP if address.protocol == "lmtp" else IntakeSMTP
+        lmtp = address.protocol == "lmtp"
+        cls = IntakeLMTP if lmtp else IntakeSMTP
+        ident = f"ticketgate {__version__}"
 
         def factory() -> asyncio.BaseProtocol:
-            assert self.ctx is not None
-            return cls(self.handler, data_size_limit=self.ctx.config.intake.max_message_size,
-                       enable_SMTPUTF8=True, hostname=self._hostname,
-                       ident=f"ticketgate {__version__}", loop=loop)
+            assert self.ctx is not None and self.handler is not None
+            config = self.ctx.config
+            if config.lmtp.engine == "native":
+                return Session(self.handler, lmtp=lmtp, hostname=self._hostname, ident=ident,
+                               size_limit=config.intake.max_message_size)
+            return cls(self.handler, data_size_limit=config.intake.max_message_size,
+                       enable_SMTPUTF8=True, hostname=self._hostname, ident=ident, loop=loop)
 
         if sock is not None:
             if sock.family == socket.AF_UNIX:

@@ -25,6 +25,7 @@ from .groupcommit import GroupCommitter
 
 if TYPE_CHECKING:
     from .protocol import IntakeProtocolMixin
+    from .session import Session
 
 log = logging.getLogger("ticketgate.server")
 
@@ -41,9 +42,12 @@ class DeliveryHandler:
         self.ctx = ctx
         self.committer = committer
         self.executor = executor
-        self.connections: set[IntakeProtocolMixin] = set()
+        self.connections: set[IntakeProtocolMixin | Session] = set()
+        # Fire-and-forget tasks (size-rejection events) kept referenced until done.
+        self.background: set[asyncio.Task[None]] = set()
         self.draining = False
         self.in_flight = 0
+        self._seconds = PROCESSING_SECONDS.labels(entry="lmtp")  # looked up once, not per message
 
     # -- aiosmtpd hooks ------------------------------------------------------------------
 
@@ -57,16 +61,28 @@ class DeliveryHandler:
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
     ) -> str:
+        reply = self.recipient(address, envelope.rcpt_tos)
+        if reply == replies.S250_RECIPIENT_OK:
+            envelope.rcpt_options.extend(options)
+        return reply
+
+    async def handle_exception(self, error: Exception) -> str:
+        """aiosmtpd would answer 500 with the exception text: say 451 and log instead."""
+        return self.session_error(error)
+
+    # -- shared by both session engines -------------------------------------------------------
+
+    def recipient(self, address: str, accepted: list[str]) -> str:
+        """The reply to RCPT; an accepted address is appended to `accepted`."""
         if not self.ctx.intake.recipient_accepted(address):
             log.debug("refused unknown recipient <%s>", address)
             self.ctx.counters["server.unknown_recipient"] += 1
             return replies.S550_NO_SUCH_USER
-        envelope.rcpt_tos.append(address)
-        envelope.rcpt_options.extend(options)
+        accepted.append(address)
         return replies.S250_RECIPIENT_OK
 
-    async def handle_exception(self, error: Exception) -> str:
-        """aiosmtpd would answer 500 with the exception text: say 451 and log instead."""
+    def session_error(self, error: Exception) -> str:
+        """A bug or failure inside a session: logged, counted, answered 451 without detail."""
         log.error("session error: %s", type(error).__name__, exc_info=error)
         self.ctx.counters["server.tempfail"] += 1
         return replies.S451_TEMPFAIL
@@ -93,7 +109,7 @@ class DeliveryHandler:
             self.in_flight -= 1
         self.ctx.counters[f"server.{disposition.outcome.value}"] += 1
         duration = time.monotonic() - started
-        PROCESSING_SECONDS.labels(entry="lmtp").observe(duration)
+        self._seconds.observe(duration)
         log.info(
             "message_id=<%s> disposition=%s ticket=%s queue=%s recipients=%d size=%d "
             "duration=%.3fs",
