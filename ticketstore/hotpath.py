@@ -14,6 +14,7 @@ exception classes, so callers handle one family of errors.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Connection, Table, bindparam, insert
@@ -47,7 +48,11 @@ class Prebuilt:
             proc = bp.type.dialect_impl(dialect).bind_processor(dialect)
             if proc is not None:
                 self.binders[name] = proc
-        self._plan = tuple((n, self.binders.get(n)) for n in self.names)
+        # Per call: every value fetched at once, then only the non-identity converters
+        # run, by position (most columns need none).
+        self._get = _getter(self.names)
+        self._binds = tuple((i, self.binders[n]) for i, n in enumerate(self.names)
+                            if n in self.binders)
         # Result columns and their converters, in select order (None: no conversion).
         self.columns: tuple[str, ...] = ()
         self.loaders: tuple[Processor | None, ...] = ()
@@ -58,57 +63,81 @@ class Prebuilt:
             self.columns = tuple(c.key for c in cols)
             self.loaders = tuple(
                 c.type.dialect_impl(dialect).result_processor(dialect, None) for c in cols)
+        self._loads = tuple((i, f) for i, f in enumerate(self.loaders) if f is not None)
 
     def params(self, values: Mapping[str, Any]) -> Sequence[Any] | dict[str, Any]:
         if self.fixed:
             values = {**self.fixed, **values}
-        out = [values[n] if f is None else f(values[n]) for n, f in self._plan]
+        out = self._get(values)
+        if self._binds:
+            out = list(out)
+            for i, f in self._binds:
+                out[i] = f(out[i])
         return tuple(out) if self.positional else dict(zip(self.names, out, strict=True))
 
-    def _run(self, conn: Connection, call: Callable[[Any], None], shown: Any) -> Any:
+    def _cursor(self, conn: Connection, params: Any, many: bool = False) -> Any:
+        """A cursor that has run the statement; driver errors raised as SQLAlchemy's."""
         cursor = conn.connection.cursor()
         try:
-            call(cursor)
+            if many:
+                cursor.executemany(self.sql, params)
+            else:
+                cursor.execute(self.sql, params)
         except self.dialect.loaded_dbapi.Error as exc:
             cursor.close()
             raise sa_exc.DBAPIError.instance(
-                self.sql, shown, exc, self.dialect.loaded_dbapi.Error, hide_parameters=True,
+                self.sql, params, exc, self.dialect.loaded_dbapi.Error, hide_parameters=True,
                 dialect=self.dialect) from exc
         return cursor
 
+    def _fetched(self, conn: Connection, values: Mapping[str, Any]) -> list[Any]:
+        cursor = self._cursor(conn, self.params(values))
+        try:
+            return cursor.fetchall()  # type: ignore[no-any-return]
+        finally:
+            cursor.close()
+
+    def _row(self, row: Sequence[Any]) -> dict[str, Any]:
+        if self._loads:
+            row = list(row)
+            for i, f in self._loads:
+                row[i] = f(row[i])
+        return dict(zip(self.columns, row, strict=True))
+
     def execute(self, conn: Connection, values: Mapping[str, Any]) -> None:
-        params = self.params(values)
-        self._run(conn, lambda c: c.execute(self.sql, params), params).close()
+        self._cursor(conn, self.params(values)).close()
 
     def execute_many(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         if not rows:
             return
-        params = [self.params(v) for v in rows]
-        self._run(conn, lambda c: c.executemany(self.sql, params), params).close()
+        self._cursor(conn, [self.params(v) for v in rows], many=True).close()
 
     def rows(self, conn: Connection, values: Mapping[str, Any]) -> list[dict[str, Any]]:
         """All result rows as dicts keyed by column key, values converted."""
-        params = self.params(values)
-        cursor = self._run(conn, lambda c: c.execute(self.sql, params), params)
-        try:
-            fetched = cursor.fetchall()
-        finally:
-            cursor.close()
-        loaders = self.loaders
-        return [{k: (f(v) if f is not None else v) for k, f, v in zip(self.columns, loaders, r,
-                                                                        strict=True)}
-                for r in fetched]
+        return [self._row(r) for r in self._fetched(conn, values)]
 
     def first(self, conn: Connection, values: Mapping[str, Any]) -> dict[str, Any] | None:
-        found = self.rows(conn, values)
-        return found[0] if found else None
+        found = self._fetched(conn, values)
+        return self._row(found[0]) if found else None
 
     def scalar(self, conn: Connection, values: Mapping[str, Any]) -> Any:
         """The first column of the one row (INSERT .. RETURNING, counts)."""
-        row = self.first(conn, values)
-        if row is None:
+        found = self._fetched(conn, values)
+        if not found:
             raise sa_exc.NoResultFound("no row returned for a statement that needs one")
-        return row[self.columns[0]]
+        value = found[0][0]
+        load = self.loaders[0]
+        return value if load is None else load(value)
+
+
+def _getter(names: tuple[str, ...]) -> Callable[[Mapping[str, Any]], Sequence[Any]]:
+    """`values` -> the values of `names`, in order, as a sequence (KeyError if one is missing)."""
+    if not names:
+        return lambda _values: ()
+    get = itemgetter(*names)
+    if len(names) == 1:  # itemgetter of one name returns the value, not a 1-tuple
+        return lambda values: (get(values),)
+    return get  # type: ignore[return-value]
 
 
 def insert_all(table: Table, returning: Any = None) -> ClauseElement:
