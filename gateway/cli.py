@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     # `ticketgate serve -v` (as `make run` writes it) as well as `ticketgate -v serve`.
     p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                    help="debug logging (envelope addresses included)")
+    # Internal: an intake worker process started by the daemon (gateway/server/worker.py).
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     _handler(p, "gateway.server_cli:cmd_serve")
 
     p = sub.add_parser("rules", help="rule files")

@@ -90,6 +90,9 @@ class LmtpConfig:
     # Session implementation for the LMTP and SMTP listeners: "native" (ours, about a
     # tenth of the CPU per message) or "aiosmtpd".
     engine: str = "native"
+    # Intake worker processes serving the listeners: 0 = one per CPU (at most 8),
+    # 1 = everything in the one `serve` process.
+    workers: int = 0
 
 
 @dataclass(frozen=True)
@@ -379,6 +382,8 @@ def _validate(cfg: Config) -> None:
             other = seen_addrs.setdefault(addr.lower(), q.name)
             if other != q.name:
                 raise ConfigError(src, f"{key}.addresses", f"{addr} already belongs to {other}")
+    if not 0 <= cfg.lmtp.workers <= 64:
+        raise ConfigError(src, "lmtp.workers", "must be between 0 (one per CPU) and 64")
     if cfg.lmtp.engine not in ENGINES:
         raise ConfigError(src, "lmtp.engine", f"must be one of {', '.join(ENGINES)}")
     if cfg.intake.max_message_size < 1024:

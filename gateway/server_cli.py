@@ -27,7 +27,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ticketstore.db import StoreUnavailable
 
     try:
-        return asyncio.run(serve(config, args.config))
+        if getattr(args, "worker", False):
+            from .server.worker import run_worker
+
+            return asyncio.run(run_worker(config, args.config))
+        return asyncio.run(serve(config, args.config, args.verbose))
     except (RulesError, StoreUnavailable) as exc:
         # An admin's mistake, not a bug: say what to fix, no traceback (systemd shows stderr).
         print(f"ticketgate serve: not starting: {exc}", file=sys.stderr)

@@ -70,6 +70,9 @@ class Handler:
     def session_error(self, error: Exception) -> str:
         return replies.S451_TEMPFAIL
 
+    def closed(self, conn: Any) -> None:
+        self.connections.discard(conn)
+
     async def deliver(self, raw: bytes, envelope: Envelope) -> str:
         if self.gate is not None:
             await self.gate.wait()

@@ -15,7 +15,6 @@ import logging
 import os
 import signal
 import socket
-import stat
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -31,9 +30,11 @@ from . import sdnotify
 from .activation import inherited_sockets
 from .groupcommit import GroupCommitter
 from .handler import DeliveryHandler
-from .listeners import ListenAddress, ListenError, parse_listen
+from .listeners import ListenAddress, ListenError, bind, parse_listen
 from .protocol import IntakeLMTP, IntakeSMTP
 from .session import Session
+from .workers import WorkerPool, worker_count
+from .writelock import WriterLock, writer_lock_for
 
 log = logging.getLogger("ticketgate.server")
 
@@ -62,8 +63,12 @@ class Daemon:
 
     def __init__(self, config: Config, config_path: str | None = None,
                  drain_timeout: float = 60.0, services: list[str] | None = None,
-                 inherited: list[tuple[str, socket.socket]] | None = None) -> None:
+                 inherited: list[tuple[str, socket.socket]] | None = None,
+                 listen: bool = True, verbose: bool = False) -> None:
         self.config = config
+        # False in a worker process: connections arrive through `adopt` instead.
+        self.listen = listen
+        self.verbose = verbose
         # Listening sockets from systemd (socket activation); they replace the configured
         # [lmtp]/[smtp] listeners, and systemd, not we, removes their socket files.
         self.inherited = inherited or []
@@ -73,6 +78,8 @@ class Daemon:
         self.drain_timeout = drain_timeout
         self.stopping = asyncio.Event()
         self.servers: list[tuple[ListenAddress, asyncio.AbstractServer]] = []
+        self.sockets: list[tuple[ListenAddress, socket.socket]] = []  # every listening socket
+        self.pool: WorkerPool | None = None
         self.ctx: DaemonContext | None = None
         self.committer: GroupCommitter | None = None
         self.handler: DeliveryHandler | None = None
@@ -83,12 +90,13 @@ class Daemon:
         self._service_tasks: list[asyncio.Task[None]] = []
         self._reload_lock = asyncio.Lock()
         self._hostname = socket.gethostname()
+        self._lock: WriterLock | None = None
 
     # -- start ------------------------------------------------------------------------------
 
     async def start(self) -> None:
         config = self.config
-        addresses = listen_addresses(config)
+        addresses = listen_addresses(config) if self.listen else []
         if self.inherited:
             activated = [(_address_of(proto, sock), sock) for proto, sock in self.inherited]
             paths = {a.path.resolve() for a, _s in activated if a.path is not None}
@@ -101,32 +109,46 @@ class Daemon:
         store = await asyncio.to_thread(open_store, config)
         intake = await asyncio.to_thread(build_intake, config, store)
         self.ctx = DaemonContext(config, store, intake)
-        self.committer = GroupCommitter(store.engine, config.lmtp.group_commit_max)
-        self.committer.start()
-        self.handler = DeliveryHandler(self.ctx, self.committer, self._executor)
+        workers = worker_count(config.lmtp.workers) if self.listen else 1
+        if workers == 1:
+            # Worker processes (listen=False) write side by side: queue them in the kernel.
+            self._lock = None if self.listen else writer_lock_for(store.engine)
+            self.committer = GroupCommitter(store.engine, config.lmtp.group_commit_max,
+                                            lock=self._lock)
+            self.committer.start()
+            self.handler = DeliveryHandler(self.ctx, self.committer, self._executor)
         for address, sock in activated:
-            self.servers.append((address, await self._listen(address, sock)))
+            self.sockets.append((address, sock))
             log.info("listening (socket activation): %s", address)
         for address in ours:
-            self.servers.append((address, await self._listen(address)))
+            self.sockets += [(address, sock) for sock in bind(address)]
             self._created.append(address)
             log.info("listening: %s", address)
+        if workers > 1:
+            self.pool = WorkerPool(self.ctx, self.config_path, workers, self.verbose)
+            await self.pool.start(self.sockets)
+            log.info("%d intake worker processes serve the listeners", workers)
+        else:
+            for address, sock in self.sockets:
+                self.servers.append((address, await self._serve(address, sock)))
         for name in SERVICES if self.services is None else self.services:
             self._start_service(name)
         interval = sdnotify.watchdog_interval()
         if interval:
             self._tasks.append(asyncio.get_running_loop().create_task(self._watchdog(interval)))
-        sdnotify.notify(f"READY=1\nSTATUS=accepting mail on {len(self.servers)} listener(s)")
-        log.info("ticketgate %s ready", __version__)
+        if self.listen:
+            sdnotify.notify(f"READY=1\nSTATUS=accepting mail on {len(self.sockets)} socket(s)")
+            log.info("ticketgate %s ready", __version__)
+        else:
+            log.info("intake worker ready (pid %d)", os.getpid())
 
     def bound(self) -> list[Any]:
         """The socket names actually bound (ports chosen by the OS for `:0`)."""
-        return [s.getsockname() for _a, srv in self.servers for s in srv.sockets]
+        return [sock.getsockname() for _a, sock in self.sockets]
 
-    async def _listen(self, address: ListenAddress, sock: socket.socket | None = None
-                      ) -> asyncio.AbstractServer:
+    def _factory(self, lmtp: bool) -> Callable[[], asyncio.BaseProtocol]:
+        """Sessions of the configured engine (read per connection: a reload may change it)."""
         loop = asyncio.get_running_loop()
-        lmtp = address.protocol == "lmtp"
         cls = IntakeLMTP if lmtp else IntakeSMTP
         ident = f"ticketgate {__version__}"
 
@@ -139,20 +161,30 @@ class Daemon:
             return cls(self.handler, data_size_limit=config.intake.max_message_size,
                        enable_SMTPUTF8=True, hostname=self._hostname, ident=ident, loop=loop)
 
-        if sock is not None:
-            if sock.family == socket.AF_UNIX:
-                return await loop.create_unix_server(factory, sock=sock)
-            return await loop.create_server(factory, sock=sock)
-        if address.path is None:
-            return await loop.create_server(factory, address.host, address.port,
-                                            reuse_address=True)
-        path = address.path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_socket(path)
-        server = await loop.create_unix_server(factory, str(path))
-        # Access is controlled by the socket's folder (RuntimeDirectoryMode, group).
-        os.chmod(path, 0o666)
-        return server
+        return factory
+
+    async def _serve(self, address: ListenAddress, sock: socket.socket) -> asyncio.AbstractServer:
+        loop = asyncio.get_running_loop()
+        factory = self._factory(address.protocol == "lmtp")
+        if sock.family == socket.AF_UNIX:
+            return await loop.create_unix_server(factory, sock=sock)
+        return await loop.create_server(factory, sock=sock)
+
+    def adopt(self, sock: socket.socket, lmtp: bool) -> None:
+        """Serve a connection accepted by the master process (worker processes)."""
+        loop = asyncio.get_running_loop()
+
+        async def connect() -> None:
+            try:
+                await loop.connect_accepted_socket(self._factory(lmtp), sock)
+            except OSError as exc:
+                log.debug("handed-over connection lost before it started: %s", exc)
+                sock.close()
+
+        task = loop.create_task(connect())
+        assert self.handler is not None
+        self.handler.background.add(task)
+        task.add_done_callback(self.handler.background.discard)
 
     def _start_service(self, name: str) -> None:
         assert self.ctx is not None
@@ -182,8 +214,9 @@ class Daemon:
 
     async def _watchdog(self, interval: float) -> None:
         while True:
-            # Only claim to be alive while the writer thread is.
-            if self.committer is not None and self.committer.alive:
+            # Only claim to be alive while the writer thread (or every worker) is.
+            if (self.committer is not None and self.committer.alive) or (
+                    self.pool is not None and self.pool.alive):
                 sdnotify.notify("WATCHDOG=1")
             await asyncio.sleep(interval)
 
@@ -212,6 +245,8 @@ class Daemon:
                     log.warning("database URL changed: takes effect after a restart")
                 if listen_addresses(new_config) != listen_addresses(ctx.config):
                     log.warning("listen addresses changed: take effect after a restart")
+                if new_config.lmtp.workers != ctx.config.lmtp.workers:
+                    log.warning("[lmtp] workers changed: takes effect after a restart")
                 ctx.config, ctx.intake = new_config, new_intake
                 self.config = new_config
                 log.info("configuration reloaded from %s", new_config.source)
@@ -222,16 +257,25 @@ class Daemon:
                     ok = False
                     log.exception("reload hook %r failed", hook)
                     ctx.record_error("config", f"reload hook failed: {exc}")
-            sdnotify.notify("READY=1")
+            if self.pool is not None and not await self.pool.reload():
+                ok = False  # each worker logged why; it keeps its running configuration
+                ctx.record_error("config", "an intake worker did not reload")
+            if self.listen:
+                sdnotify.notify("READY=1")
             return ok
 
     # -- stop -------------------------------------------------------------------------------
 
     async def stop(self) -> None:
-        sdnotify.notify("STOPPING=1")
+        if self.listen:
+            sdnotify.notify("STOPPING=1")
         self.stopping.set()
         for _address, server in self.servers:
             server.close()
+        if self.pool is not None:
+            await self.pool.stop(self.drain_timeout + 5)
+        for _address, sock in self.sockets:
+            sock.close()
         if self.handler is not None:
             self.handler.start_draining()
             deadline = time.monotonic() + self.drain_timeout
@@ -253,6 +297,8 @@ class Daemon:
             log.info("group commit: %d messages in %d transactions (largest %d)",
                      c.messages, c.batches, c.largest_batch)
         self._executor.shutdown(wait=True)
+        if self._lock is not None:
+            self._lock.close()
         if self.ctx is not None:
             self.ctx.store.dispose()
         for address in self._created:
@@ -269,30 +315,10 @@ def _address_of(protocol: str, sock: socket.socket) -> ListenAddress:
     return ListenAddress(protocol, host=str(name[0]), port=int(name[1]))
 
 
-def _remove_stale_socket(path: Path) -> None:
-    """A socket left by a crashed daemon is removed; a live one means we are a duplicate."""
-    try:
-        mode = path.lstat().st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise ListenError(f"{path} exists and is not a socket")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.settimeout(1.0)
-        probe.connect(str(path))
-    except OSError:
-        path.unlink()
-        return
-    finally:
-        probe.close()
-    raise ListenError(f"{path}: another server is already listening there")
-
-
-async def serve(config: Config, config_path: str | None) -> int:
+async def serve(config: Config, config_path: str | None, verbose: bool = False) -> int:
     """Run until SIGTERM/SIGINT; SIGHUP reloads. Returns the process exit code."""
     loop = asyncio.get_running_loop()
-    daemon = Daemon(config, config_path, inherited=inherited_sockets())
+    daemon = Daemon(config, config_path, inherited=inherited_sockets(), verbose=verbose)
     stop = asyncio.Event()
     reloads: set[asyncio.Task[bool]] = set()
 
@@ -306,7 +332,7 @@ async def serve(config: Config, config_path: str | None) -> int:
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     try:
         await daemon.start()
-    except (ListenError, OSError) as exc:
+    except (ListenError, OSError, RuntimeError) as exc:
         log.error("cannot start: %s", exc)
         await daemon.stop()
         return EX_UNAVAILABLE

@@ -14,7 +14,7 @@ import concurrent.futures
 import logging
 import queue
 import threading
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, Engine
@@ -40,9 +40,13 @@ class _Job:
 class GroupCommitter:
     """Owns the only thread that writes intake results in the daemon."""
 
-    def __init__(self, engine: Engine, max_batch: int = 64) -> None:
+    def __init__(self, engine: Engine, max_batch: int = 64,
+                 lock: AbstractContextManager[object] | None = None) -> None:
         self.engine = engine
         self.max_batch = max(1, max_batch)
+        # Held from BEGIN to COMMIT: the other worker processes' writers wait on it
+        # (see gateway/server/writelock.py) instead of in SQLite's sleeping busy handler.
+        self.lock: AbstractContextManager[object] = lock or nullcontext()
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
         # Only the writer thread touches these (see `_connection`).
@@ -178,7 +182,7 @@ class GroupCommitter:
         try:
             conn = self._connection()
             try:
-                with conn.begin():
+                with self.lock, conn.begin():
                     for job in batch:
                         try:
                             with nullcontext() if single else conn.begin_nested():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +49,10 @@ class DeliveryHandler:
         self.draining = False
         self.in_flight = 0
         self._seconds = PROCESSING_SECONDS.labels(entry="lmtp")  # looked up once, not per message
+        # In a worker process: told when a connection ends, and given each duration
+        # (the master serves /metrics), see gateway/server/worker.py.
+        self.on_closed: Callable[[], None] | None = None
+        self.durations: list[float] | None = None
 
     # -- aiosmtpd hooks ------------------------------------------------------------------
 
@@ -110,6 +115,8 @@ class DeliveryHandler:
         self.ctx.counters[f"server.{disposition.outcome.value}"] += 1
         duration = time.monotonic() - started
         self._seconds.observe(duration)
+        if self.durations is not None:
+            self.durations.append(duration)
         log.info(
             "message_id=<%s> disposition=%s ticket=%s queue=%s recipients=%d size=%d "
             "duration=%.3fs",
@@ -162,6 +169,12 @@ class DeliveryHandler:
         for conn in list(self.connections):
             if not conn.busy:
                 conn.close_with(replies.S421_SHUTTING_DOWN)
+
+    def closed(self, conn: IntakeProtocolMixin | Session) -> None:
+        """A session ended (both engines call this from connection_lost)."""
+        self.connections.discard(conn)
+        if self.on_closed is not None:
+            self.on_closed()
 
     def idle(self) -> bool:
         return self.in_flight == 0 and not any(c.busy for c in self.connections)

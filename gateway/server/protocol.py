@@ -66,7 +66,7 @@ class IntakeProtocolMixin:
         self.event_handler.connections.add(self)
 
     def connection_lost(self, error: Exception | None) -> None:
-        self.event_handler.connections.discard(self)
+        self.event_handler.closed(self)
         super().connection_lost(error)  # type: ignore[misc]
 
     def close_with(self, reply: str) -> None:

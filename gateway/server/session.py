@@ -122,7 +122,7 @@ class Session(asyncio.Protocol):
             self._timer = asyncio.get_running_loop().call_later(self.timeout, self._idle_check)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.handler.connections.discard(self)
+        self.handler.closed(self)
         if self._timer is not None:
             self._timer.cancel()
         self._buf = bytearray()

@@ -373,6 +373,8 @@ class Sources:
     counters: dict[str, int]
     errors: list[dict[str, Any]]
     rules: dict[str, Any] | None
+    # Intake worker processes (gateway/server/workers.py); None when serving in-process.
+    workers: list[dict[str, Any]] | None = None
 
 
 def database_info(engine: Engine, conn: Connection) -> dict[str, str]:
@@ -413,6 +415,7 @@ def snapshot(engine: Engine, src: Sources, now: dt.datetime,
             "uptime_seconds": max(0.0, (now - src.started_at).total_seconds()),
             "database": database_info(engine, conn),
             "rules": _rules(src.rules),
+            "workers": src.workers,
             "mail_flow": flow,
             "temp_failed_since_start": temp_failed,
             "spool": {"quarantined": spool["total"], "oldest": spool["oldest"]},

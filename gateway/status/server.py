@@ -169,6 +169,7 @@ class StatusApp:
             counters=dict(self.ctx.counters),
             errors=errors,
             rules=self.ctx.state.get("rules"),
+            workers=self.ctx.state.get("workers"),
         )
 
     def _health(self) -> dict[str, Any]:

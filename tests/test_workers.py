@@ -1,0 +1,238 @@
+"""`ticketgate serve` with intake worker processes (`[lmtp] workers = 2`), as a real process.
+
+What must hold with workers as without: every message stored once and acknowledged
+after its commit, SIGHUP reaching the sessions, SIGTERM draining to exit 0; plus what
+workers add: connections spread over the workers, their counters on the status page,
+a killed worker replaced, and no worker left behind when the master dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import smtplib
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from gateway.server.workers import worker_count
+from gateway.server.writelock import WriterLock
+from tests.test_server_app import MESSAGE, short_socket_dir
+from ticketstore.db import make_engine
+from ticketstore.models import Ticket
+
+
+def _config(tmp_path: Path, sock: Path, strict: bool = False) -> str:
+    return (f'[database]\nurl = "sqlite:///{tmp_path}/tg.db"\n'
+            f'[lmtp]\nlisten = ["unix:{sock}"]\nworkers = 2\n'
+            f'[pipe]\nhandoff_socket = ""\n'
+            '[status]\nlisten = "127.0.0.1:0"\n[autoresponse]\nenabled = false\n'
+            f'[intake]\nstrict_recipients = {"true" if strict else "false"}\n'
+            f'spool_dir = "{tmp_path}/spool"\n'
+            '[[queues]]\nname = "Support"\naddresses = ["support@helpdesk.example"]\n')
+
+
+def until(check: Callable[[], Any], what: str, timeout: float = 30) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Served:
+    """A `ticketgate serve` process with two workers on a Unix socket."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.sock = short_socket_dir() / "lmtp.sock"
+        self.cfg = tmp_path / "tg.toml"
+        self.cfg.write_text(_config(tmp_path, self.sock))
+        self.log = tmp_path / "serve.log"
+        with self.log.open("wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "-c", str(self.cfg), "serve"],
+                stderr=err, cwd=Path(__file__).parent.parent)
+        until(lambda: "worker processes serve" in self.log.read_text()
+              and "status page listening" in self.log.read_text(), "the daemon to start")
+
+    def lmtp(self) -> smtplib.LMTP:
+        client = smtplib.LMTP(str(self.sock), local_hostname="localhost", timeout=30)
+        client.ehlo("localhost")
+        return client
+
+    def status(self) -> dict[str, Any]:
+        port = int(self.log.read_text().split("status page listening on http://127.0.0.1:")[1]
+                   .split("/")[0])
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status.json", timeout=30) as r:
+            return json.loads(r.read())  # type: ignore[no-any-return]
+
+    def worker_pids(self) -> list[int]:
+        return [w["pid"] for w in self.status()["workers"]]
+
+    def tickets(self) -> int:
+        engine = make_engine(f"sqlite:///{self.tmp_path}/tg.db")
+        try:
+            with engine.connect() as conn:
+                return int(conn.scalar(select(func.count()).select_from(Ticket)) or 0)
+        finally:
+            engine.dispose()
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    s = Served(tmp_path)
+    try:
+        yield s
+    finally:
+        pids = [w["pid"] for w in s.status()["workers"]] if s.proc.poll() is None else []
+        s.stop()
+        for pid in pids:  # never leave a worker behind, whatever the test did
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def message(i: int) -> bytes:
+    return MESSAGE.replace(b"<app-1@", f"<w-{i}@".encode())
+
+
+def test_four_connections_are_spread_over_both_workers_and_counted(served: Served) -> None:
+    clients = [served.lmtp() for _ in range(4)]  # all open before any mail: 2 per worker
+    codes: list[int] = []
+
+    def send(client: smtplib.LMTP, first: int) -> None:
+        for i in range(first, first + 10):
+            client.mail("alice@customer.example")
+            client.rcpt("support@helpdesk.example")
+            codes.append(client.data(message(i))[0])
+        client.quit()
+
+    threads = [threading.Thread(target=send, args=(c, k * 10)) for k, c in enumerate(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert codes == [250] * 40
+    assert served.tickets() == 40
+    status = until(lambda: (s := served.status())["counters"].get("server.created") == 40 and s,
+                   "the workers' counters on the status page")
+    workers = status["workers"]
+    assert len(workers) == 2 and all(w["ready"] for w in workers)
+    assert sorted(w["messages"] for w in workers) == [20, 20]
+    assert len({w["pid"] for w in workers} | {served.proc.pid}) == 3
+    assert served.stop() == 0
+    log = served.log.read_text()
+    assert log.count("disposition=created") == 40
+    assert log.count("intake worker ready") == 2
+
+
+def test_sighup_reaches_sessions_in_the_workers_before_ready(served: Served) -> None:
+    client = served.lmtp()
+    client.mail("alice@customer.example")
+    assert client.rcpt("nobody@helpdesk.example")[0] == 250
+    client.rset()
+    served.cfg.write_text(_config(served.tmp_path, served.sock, strict=True))
+    served.proc.send_signal(signal.SIGHUP)
+    until(lambda: served.log.read_text().count("configuration reloaded") == 3,
+          "master and both workers to reload")
+    client.mail("alice@customer.example")
+    assert client.rcpt("nobody@helpdesk.example")[0] == 550  # same connection, new config
+    client.quit()
+
+
+def test_a_killed_worker_is_replaced_and_mail_keeps_flowing(served: Served) -> None:
+    victim = served.worker_pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    status = until(lambda: (s := served.status())["workers"][0]["restarts"] == 1
+                   and s["workers"][0]["ready"] and s, "the worker to be replaced")
+    assert status["workers"][0]["pid"] != victim
+    assert any("intake worker 0 exited" in e["message"] for e in status["latest_errors"])
+    for i in range(4):  # whichever worker gets them
+        client = served.lmtp()
+        assert client.sendmail("a@customer.example", ["support@helpdesk.example"],
+                               message(i)) == {}
+        client.quit()
+    assert served.tickets() == 4
+
+
+def test_a_message_in_flight_at_sigterm_is_answered_and_the_daemon_exits_0(
+    served: Served,
+) -> None:
+    client = served.lmtp()
+    client.mail("alice@customer.example")
+    client.rcpt("support@helpdesk.example")
+    client.putcmd("data")
+    assert client.getreply()[0] == 354
+    client.send(message(1)[:40])
+    served.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    client.send(message(1)[40:] + b".\r\n")
+    code, _text = client.getreply()
+    client.close()
+    assert code == 250
+    assert served.proc.wait(60) == 0
+    assert served.tickets() == 1
+    assert not served.sock.exists()
+
+
+def test_workers_exit_when_the_master_dies(served: Served) -> None:
+    pids = served.worker_pids()
+    served.proc.kill()
+    served.proc.wait()
+
+    def gone() -> bool:
+        for pid in pids:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                continue
+            # A zombie until init reaps it counts as gone.
+            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+            if state != "Z":
+                return False
+        return True
+
+    until(gone, "the workers to notice the master has gone")
+
+
+def test_worker_count() -> None:
+    assert worker_count(3) == 3
+    assert worker_count(0) == max(1, min(os.cpu_count() or 1, 8))
+
+
+def test_the_writer_lock_excludes_other_processes(tmp_path: Path) -> None:
+    path = tmp_path / "db-writer.lock"
+    code = ("import sys, time; from pathlib import Path; "
+            "from gateway.server.writelock import WriterLock; "
+            "lock = WriterLock(Path(sys.argv[1])); print('waiting', flush=True); "
+            "t = time.monotonic(); lock.__enter__(); print(time.monotonic() - t)")
+    with WriterLock(path):
+        other = subprocess.Popen([sys.executable, "-c", code, str(path)], text=True,
+                                 stdout=subprocess.PIPE, cwd=Path(__file__).parent.parent)
+        assert other.stdout is not None
+        assert other.stdout.readline() == "waiting\n"
+        time.sleep(0.5)
+        assert other.poll() is None  # still waiting for our lock
+    waited = float(other.communicate(timeout=30)[0])
+    assert waited >= 0.4
