@@ -1,0 +1,209 @@
+"""The cheaper composer writes exactly the bytes of the previous one.
+
+`_reference_compose` below is the composer as it was before the fast paths (email.utils'
+date, b2a_qp over each whole part, no caches), kept here as the oracle: every generated
+message must come out byte for byte the same, so nothing a recipient, a DKIM signature
+or a test could see has changed.
+"""
+
+from __future__ import annotations
+
+import binascii
+import datetime as dt
+import email.policy
+import email.utils
+import itertools
+from email import message_from_bytes
+from email.header import Header
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+import autoresponse.compose as compose_mod
+from autoresponse.compose import (
+    MAX_REFERENCES,
+    Outgoing,
+    _msgid_ok,
+    clean_header_value,
+    compose,
+    format_date,
+    qp_body,
+    valid_address,
+)
+
+# -- the oracle: the composer before the fast paths ------------------------------------
+
+
+def _ref_text_header(value: str) -> str:
+    if value.isascii():
+        return value
+    return Header(value, "utf-8", maxlinelen=76).encode(linesep="\r\n")
+
+
+def _ref_address(display: str, addr_spec: str) -> str:
+    if not valid_address(addr_spec):
+        raise ValueError(f"not a single mailbox: {addr_spec!r}")
+    name = clean_header_value(display, 200)
+    if not name:
+        return addr_spec
+    if name.isascii():
+        return email.utils.formataddr((name, addr_spec))
+    return f"{_ref_text_header(name)} <{addr_spec}>"
+
+
+def _ref_part(subtype: str, text: str) -> tuple[list[tuple[str, str]], bytes]:
+    data = "\n".join(text.splitlines()).encode("utf-8") + b"\n"
+    encoded = binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)
+    body = encoded.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    return [("Content-Type", f'text/{subtype}; charset="utf-8"'),
+            ("Content-Transfer-Encoding", "quoted-printable")], body
+
+
+def _reference_compose(out: Outgoing, boundary_hex: str) -> bytes:
+    head: list[tuple[str, str]] = [
+        ("From", _ref_address(out.from_name, out.from_address)),
+        ("To", _ref_address(out.to_name, out.to_address)),
+        ("Subject", _ref_text_header(clean_header_value(out.subject, 900))),
+        ("Date", email.utils.format_datetime(out.date or dt.datetime.now(dt.UTC))),
+        ("Message-ID", f"<{out.message_id}>"),
+    ]
+    refs = [r for r in out.references if _msgid_ok(r)]
+    if out.in_reply_to and _msgid_ok(out.in_reply_to):
+        head.append(("In-Reply-To", f"<{out.in_reply_to}>"))
+        if out.in_reply_to not in refs:
+            refs.append(out.in_reply_to)
+    if refs:
+        head.append(("References", "\r\n ".join(f"<{r}>" for r in refs[-MAX_REFERENCES:])))
+    head += [
+        ("Auto-Submitted", out.auto_submitted),
+        ("X-Auto-Response-Suppress", "All"),
+        ("Precedence", "bulk"),
+        (out.loop_header, _ref_text_header(clean_header_value(
+            out.loop_value or out.from_address, 200))),
+        ("MIME-Version", "1.0"),
+    ]
+    text_part = _ref_part("plain", out.text)
+    if out.html is None:
+        head += text_part[0]
+        body = text_part[1]
+    else:
+        boundary = f"=_tg_{boundary_hex}"
+        head.append(("Content-Type", f'multipart/alternative; boundary="{boundary}"'))
+        chunks = [b"This is a multi-part message in MIME format.\r\n"]
+        for part_head, part_body in (text_part, _ref_part("html", out.html)):
+            chunks.append(f"--{boundary}\r\n".encode())
+            chunks.append("".join(f"{n}: {v}\r\n" for n, v in part_head).encode() + b"\r\n")
+            chunks.append(part_body)
+        chunks.append(f"--{boundary}--\r\n".encode())
+        body = b"".join(chunks)
+    header_bytes = "".join(f"{n}: {v}\r\n" for n, v in head).encode("ascii")
+    return header_bytes + b"\r\n" + body
+
+
+# -- inputs -----------------------------------------------------------------------------
+
+BOUNDARY = "0123456789abcdef01234567"
+
+NAMES = ["", "Ana", "Ana García", "Jürgen Müller", "Иван Петров", "王小明", "محمد علي",
+         "Νίκος", "山田 太郎", "O'Brien, Pat", 'Dr. "Who"', "a" * 250, "Ünïcödé " * 40,
+         "Eve\r\nBcc: victim@evil.example", "Eve\nTo: x@evil.example", "tab\there",
+         "\u2028Bcc: v@evil.example", "=?utf-8?q?already?=", "emoji 😀 name"]
+SUBJECTS = ["[Ticket#2026112210000017] Printer on fire", "", "Re: Fwd: factura nº 7",
+            "Привет, мир " * 12, "長い件名" * 40, "x" * 1200,
+            "Hi\r\nBcc: victim@evil.example", "Hi\x00\x0bBcc: v@evil.example",
+            "mixed ascii and ünïcode " * 9, "=?utf-8?b?Zm9v?= literal"]
+LINE = ("Please keep \"[Ticket#2026112210000017]\" in the subject when you write about "
+        "this matter again")
+TEXTS = ["Hi\n", "", "\n\n", ".\nlone dot\n.", "-- \nSig\n", "tab at end\t\n",
+         LINE + "\n" + LINE + " \n", "x" * 76 + "\n" + "y" * 77 + "\n" + "z" * 151,
+         "a=b\nq=" * 30, "c=" + "d" * 80, "e" * 73 + "=\n" + "f" * 72 + "=",
+         "Grüße\nñandú\n", "\r\n".join(["crlf"] * 5),
+         "old\rmac\rlines", "form\x0cfeed\x0bvt\x1cfs\x85nel\u2028ls",
+         "ctrl \x01 \x7f char\n", "> " + "word " * 40 + "\n" * 3]
+HTMLS = [None, "<p>Hi</p>", '<p style="color: #666; font-size: smaller">This is an '
+         'automatic confirmation.</p>\n<p>&mdash;<br>Support</p>', "<p>Grüße</p>",
+         '<a href="x">' + "y" * 100 + "</a>"]
+DATES = [dt.datetime(2026, 11, 22, 10, 0, 0, 123456, tzinfo=dt.UTC),
+         dt.datetime(2024, 2, 29, 23, 59, 59, tzinfo=dt.UTC),
+         dt.datetime(2026, 1, 1, 5, 6, 7, tzinfo=dt.timezone(dt.timedelta(hours=-3))),
+         dt.datetime(2026, 1, 1, 5, 6, 7)]
+
+
+def _outgoing(i: int, name: str, subject: str, text: str, html: str | None) -> Outgoing:
+    return Outgoing(
+        from_name=NAMES[(i * 7) % len(NAMES)] or "Support", from_address="support@helpdesk.example",
+        to_name=name, to_address=f"c{i}@customer.example", subject=subject, text=text, html=html,
+        message_id=f"{i}.1.2@helpdesk.example", in_reply_to=["", "c@x", "bad id"][i % 3],
+        references=tuple(f"r{k}@x" for k in range(i % 25)) + (("<bad>",) if i % 4 else ()),
+        auto_submitted=["auto-replied", "auto-generated"][i % 2],
+        loop_header="X-Ticketgate-Loop", loop_value=["", "support@helpdesk.example",
+                                                     "Lööp\r\nBcc: x@y"][i % 3],
+        date=DATES[i % len(DATES)],
+    )
+
+
+@pytest.fixture(autouse=True)
+def _fixed_boundary(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(compose_mod.secrets, "token_hex", lambda n: BOUNDARY)
+
+
+def test_compose_bytes_equal_the_reference_composer() -> None:
+    combos = itertools.product(NAMES, SUBJECTS, TEXTS, HTMLS)
+    checked = 0
+    for i, (name, subject, text, html) in enumerate(combos):
+        if i % 7:  # a spread of ~1,600 of the ~15,000 combinations
+            continue
+        out = _outgoing(i, name, subject, text, html)
+        assert compose(out) == _reference_compose(out, BOUNDARY), out
+        checked += 1
+    assert checked > 1000
+
+
+@pytest.mark.parametrize("html", HTMLS)
+@pytest.mark.parametrize("text", TEXTS)
+def test_every_text_and_html_part_equals_the_reference(text: str, html: str | None) -> None:
+    out = _outgoing(1, "Ana", "Hi", text, html)
+    assert compose(out) == _reference_compose(out, BOUNDARY)
+
+
+def test_cached_from_line_still_refuses_a_bad_address_every_time() -> None:
+    bad = _outgoing(0, "Ana", "Hi", "x", None)
+    bad = Outgoing(**{**bad.__dict__, "from_address": "a@b\r\nBcc: v@evil.example"})
+    for _ in range(2):
+        with pytest.raises(ValueError):
+            compose(bad)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_injection_in_names_subject_and_loop_value_adds_no_header(name: str) -> None:
+    out = Outgoing(**{**_outgoing(2, name, name, "x", "<p>x</p>").__dict__,
+                      "from_name": name, "loop_value": name})
+    raw = compose(out)
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    names = [line.split(b":", 1)[0].lower() for line in head.split(b"\r\n")
+             if line and line[:1] not in (b" ", b"\t")]
+    assert b"bcc" not in names and names.count(b"to") == 1
+    msg = message_from_bytes(raw, policy=email.policy.default)
+    assert [a.addr_spec for a in msg["To"].addresses] == ["c2@customer.example"]
+
+
+@given(st.datetimes(min_value=dt.datetime(1900, 1, 1), max_value=dt.datetime(9999, 1, 1),
+                    timezones=st.sampled_from([dt.UTC, dt.timezone(dt.timedelta(hours=5)),
+                                               None])))
+def test_format_date_equals_email_utils(when: dt.datetime) -> None:
+    assert format_date(when) == email.utils.format_datetime(when)
+
+
+_TEXT_ALPHABET = st.sampled_from(["a", "Z", " ", "\t", ".", "=", "-", "~", "\n", "\r",
+                                  "\r\n", "é", "€", "😀", "\x00", "\x7f", "\x0b", "\x85",
+                                  "\u2028", "x" * 70, "=" * 5, " " * 3])
+
+
+@settings(max_examples=500)
+@given(st.lists(_TEXT_ALPHABET, max_size=60).map("".join))
+@example("." + "\n" + "x" * 80 + "=\n" + "y " * 50)
+@example("=" * 26 + "\n" + "=" * 25 + "a\n-- \n")
+@example("a" * 73 + "=\n" + "=" + "b" * 73 + "\n" + "c" * 72 + "=")  # 76 bytes escaped
+def test_qp_body_equals_b2a_qp(text: str) -> None:
+    assert qp_body(text) == _ref_part("plain", text)[1]
