@@ -21,6 +21,7 @@ from gateway.envelope import Outcome
 from gateway.subject import tag_subject
 from ticketstore.statements import STATEMENTS
 
+from . import rows
 from .compose import Outgoing, compose, new_message_id, valid_address
 from .suppress import Check, suppression
 from .templates import TemplateError
@@ -50,8 +51,9 @@ EXCERPT_LINES = 15
 
 def excerpt(text: str, lines: int = EXCERPT_LINES) -> str:
     """The customer's text quoted with "> ", first lines only."""
-    kept = [ln.rstrip() for ln in text.strip().splitlines()[:lines]]
-    more = len(text.strip().splitlines()) > lines
+    every = text.strip().splitlines()  # once: the customer's whole text, often kilobytes
+    kept = [ln.rstrip() for ln in every[:lines]]
+    more = len(every) > lines
     quoted = "\n".join(f"> {ln}" if ln else ">" for ln in kept)
     return quoted + ("\n> [...]" if more else "")
 
@@ -191,11 +193,12 @@ class AutoResponder:
             self._suppressed(conn, stored, event, "template-error", str(exc))
             return
         sender = self.from_address(qcfg)
+        company = self.config.autoresponse.company_name
         tcfg = self.config.tickets
         message_id = new_message_id(sender.rpartition("@")[2])
         real_id = m.message_id  # "" when the customer's message had none
         out = Outgoing(
-            from_name=self.config.autoresponse.company_name,
+            from_name=company,
             from_address=sender,
             to_name=rcpt_name,
             to_address=rcpt,
@@ -216,27 +219,28 @@ class AutoResponder:
             self._suppressed(conn, stored, event, "compose-error", str(exc))
             return
         outbox_kind, article_kind = KINDS[event]
-        article_id = STATEMENTS(conn, "insert_article").scalar(conn, dict(
-            ticket_id=t.id, direction="out", kind=article_kind, message_id=message_id,
-            content_hash=hashlib.sha256(data).hexdigest(),
-            in_reply_to=f"<{real_id}>" if real_id else "",
-            references=" ".join(f"<{r}>" for r in (*m.references, real_id) if r),
-            from_address=sender, from_name=self.config.autoresponse.company_name,
-            to=rcpt, cc="", subject=out.subject, body_text=rendered.text,
-            body_html=rendered.html or "", raw=data, size=len(data), envelope_sender=sender,
-            envelope_recipients=[rcpt], classification=[], created_at=stored.now,
-        ))
-        STATEMENTS(conn, "insert_outbox").execute(conn, dict(
-            ticket_id=t.id, article_id=article_id, kind=outbox_kind, mail_from=sender,
-            rcpt_to=rcpt, message_id=message_id, message=data, state="pending", attempts=0,
-            next_attempt_at=stored.now, last_error="", created_at=stored.now, sent_at=None,
-        ))
-        STATEMENTS(conn, "insert_event").execute(conn, dict(
-            ticket_id=t.id, article_id=article_id, kind="autoresponse-sent",
-            created_at=stored.now,
-            detail={"event": event, "template": rendered.template, "to": rcpt,
-                    "message_id": message_id},
-        ))
+        now = stored.now
+        article_id = STATEMENTS(conn, rows.ARTICLE).scalar(conn, {
+            "ticket_id": t.id, "kind": article_kind, "message_id": message_id,
+            "content_hash": hashlib.sha256(data).hexdigest(),
+            "in_reply_to": f"<{real_id}>" if real_id else "",
+            "references": " ".join(f"<{r}>" for r in (*m.references, real_id) if r),
+            "from_address": sender, "from_name": company, "to": rcpt, "subject": out.subject,
+            "body_text": rendered.text, "body_html": rendered.html or "", "raw": data,
+            "size": len(data), "envelope_sender": sender, "envelope_recipients": [rcpt],
+            "created_at": now,
+        })
+        STATEMENTS(conn, rows.OUTBOX).execute(conn, {
+            "ticket_id": t.id, "article_id": article_id, "kind": outbox_kind,
+            "mail_from": sender, "rcpt_to": rcpt, "message_id": message_id, "message": data,
+            "next_attempt_at": now, "created_at": now,
+        })
+        STATEMENTS(conn, rows.EVENT).execute(conn, {
+            "ticket_id": t.id, "article_id": article_id, "kind": "autoresponse-sent",
+            "created_at": now,
+            "detail": {"event": event, "template": rendered.template, "to": rcpt,
+                       "message_id": message_id},
+        })
 
     def _record_bounce(self, conn: Connection, stored: StoredMessage) -> None:
         STATEMENTS(conn, "insert_event").execute(conn, dict(

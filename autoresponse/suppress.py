@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sqlalchemy import bindparam, func, literal, select
+from sqlalchemy import bindparam, func, literal_column, select
 
 from gateway import classify as c
 from gateway.addresses import split_plus
@@ -54,6 +54,7 @@ def _label(label: str) -> Callable[[Check], str | None]:
         return label
 
     check.__name__ = f"label_{label}"
+    check.label = label  # type: ignore[attr-defined]  # for _screen
     return check
 
 
@@ -96,19 +97,22 @@ def _no_recipient(ctx: Check) -> str | None:
     return None if valid_address(ctx.recipient) else "no valid address to answer to"
 
 
-# Prebuilt: this runs for every answered message, inside the intake's transaction.
-STATEMENTS.define("sent_since", lambda _d: select(func.count(OutboxMessage.id)).where(
+# Prebuilt: this runs for every answered message, inside the intake's transaction. The
+# kinds are written into the SQL (they are our constants), so no bound constants have to
+# be merged into every call's parameters.
+SENT_SINCE = STATEMENTS.define("autoresponse/sent_since", lambda _d: select(
+    func.count(OutboxMessage.id)).where(
     OutboxMessage.rcpt_to == bindparam("rcpt"),
     OutboxMessage.created_at >= bindparam("since", type_=OutboxMessage.created_at.type),
-    OutboxMessage.kind.in_([literal(k) for k in CUSTOMER_KINDS]),
+    OutboxMessage.kind.in_([literal_column(f"'{k}'") for k in CUSTOMER_KINDS]),
 ))
+_DAY = dt.timedelta(hours=24)
 
 
 def _daily_limit(ctx: Check) -> str | None:
     limit = ctx.config.autoresponse.max_per_day
-    since = ctx.stored.now - dt.timedelta(hours=24)
-    sent = STATEMENTS(ctx.conn, "sent_since").scalar(
-        ctx.conn, {"rcpt": ctx.recipient, "since": since})
+    sent = STATEMENTS(ctx.conn, SENT_SINCE).scalar(
+        ctx.conn, {"rcpt": ctx.recipient, "since": ctx.stored.now - _DAY})
     if sent >= limit:
         return f"{sent} auto-responses to {ctx.recipient} in 24 h (max_per_day = {limit})"
     return None
@@ -133,9 +137,33 @@ CHECKS: tuple[tuple[str, Callable[[Check], str | None]], ...] = (
 )
 
 
+def _screen(checks: tuple[tuple[str, Callable[[Check], str | None]], ...]
+            ) -> tuple[frozenset[str], tuple[tuple[str, Callable[[Check], str | None]], ...]]:
+    """The labels of the leading run of label / null-sender checks, and the checks after it.
+
+    Most mail carries none of those labels and has a sender: then every check of that run
+    says None, and `suppression` can start after it without calling each one.
+    """
+    labels: set[str] = set()
+    for i, (_name, check) in enumerate(checks):
+        label = getattr(check, "label", None)
+        if label is not None:
+            labels.add(label)
+        elif check is not _envelope_null:
+            return frozenset(labels), checks[i:]
+    return frozenset(labels), ()
+
+
+_SCREEN_LABELS, _AFTER_SCREEN = _screen(CHECKS)
+
+
 def suppression(ctx: Check) -> tuple[str, str] | None:
     """(check name, reason) of the first check that says no, or None: answer."""
-    for name, check in CHECKS:
+    checks = CHECKS
+    if ctx.stored.envelope.mail_from != "" and \
+            ctx.stored.classification.labels.isdisjoint(_SCREEN_LABELS):
+        checks = _AFTER_SCREEN
+    for name, check in checks:
         reason = check(ctx)
         if reason:
             return name, reason
