@@ -88,7 +88,7 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) ->
 class Server:
     """A server subprocess on 127.0.0.1:port."""
 
-    def __init__(self, kind: str, folder: Path) -> None:
+    def __init__(self, kind: str, folder: Path, extra_config: str = "") -> None:
         self.kind = kind
         if kind == "baseline":
             (folder / "mail").mkdir(parents=True)
@@ -104,7 +104,7 @@ class Server:
                 f'[database]\nurl = "sqlite:///{folder}/tg.db"\n'
                 f'[lmtp]\nlisten = ["127.0.0.1:{self.port}"]\n'
                 '[pipe]\nhandoff_socket = ""\n'
-                '[autoresponse]\nenabled = false\n'
+                + (extra_config or '[autoresponse]\nenabled = false\n') +
                 '[status]\nlisten = "127.0.0.1:0"\n'
                 f'[[queues]]\nname = "Support"\naddresses = ["{RCPT}"]\n')
             subprocess.run([TICKETGATE, "-c", str(cfg), "db", "upgrade"], check=True,

@@ -44,9 +44,6 @@ def make_config(base_dir: Path, db_url: str, **sections: dict[str, Any]) -> Conf
         "rules": {"dir": str(base_dir / "rules")},
         "templates": {"dir": str(base_dir / "templates")},
         "pipe": {"handoff_socket": ""},
-        # In-process daemons: tests reach into ctx (store, intake); workers are tested
-        # explicitly (tests/test_workers.py).
-        "lmtp": {"workers": 1},
     }
     for key, value in sections.items():
         if isinstance(value, dict) and isinstance(data.get(key), dict):

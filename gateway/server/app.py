@@ -64,8 +64,13 @@ class Daemon:
     def __init__(self, config: Config, config_path: str | None = None,
                  drain_timeout: float = 60.0, services: list[str] | None = None,
                  inherited: list[tuple[str, socket.socket]] | None = None,
-                 listen: bool = True, verbose: bool = False) -> None:
+                 listen: bool = True, verbose: bool = False,
+                 spawn_workers: bool = False) -> None:
         self.config = config
+        # `[lmtp] workers` applies to `ticketgate serve` only: workers read the config
+        # the way the command did, which a daemon built from a Config object (tests,
+        # benchmarks) cannot promise; those serve in-process.
+        self.spawn_workers = spawn_workers
         # False in a worker process: connections arrive through `adopt` instead.
         self.listen = listen
         self.verbose = verbose
@@ -109,7 +114,7 @@ class Daemon:
         store = await asyncio.to_thread(open_store, config)
         intake = await asyncio.to_thread(build_intake, config, store)
         self.ctx = DaemonContext(config, store, intake)
-        workers = worker_count(config.lmtp.workers) if self.listen else 1
+        workers = worker_count(config.lmtp.workers) if self.spawn_workers else 1
         if workers == 1:
             # Worker processes (listen=False) write side by side: queue them in the kernel.
             self._lock = None if self.listen else writer_lock_for(store.engine)
@@ -318,7 +323,8 @@ def _address_of(protocol: str, sock: socket.socket) -> ListenAddress:
 async def serve(config: Config, config_path: str | None, verbose: bool = False) -> int:
     """Run until SIGTERM/SIGINT; SIGHUP reloads. Returns the process exit code."""
     loop = asyncio.get_running_loop()
-    daemon = Daemon(config, config_path, inherited=inherited_sockets(), verbose=verbose)
+    daemon = Daemon(config, config_path, inherited=inherited_sockets(), verbose=verbose,
+                    spawn_workers=True)
     stop = asyncio.Event()
     reloads: set[asyncio.Task[bool]] = set()
 
