@@ -14,8 +14,10 @@ import concurrent.futures
 import logging
 import queue
 import threading
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy import exc as sa_exc
@@ -35,6 +37,37 @@ class _Job:
     future: concurrent.futures.Future[Disposition] = field(
         default_factory=concurrent.futures.Future
     )
+
+
+def _driver_sql(conn: Connection, cursor: Any, sql: str) -> None:
+    """Run `sql` on the DBAPI cursor; driver errors surface as SQLAlchemy's would."""
+    try:
+        cursor.execute(sql)
+    except Exception as exc:
+        conn._handle_dbapi_exception(exc, sql, (), cursor, None)
+
+
+@contextmanager
+def _savepoint(conn: Connection) -> Iterator[None]:
+    """One message's SAVEPOINT, on the DBAPI cursor, inside `conn`'s transaction.
+
+    `conn.begin_nested()` runs SAVEPOINT and RELEASE through SQLAlchemy's execution
+    machinery, ~120 µs a message; these two statements cost the database ~1.5 µs.
+    The savepoints never nest (one message at a time), so one name serves them all;
+    whatever the message itself nests inside is released before this one is.
+    """
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        _driver_sql(conn, cursor, "SAVEPOINT tg_message")
+        try:
+            yield
+        except BaseException:
+            _driver_sql(conn, cursor, "ROLLBACK TO SAVEPOINT tg_message")
+            _driver_sql(conn, cursor, "RELEASE SAVEPOINT tg_message")
+            raise
+        _driver_sql(conn, cursor, "RELEASE SAVEPOINT tg_message")
+    finally:
+        cursor.close()
 
 
 class GroupCommitter:
@@ -185,7 +218,7 @@ class GroupCommitter:
                 with self.lock, conn.begin():
                     for job in batch:
                         try:
-                            with nullcontext() if single else conn.begin_nested():
+                            with nullcontext() if single else _savepoint(conn):
                                 results[job] = job.intake.store(conn, job.prepared)  # type: ignore[arg-type]
                         except Exception as exc:
                             if isinstance(exc, sa_exc.IntegrityError):
