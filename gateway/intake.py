@@ -50,7 +50,11 @@ TRACE_HEADERS = frozenset(
     {b"return-path", b"delivered-to", b"x-original-to", b"received", b"x-envelope-from",
      b"x-envelope-to", b"x-spam-status", b"x-spam-checker-version", b"x-virus-scanned"}
 )
-_HEADER_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:")
+# A trace field: a line whose field name (the whole run of name characters) is one of
+# TRACE_HEADERS, with the continuation lines after it.
+_TRACE_FIELD = re.compile(
+    rb"^(?:" + b"|".join(re.escape(n) for n in sorted(TRACE_HEADERS))
+    + rb")[ \t]*:[^\n]*\n(?:[ \t][^\n]*\n)*", re.MULTILINE | re.IGNORECASE)
 
 
 def content_hash(raw: bytes) -> str:
@@ -66,27 +70,21 @@ def content_hash(raw: bytes) -> str:
         start = raw.find(b"\n") + 1 or len(raw)
     # The first blank line once CRLF is LF: "\n" then "\n" or "\r\n" (the first "\n"
     # may be the end of a CRLF).
-    ends = [(i, n) for i, n in ((raw.find(b"\n\n", start), 2), (raw.find(b"\n\r\n", start), 3))
-            if i >= 0]
+    # "\n\r\n" first: in CRLF mail it is near the top, and "\n\n" then only needs
+    # looking for before it (not through the whole body, where it never occurs).
+    crlf = raw.find(b"\n\r\n", start)
+    lf = raw.find(b"\n\n", start, len(raw) if crlf < 0 else crlf + 1)
+    ends = [(i, n) for i, n in ((lf, 2), (crlf, 3)) if i >= 0]
     if ends:
         nl, width = min(ends)
         head_end = nl - 1 if nl > start and raw[nl - 1] == 0x0D else nl
         head, sep, body_start = raw[start:head_end].replace(b"\r\n", b"\n"), b"\n\n", nl + width
     else:
         head, sep, body_start = raw[start:].replace(b"\r\n", b"\n"), b"", len(raw)
-    kept: list[bytes] = []
-    skipping = False
-    for line in head.split(b"\n"):
-        if line[:1] in (b" ", b"\t"):
-            if not skipping:
-                kept.append(line)
-            continue
-        m = _HEADER_NAME.match(line)
-        skipping = bool(m and m.group(1).lower() in TRACE_HEADERS)
-        if not skipping:
-            kept.append(line)
     h = hashlib.sha256()
-    h.update(b"\n".join(kept))
+    # Every line ends in "\n" here, so a trace field (its line and the continuation
+    # lines after it) is removed whole; the last "\n" is the one added.
+    h.update(_TRACE_FIELD.sub(b"", head + b"\n")[:-1])
     h.update(sep)
     carry = b""
     for pos in range(body_start, len(raw), 1 << 18):
