@@ -12,6 +12,7 @@ processes creating tickets at the same moment never get the same number.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 
 from sqlalchemy import Connection
 
@@ -23,7 +24,7 @@ def check_digit(digits: str) -> int:
 
     A sum already divisible by 10 gives 1, not 0, as in the OTRS DateChecksum scheme.
     """
-    total = sum(int(d) * (1 if i % 2 == 0 else 2) for i, d in enumerate(digits))
+    total = sum(map(int, digits[0::2])) + 2 * sum(map(int, digits[1::2]))
     digit = 10 - total % 10
     return 1 if digit == 10 else digit
 
@@ -34,7 +35,7 @@ def format_number(
     padded = str(counter).zfill(min_size)
     if generator == "autoincrement":
         return f"{system_id}{padded}"
-    base = f"{day:%Y%m%d}{system_id}{padded}"
+    base = f"{_ymd(day)}{system_id}{padded}"
     if generator == "date":
         return base
     if generator == "date-checksum":
@@ -51,8 +52,14 @@ def is_plausible(generator: str, number: str) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=8)
+def _ymd(day: dt.date) -> str:
+    """`day` as YYYYMMDD; strftime costs ~2 µs and every new ticket needs it twice."""
+    return f"{day:%Y%m%d}"
+
+
 def counter_scope(generator: str, day: dt.date) -> str:
-    return "global" if generator == "autoincrement" else f"{day:%Y%m%d}"
+    return "global" if generator == "autoincrement" else _ymd(day)
 
 
 def next_counter(conn: Connection, scope: str) -> int:
