@@ -51,7 +51,14 @@ EXCERPT_LINES = 15
 
 def excerpt(text: str, lines: int = EXCERPT_LINES) -> str:
     """The customer's text quoted with "> ", first lines only."""
-    every = text.strip().splitlines()  # once: the customer's whole text, often kilobytes
+    head = text.strip()
+    # Only the first lines matter, and the text is often kilobytes: cut it after its
+    # (lines + 1)-th "\n". Every line before that cut is split as in the whole text (a
+    # "\r\n" cannot straddle it), and there are more than `lines` of them.
+    parts = head.split("\n", lines + 1)
+    if len(parts) > lines + 1:
+        head = head[:len(head) - len(parts[-1])]
+    every = head.splitlines()
     kept = [ln.rstrip() for ln in every[:lines]]
     more = len(every) > lines
     quoted = "\n".join(f"> {ln}" if ln else ">" for ln in kept)

@@ -12,8 +12,11 @@ import binascii
 import datetime as dt
 import email.utils
 import functools
+import os
+import random
 import re
 import secrets
+import time
 from dataclasses import dataclass
 from email.header import Header
 
@@ -70,8 +73,13 @@ def format_date(when: dt.datetime) -> str:
 
 
 def new_message_id(domain: str) -> str:
-    """A fresh Message-ID without angle brackets (stored that way, like incoming ones)."""
-    return email.utils.make_msgid(domain=domain or "ticketgate.invalid").strip("<>")
+    """A fresh Message-ID without angle brackets (stored that way, like incoming ones).
+
+    `email.utils.make_msgid(domain=...).strip("<>")` written out: the same three parts
+    (time in 1/100 s, pid, 64 random bits), without the call and %-formatting.
+    """
+    stamp = f"{int(time.time() * 100)}.{os.getpid()}.{random.getrandbits(64)}"
+    return f"{stamp}@{domain or 'ticketgate.invalid'}".rstrip("<>")
 
 
 @dataclass(frozen=True)

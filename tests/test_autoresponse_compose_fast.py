@@ -13,6 +13,9 @@ import datetime as dt
 import email.policy
 import email.utils
 import itertools
+import os
+import random
+import time
 from email import message_from_bytes
 from email.header import Header
 
@@ -28,6 +31,7 @@ from autoresponse.compose import (
     clean_header_value,
     compose,
     format_date,
+    new_message_id,
     qp_body,
     valid_address,
 )
@@ -207,3 +211,18 @@ _TEXT_ALPHABET = st.sampled_from(["a", "Z", " ", "\t", ".", "=", "-", "~", "\n",
 @example("a" * 73 + "=\n" + "=" + "b" * 73 + "\n" + "c" * 72 + "=")  # 76 bytes escaped
 def test_qp_body_equals_b2a_qp(text: str) -> None:
     assert qp_body(text) == _ref_part("plain", text)[1]
+
+
+@pytest.mark.parametrize("domain", ["helpdesk.example", "", "x>", "x<>", "<>", "a>b", "é.example"])
+def test_message_id_is_make_msgid_without_brackets(monkeypatch: pytest.MonkeyPatch,
+                                                   domain: str) -> None:
+    monkeypatch.setattr(time, "time", lambda: 1795000000.123456)
+    monkeypatch.setattr(os, "getpid", lambda: 4242)
+    monkeypatch.setattr(random, "getrandbits", lambda k: 12345678901234567890 % (1 << k))
+    expected = email.utils.make_msgid(domain=domain or "ticketgate.invalid").strip("<>")
+    assert new_message_id(domain) == expected
+
+
+def test_message_ids_differ() -> None:
+    ids = {new_message_id("helpdesk.example") for _ in range(1000)}
+    assert len(ids) == 1000
