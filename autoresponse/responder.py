@@ -44,3 +44,7 @@ class NullResponder:
 
     def after_store(self, conn: Connection, stored: StoredMessage) -> None:
         return None
+
+    def warm_up(self, conn: Connection) -> None:
+        """Nothing to prepare (see `AutoResponder.warm_up`)."""
+        return None
