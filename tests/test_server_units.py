@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 from gateway.envelope import Envelope, Outcome
 from gateway.intake import Intake
@@ -272,3 +273,36 @@ def test_inherited_sockets_only_for_our_pid_and_the_variables_are_consumed() -> 
     assert inherited_sockets(env) == []
     assert env == {}, "children must not see another process's sockets"
     assert inherited_sockets({}) == []
+
+
+class _DatabaseRollsBack(Intake):
+    """Stores, then has the database end the transaction the way SQLite does after a
+    full disk or an I/O error (a ROLLBACK the writer did not ask for)."""
+
+    def store(self, conn: Any, p: Any) -> Any:
+        disposition = super().store(conn, p)
+        if "doomed" in p.msg.subject:
+            conn.connection.dbapi_connection.execute("ROLLBACK")
+        return disposition
+
+
+def test_a_transaction_the_database_rolled_back_acknowledges_nothing(intake: Intake) -> None:
+    if intake.engine.dialect.name != "sqlite":
+        pytest.skip("SQLite ends transactions on its own; PostgreSQL refuses statements instead")
+    flaky = _DatabaseRollsBack(intake.config, intake.factory)
+    committer = GroupCommitter(intake.engine)
+    futures = [committer.submit(flaky, flaky.prepare(_mail(i, "doomed" if i == 1 else "ok"),
+                                                     ENV)) for i in range(3)]
+    committer.start()
+    committer.stop()
+    for future in futures:  # message 0 went with the rollback, 2 would start a new one
+        with pytest.raises(OperationalError):
+            future.result(1)
+    with intake.factory() as session:
+        assert session.scalars(select(Ticket)).all() == []
+    # The writer recovers: the next batch is stored normally.
+    committer = GroupCommitter(intake.engine)
+    committer.start()
+    assert committer.submit(intake, intake.prepare(_mail(9), ENV)).result(30).outcome is (
+        Outcome.CREATED)
+    committer.stop()

@@ -132,32 +132,43 @@ class GroupCommitter:
             self._discard()
 
     def _loop(self) -> None:
-        stopping = False
-        while not stopping:
+        while True:
             first = self._queue.get()
             if first is None:
-                break
-            batch = [first]
-            while len(batch) < self.max_batch:
+                return
+            batch = self._ready([first])
+            stopping = self._drain(batch)
+            if batch:
                 try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stopping = True
-                    break
-                batch.append(nxt)
-            # A submitter that went away (client disconnected) before we started: skip it.
-            live = [j for j in batch if j.future.set_running_or_notify_cancel()]
-            live = [j for j in live if self._prepared(j)]
-            if live:
-                try:
-                    self._commit(live)
+                    stopping |= self._commit(batch)
                 except BaseException as exc:  # never leave a submitter waiting forever
                     log.exception("group commit failed unexpectedly")
-                    for job in live:
+                    for job in batch:
                         if not job.future.done():
                             job.future.set_exception(exc)
+            if stopping:
+                return
+
+    def _drain(self, batch: list[_Job]) -> bool:
+        """Add what is queued (up to the batch limit) to `batch`; True if told to stop."""
+        more: list[_Job] = []
+        stopping = False
+        while len(batch) + len(more) < self.max_batch:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                stopping = True
+                break
+            more.append(job)
+        batch += self._ready(more)
+        return stopping
+
+    def _ready(self, jobs: list[_Job]) -> list[_Job]:
+        """The jobs still wanted (a client that went away is skipped), parsed."""
+        live = [j for j in jobs if j.future.set_running_or_notify_cancel()]
+        return [j for j in live if self._prepared(j)]
 
     @staticmethod
     def _prepared(job: _Job) -> bool:
@@ -206,40 +217,49 @@ class GroupCommitter:
             except Exception:
                 log.warning("closing the writer's connection failed", exc_info=True)
 
-    def _commit(self, batch: list[_Job]) -> None:
+    def _commit(self, batch: list[_Job]) -> bool:
+        """Store `batch` (plus whatever queued meanwhile) in one transaction; True if a
+        stop request was drained with it."""
         results: dict[_Job, Disposition] = {}
         errors: dict[_Job, BaseException] = {}
         retry: list[_Job] = []
-        # A batch of one needs no savepoint: the transaction is the message's own.
-        single = len(batch) == 1
+        stopping = False
         try:
             conn = self._connection()
             try:
-                with self.lock, conn.begin():
-                    for job in batch:
-                        try:
-                            with nullcontext() if single else _savepoint(conn):
-                                results[job] = job.intake.store(conn, job.prepared)  # type: ignore[arg-type]
-                        except Exception as exc:
-                            if isinstance(exc, sa_exc.IntegrityError):
-                                # A concurrent writer (a pipe process) stored the same
-                                # message or took the same number: retry alone after
-                                # this batch.
-                                retry.append(job)
-                            else:
-                                errors[job] = exc
-                            if single:
-                                raise  # no savepoint: roll the transaction back
+                with self.lock:
+                    # Messages that arrived while we parsed, or waited for another
+                    # worker process's commit, share this transaction and its fsync.
+                    stopping = self._drain(batch)
+                    # A batch of one needs no savepoint: the transaction is the message's.
+                    single = len(batch) == 1
+                    with conn.begin():
+                        for job in batch:
+                            _still_in_transaction(conn)
+                            try:
+                                with nullcontext() if single else _savepoint(conn):
+                                    results[job] = job.intake.store(conn, job.prepared)  # type: ignore[arg-type]
+                            except Exception as exc:
+                                if isinstance(exc, sa_exc.IntegrityError):
+                                    # A concurrent writer (a pipe process) stored the same
+                                    # message or took the same number: retry alone after
+                                    # this batch.
+                                    retry.append(job)
+                                else:
+                                    errors[job] = exc
+                                if single:
+                                    raise  # no savepoint: roll the transaction back
+                        _still_in_transaction(conn)
             except BaseException:
                 # Whatever went wrong, the next batch starts on a fresh connection.
                 self._discard()
                 raise
         except Exception as exc:
-            if not single or not (retry or errors):
+            if len(batch) > 1 or not (retry or errors):
                 # BEGIN or COMMIT failed: nothing of this batch is durable.
                 for job in batch:
                     job.future.set_exception(exc)
-                return
+                return stopping
             # The one message failed and its transaction rolled back: handled below.
         self.batches += 1
         self.messages += len(batch)
@@ -250,9 +270,25 @@ class GroupCommitter:
             job.future.set_exception(error)
         for job in retry:
             try:
-                with self.engine.begin() as retry_conn:
+                with self.lock, self.engine.begin() as retry_conn:
                     disposition = job.intake.store(retry_conn, job.prepared)  # type: ignore[arg-type]
             except Exception as exc:
                 job.future.set_exception(exc)
             else:
                 job.future.set_result(disposition)
+        return stopping
+
+
+def _still_in_transaction(conn: Connection) -> None:
+    """Fail the batch if the database ended our transaction on its own.
+
+    SQLite rolls a whole transaction back after some errors (disk full, I/O error,
+    out of memory). The next message's SAVEPOINT would then quietly start a new
+    transaction, and a COMMIT with none open succeeds: earlier messages would be
+    acknowledged without being stored. (PostgreSQL instead refuses every statement
+    until the rollback, which the savepoints handle.)
+    """
+    dbapi = conn.connection.dbapi_connection
+    if not getattr(dbapi, "in_transaction", True):
+        raise sa_exc.OperationalError(
+            "COMMIT", None, RuntimeError("the database rolled the transaction back on its own"))
