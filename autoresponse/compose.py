@@ -28,6 +28,10 @@ MAX_REFERENCES = 20
 
 def clean_header_value(value: str, limit: int = 500) -> str:
     """One line, no control characters, bounded length."""
+    # Already clean (the usual name or subject): printable means no control character
+    # and no whitespace but " ", so only runs of " " and " " at the ends would change.
+    if value.isprintable() and "  " not in value and value[:1] != " " and value[-1:] != " ":
+        return value[:limit]
     return " ".join(_CONTROL.sub(" ", value).split())[:limit]
 
 
@@ -35,21 +39,24 @@ def valid_address(address: str) -> bool:
     return bool(_ADDR_SPEC.match(address or ""))
 
 
-@functools.lru_cache(maxsize=256)
 def _address(display: str, addr_spec: str) -> str:
-    """`Name <addr>` with the name RFC 2047-encoded when it is not ASCII.
-
-    Cached: the From line is the same for every answer of a queue (a pure function of
-    its arguments; a refused address raises again each time, exceptions are not cached).
-    """
+    """`Name <addr>` with the name RFC 2047-encoded when it is not ASCII."""
     if not valid_address(addr_spec):
         raise ValueError(f"not a single mailbox: {addr_spec!r}")
     name = clean_header_value(display, 200)
     if not name:
         return addr_spec
     if name.isascii():
-        return email.utils.formataddr((name, addr_spec))
+        if email.utils.specialsre.search(name):  # quoted and escaped
+            return email.utils.formataddr((name, addr_spec))
+        addr_spec.encode("ascii")  # what formataddr does first: non-ASCII raises here
+        return f"{name} <{addr_spec}>"  # formataddr's result for a name without specials
     return f"{_text_header(name)} <{addr_spec}>"
+
+
+# The From line is the same for every answer of a queue. A pure function of its arguments;
+# a refused address raises again each time (exceptions are not cached).
+_from_address = functools.lru_cache(maxsize=64)(_address)
 
 
 def _text_header(value: str) -> str:
@@ -108,7 +115,7 @@ def compose(out: Outgoing) -> bytes:
     Every header value here is either ours, a validated address or message id, or passed
     through `clean_header_value` and RFC 2047 encoding.
     """
-    head = (f"From: {_address(out.from_name, out.from_address)}\r\n"
+    head = (f"From: {_from_address(out.from_name, out.from_address)}\r\n"
             f"To: {_address(out.to_name, out.to_address)}\r\n"
             f"Subject: {_text_header(clean_header_value(out.subject, 900))}\r\n"
             f"Date: {format_date(out.date or dt.datetime.now(dt.UTC))}\r\n"

@@ -18,6 +18,7 @@ import random
 import time
 from email import message_from_bytes
 from email.header import Header
+from typing import Any
 
 import pytest
 from hypothesis import example, given, settings
@@ -226,3 +227,33 @@ def test_message_id_is_make_msgid_without_brackets(monkeypatch: pytest.MonkeyPat
 def test_message_ids_differ() -> None:
     ids = {new_message_id("helpdesk.example") for _ in range(1000)}
     assert len(ids) == 1000
+
+
+_HEADER_PIECES = st.sampled_from(["a", "Ω", "é", " ", "  ", "\t", "\r\n", "\n", "\x00", "\x7f",
+                                  "\x85", "\u2028", "\u2029", "\xa0", "\u3000", "\u2003",
+                                  "\u200b", "\ufeff", "\x1c", "\x0b", "Bcc: x@y"])
+
+
+@settings(max_examples=500)
+@given(st.lists(_HEADER_PIECES, max_size=30).map("".join), st.sampled_from([3, 200, 500]))
+@example(" lead", 500)
+@example("trail ", 500)
+@example("dou  ble", 500)
+@example("nbsp\xa0here", 500)
+def test_clean_header_value_equals_the_regex_path(value: str, limit: int) -> None:
+    expected = " ".join(compose_mod._CONTROL.sub(" ", value).split())[:limit]
+    assert clean_header_value(value, limit) == expected
+
+
+def _outcome(fn: Any, *args: str) -> tuple[str, str]:
+    """("ok", result) or (exception type, message): what compose() would record."""
+    try:
+        return "ok", fn(*args)
+    except ValueError as exc:
+        return type(exc).__name__, str(exc)
+
+
+@pytest.mark.parametrize("addr", ["ana@customer.example", "ñandú@customer.example", "bad"])
+@pytest.mark.parametrize("name", [*NAMES, "Plain Name", "a.b", "x\\y", 'q"uote', "(c)", "[x]"])
+def test_address_equals_formataddr(name: str, addr: str) -> None:
+    assert _outcome(compose_mod._address, name, addr) == _outcome(_ref_address, name, addr)
