@@ -158,49 +158,35 @@ def _loop_value(value: str) -> str:
     return _text_header(clean_header_value(value, 200))
 
 
-# Bytes that b2a_qp (text mode) copies as they are in the middle of a line, and "=".
-_QP_PLAIN = bytes(range(0x20, 0x7f)) + b"\t"
+# Bytes that b2a_qp (text mode) copies as they are in the middle of a line.
+_QP_PLAIN = bytes(range(0x20, 0x7f)).replace(b"=", b"") + b"\t"
 _QP_MAX_LINE = 76  # binascii's MAXLINESIZE: a line this long is not broken
 
 
 def qp_body(text: str) -> bytes:
     """`text`'s lines as utf-8 quoted-printable with CRLF line ends: the bytes of
     `binascii.b2a_qp("\n".join(text.splitlines()).encode() + b"\n", istext=True)` with
-    "\n" made "\r\n", sooner for typical text.
+    "\n" made "\r\n", sooner for plain text.
 
-    b2a_qp looks at every byte twice in C and was half the cost of composing. Printable
-    ASCII needs no escapes but =3D for "=" and =20 / =09 for whitespace at the end of a
-    line, and soft breaks only in lines longer than 76 bytes, which whole-buffer
-    operations produce much faster; the few lines that need both an escape and a soft
-    break are encoded one by one by b2a_qp (its output depends on nothing outside the
-    line for "\n"-only input). Text that is not all printable ASCII, or has a line that
-    is just ".", goes to b2a_qp whole. splitlines() takes every line break there is,
-    "\r" included, so the only "\r" in `data` are those of the line ends joined here.
+    b2a_qp looks at every byte twice in C. Printable ASCII without "=" needs no escapes
+    but =20 / =09 for whitespace at the end of a line, and soft breaks only in lines
+    longer than 76 bytes, which a few whole-buffer operations produce faster. Anything
+    else (non-ASCII, "=" as in any HTML, control characters, a line that is just ".")
+    goes to b2a_qp. splitlines() takes every line break there is, "\r" included, so the
+    only "\r" in `data` are those of the line ends joined in here.
     """
     lines = text.splitlines()
-    data = "\r\n".join(lines).encode("utf-8") + b"\r\n"
-    # What translate leaves is the CRLFs joined in here, plus any byte needing an escape.
-    if len(data.translate(None, _QP_PLAIN)) != 2 * (len(lines) or 1) or "." in lines:
-        return binascii.b2a_qp(data.replace(b"\r\n", b"\n"), quotetabs=False, istext=True,
-                               header=False).replace(b"\n", b"\r\n")
-    if "=" in text or max(map(len, lines), default=0) > _QP_MAX_LINE:  # len(): bytes now
-        out = []
-        for line in lines:
-            if "=" in line:
-                escaped = line.replace("=", "=3D")
-                # Within 75 bytes b2a_qp breaks nothing; beyond, its rules for escapes.
-                line = escaped if len(escaped) < _QP_MAX_LINE else _qp_line(line)
-            elif len(line) > _QP_MAX_LINE:
-                line = _soft_breaks(line)
-            out.append(line)
-        data = "\r\n".join(out).encode("ascii") + b"\r\n"
-    return data.replace(b" \r\n", b"=20\r\n").replace(b"\t\r\n", b"=09\r\n")
-
-
-def _qp_line(line: str) -> str:
-    """One ASCII line through b2a_qp, with CRLF soft breaks and no line end."""
-    return binascii.b2a_qp(line.encode("ascii") + b"\n", quotetabs=False, istext=True,
-                           header=False)[:-1].decode("ascii").replace("\n", "\r\n")
+    if "=" not in text and "." not in lines:
+        data = "\r\n".join(lines).encode("utf-8") + b"\r\n"
+        # translate leaves the CRLFs joined in here, plus any byte needing an escape.
+        if len(data.translate(None, _QP_PLAIN)) == 2 * (len(lines) or 1):
+            if max(map(len, lines), default=0) > _QP_MAX_LINE:  # ASCII: len() is bytes
+                data = "\r\n".join([ln if len(ln) <= _QP_MAX_LINE else _soft_breaks(ln)
+                                     for ln in lines]).encode("ascii") + b"\r\n"
+            return data.replace(b" \r\n", b"=20\r\n").replace(b"\t\r\n", b"=09\r\n")
+    data = "\n".join(lines).encode("utf-8") + b"\n"
+    return binascii.b2a_qp(data, quotetabs=False, istext=True, header=False).replace(
+        b"\n", b"\r\n")
 
 
 def _soft_breaks(line: str) -> str:
