@@ -236,3 +236,18 @@ def test_the_writer_lock_excludes_other_processes(tmp_path: Path) -> None:
         assert other.poll() is None  # still waiting for our lock
     waited = float(other.communicate(timeout=30)[0])
     assert waited >= 0.4
+
+
+def test_sigint_is_for_the_master_alone(served: Served) -> None:
+    """Ctrl-C in a terminal reaches the whole process group, workers first as often as
+    not: a worker that stopped on its own would be "restarted" as if it had crashed."""
+    pids = served.worker_pids()
+    for pid in pids:
+        os.kill(pid, signal.SIGINT)
+    time.sleep(1.5)  # a worker stopping would have been noticed (and restarted) by now
+    assert served.worker_pids() == pids
+    assert all(w["restarts"] == 0 for w in served.status()["workers"])
+    served.proc.send_signal(signal.SIGINT)
+    assert served.proc.wait(60) == 0
+    text = served.log.read_text()
+    assert "restarting" not in text and text.count("stopped") == 3, text

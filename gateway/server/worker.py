@@ -100,7 +100,9 @@ async def run_worker(config: Config, config_path: str | None) -> int:
                 daemon.adopt(socket.socket(fileno=fd), lmtp=data != b"smtp")
 
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
+    # Ctrl-C in a terminal reaches the whole process group: the master alone decides
+    # (a worker stopping by itself would be restarted as if it had crashed).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     reloads: set[asyncio.Task[None]] = set()
 
     async def reload() -> None:
