@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from email.header import Header
 
 # What we accept as an address to send to: one mailbox, nothing that could be a list.
-_ADDR_SPEC = re.compile(r"^[^@\s<>,;:\"()\[\]\\]{1,64}@[A-Za-z0-9.-]{1,253}$")
+# Used with fullmatch: `$` would also match before a final "\n", letting a bare line
+# feed end the headers early.
+_ADDR_SPEC = re.compile(r"[^@\s<>,;:\"()\[\]\\]{1,64}@[A-Za-z0-9.-]{1,253}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029\x85]+")
 MAX_REFERENCES = 20
 
@@ -36,7 +38,7 @@ def clean_header_value(value: str, limit: int = 500) -> str:
 
 
 def valid_address(address: str) -> bool:
-    return bool(_ADDR_SPEC.match(address or ""))
+    return bool(_ADDR_SPEC.fullmatch(address or ""))
 
 
 def _address(display: str, addr_spec: str) -> str:

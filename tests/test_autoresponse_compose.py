@@ -44,6 +44,7 @@ def test_crlf_in_subject_and_name_adds_no_header(evil: str) -> None:
 
 @pytest.mark.parametrize("bad", [
     "ana@customer.example\r\nBcc: victim@evil.example",
+    "ana@customer.example\n",  # `$` alone would accept it: a bare LF ending the headers
     "ana@customer.example, victim@evil.example",
     "Ana <ana@customer.example>",
     "victim@evil.example;ana@customer.example",
