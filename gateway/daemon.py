@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +39,9 @@ class DaemonContext:
     started_at: dt.datetime = field(default_factory=utcnow)
     # Called on SIGHUP (and by watchers); each must keep the old state if the new one is bad.
     reload_hooks: list[Callable[[], None]] = field(default_factory=list)
+    # Awaited when rule files changed, before this process reloads them (the intake
+    # worker processes reload first; see gateway/server/workers.py). True: all did.
+    rules_changed: list[Callable[[], Awaitable[bool]]] = field(default_factory=list)
     # The latest errors worth showing an admin (rule reload errors, delivery failures).
     errors: collections.deque[RecentError] = field(
         default_factory=lambda: collections.deque(maxlen=50)

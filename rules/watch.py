@@ -62,6 +62,8 @@ async def run(ctx: DaemonContext, stopping: asyncio.Event) -> None:
             router = current_router(ctx)
             if router is not None and router.changed():
                 log.info("rule files changed in %s, reloading", router.directory)
+                for propagate in list(ctx.rules_changed):
+                    await propagate()
                 await loop.run_in_executor(None, reload_and_publish, ctx)
         except Exception as exc:  # the watcher must outlive a surprise (e.g. a vanished dir)
             log.exception("rule watcher error")

@@ -132,8 +132,11 @@ class Daemon:
         if workers > 1:
             self.pool = WorkerPool(self.ctx, self.config_path, workers, self.verbose)
             await self.pool.start(self.sockets)
+            # Edited rule files: the workers reload before the watcher reports it.
+            self.ctx.rules_changed.append(self._reload_workers)
             log.info("%d intake worker processes serve the listeners", workers)
         else:
+            await asyncio.to_thread(self._warm_up)
             for address, sock in self.sockets:
                 self.servers.append((address, await self._serve(address, sock)))
         for name in SERVICES if self.services is None else self.services:
@@ -146,6 +149,13 @@ class Daemon:
             log.info("ticketgate %s ready", __version__)
         else:
             log.info("intake worker ready (pid %d)", os.getpid())
+
+    def _warm_up(self) -> None:
+        """Pay the first message's one-off costs (imports, template and statement
+        compilation) now rather than while a client waits for its reply."""
+        assert self.ctx is not None
+        with self.ctx.store.engine.connect() as conn:
+            self.ctx.intake.responder.warm_up(conn)
 
     def bound(self) -> list[Any]:
         """The socket names actually bound (ports chosen by the OS for `:0`)."""
@@ -237,7 +247,9 @@ class Daemon:
         ctx = self.ctx
         async with self._reload_lock:
             sdnotify.notify("RELOADING=1")
-            ok = True
+            # Workers first: what this process then reports (and READY=1) is in force
+            # in every process that takes mail.
+            ok = await self._reload_workers()
             try:
                 new_config = await asyncio.to_thread(load_config, self.config_path)
                 new_intake = await asyncio.to_thread(build_intake, new_config, ctx.store)
@@ -262,12 +274,18 @@ class Daemon:
                     ok = False
                     log.exception("reload hook %r failed", hook)
                     ctx.record_error("config", f"reload hook failed: {exc}")
-            if self.pool is not None and not await self.pool.reload():
-                ok = False  # each worker logged why; it keeps its running configuration
-                ctx.record_error("config", "an intake worker did not reload")
             if self.listen:
                 sdnotify.notify("READY=1")
             return ok
+
+    async def _reload_workers(self) -> bool:
+        """Have every intake worker re-read the config (and so the rules); True if all did."""
+        if self.pool is None or await self.pool.reload():
+            return True
+        # Each worker logged why; it keeps its running configuration.
+        assert self.ctx is not None
+        self.ctx.record_error("config", "an intake worker did not reload")
+        return False
 
     # -- stop -------------------------------------------------------------------------------
 

@@ -80,8 +80,9 @@ async def run_worker(config: Config, config_path: str | None) -> int:
     channel.setblocking(False)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    daemon = Daemon(config, config_path, services=["rules.watch:run"], listen=False,
-                    drain_timeout=60.0)
+    # No services: the master runs them (status page, outbox, rule watcher) and tells
+    # the workers to reload; each reload re-reads the rules with the config.
+    daemon = Daemon(config, config_path, services=[], listen=False, drain_timeout=60.0)
     reporter = Reporter(daemon, channel)
 
     def on_channel() -> None:
