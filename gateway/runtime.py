@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
@@ -60,6 +61,21 @@ class JournalFormatter(logging.Formatter):
         return f"<{_SYSLOG_PRIORITY.get(record.levelno, 6)}>{text}"
 
 
+class StderrFormatter(logging.Formatter):
+    """`2026-11-22 10:00:00,123 INFO name: message`, the date formatted once a second
+    (strftime and localtime per record were a visible part of a message's CPU)."""
+
+    _second = -1
+    _stamp = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second = int(record.created)
+        if second != self._second:
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(record.created))
+            self._second = second
+        return f"{self._stamp},{int(record.msecs):03d}"
+
+
 def stderr_is_journal(env: dict[str, str] | None = None) -> bool:
     """systemd sets JOURNAL_STREAM to stderr's device:inode when stderr goes to journald."""
     value = (os.environ if env is None else env).get("JOURNAL_STREAM", "")
@@ -75,7 +91,7 @@ def setup_logging(verbose: bool) -> None:
     if stderr_is_journal():
         handler.setFormatter(JournalFormatter("%(name)s: %(message)s"))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(StderrFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
 
 

@@ -130,10 +130,15 @@ class _Builder:
         )
 
 
+NO_ROUTE = Route()
+
+
 def route_only(
     ruleset: RuleSet, msg: ParsedMessage, envelope: Envelope, classification: Classification
 ) -> Route:
     """The route without reasons: only the rules the domain index leaves are tested."""
+    if not ruleset.rules:  # a site without rule files: the defaults, nothing to look at
+        return NO_ROUTE
     view = MessageView(msg, envelope, classification, ruleset.max_match_chars)
     out = _Builder(view)
     rules = ruleset.rules
