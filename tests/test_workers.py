@@ -174,6 +174,9 @@ def test_a_killed_worker_is_replaced_and_mail_keeps_flowing(served: Served) -> N
                                message(i)) == {}
         client.quit()
     assert served.tickets() == 4
+    # Dying again soon after the restart: the next restart waits twice as long.
+    os.kill(status["workers"][0]["pid"], signal.SIGKILL)
+    until(lambda: "restarting in 2 s" in served.log.read_text(), "a longer restart delay")
 
 
 def test_a_message_in_flight_at_sigterm_is_answered_and_the_daemon_exits_0(

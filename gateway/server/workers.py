@@ -41,6 +41,8 @@ log = logging.getLogger("ticketgate.server")
 
 START_TIMEOUT = 60.0
 RESTART_DELAY = 1.0
+RESTART_MAX = 30.0
+STABLE_AFTER = 10.0  # a worker that ran this long before dying starts the backoff afresh
 WORKER_CHANNEL_ENV = "TICKETGATE_WORKER_CHANNEL"
 _BUSY = b"421 4.3.2 Service not available, try again later\r\n"
 
@@ -137,27 +139,38 @@ class WorkerPool:
         asyncio.get_running_loop().add_reader(worker.channel.fileno(), self._receive, worker)
 
     async def _supervise(self, worker: Worker) -> None:
-        """Restart a worker that exits while the daemon is not stopping."""
+        """Restart a worker that exits while the daemon is not stopping.
+
+        One that keeps dying young (a broken database, say) is restarted after 1, 2, 4 ...
+        up to 30 s; meanwhile the watchdog stops vouching for the daemon.
+        """
+        loop = asyncio.get_running_loop()
+        started, failures = loop.time(), 0
         while True:
             code = await worker.proc.wait()
             self._close_channel(worker)
             if self.stopping:
                 return
-            log.error("intake worker %d (pid %d) exited with code %s; restarting",
-                      worker.index, worker.proc.pid, code)
+            failures = failures + 1 if loop.time() - started < STABLE_AFTER else 1
+            delay = min(RESTART_MAX, RESTART_DELAY * 2 ** (failures - 1))
+            log.error("intake worker %d (pid %d) exited with code %s; restarting in %.0f s",
+                      worker.index, worker.proc.pid, code, delay)
             self.ctx.record_error("daemon", f"intake worker {worker.index} exited with {code}")
             self.ctx.counters["server.worker_restarts"] += 1
             worker.ready = asyncio.Event()
             worker.connections = 0
             self._publish()
-            await asyncio.sleep(RESTART_DELAY)
+            await asyncio.sleep(delay)
+            while not self.stopping:
+                try:
+                    worker.proc, worker.channel = await self._launch(worker.index)
+                    break
+                except OSError as exc:  # out of processes or fds: try again later
+                    log.error("cannot restart intake worker %d: %s", worker.index, exc)
+                    await asyncio.sleep(RESTART_MAX)
             if self.stopping:
                 return
-            try:
-                worker.proc, worker.channel = await self._launch(worker.index)
-            except OSError as exc:
-                log.error("cannot restart intake worker %d: %s", worker.index, exc)
-                continue
+            started = loop.time()
             worker.restarts += 1
             self._attach(worker)
 
