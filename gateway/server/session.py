@@ -37,6 +37,7 @@ MAX_RECIPIENTS = 1000  # RFC 5321 4.5.3.1.8 asks for at least 100
 # While a message is being stored, stop reading once this much input is waiting.
 PAUSE_ABOVE = 1 << 20
 IDLE_TIMEOUT = 300.0  # RFC 5321 4.5.3.2.7: at least five minutes between commands
+RECV_BUFFER = 64 * 1024  # bytes one read may return
 MAX_BAD_COMMANDS = 20
 
 _CRLF = b"\r\n"
@@ -80,8 +81,13 @@ def parse_path(text: str) -> tuple[str, list[str]]:
     return address, text[end + 1:].split()
 
 
-class Session(asyncio.Protocol):
-    """One client connection. `lmtp` selects LHLO and one reply per recipient."""
+class Session(asyncio.BufferedProtocol):
+    """One client connection. `lmtp` selects LHLO and one reply per recipient.
+
+    A buffered protocol: the transport reads into one buffer per session instead of
+    allocating 256 KiB for every read (with the mmap threshold `serve` fixes at start,
+    each such read was an mmap and munmap; see gateway/server/malloc.py).
+    """
 
     def __init__(self, handler: DeliveryHandler, *, lmtp: bool, hostname: str, ident: str,
                  size_limit: int | None, timeout: float = IDLE_TIMEOUT) -> None:
@@ -94,6 +100,7 @@ class Session(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.busy = False  # a message is being received or stored
         self._buf = bytearray()
+        self._recv_view = memoryview(bytearray(RECV_BUFFER))
         self._out: list[bytes] = []
         self._greeted = False
         self._mail_from: str | None = None
@@ -145,7 +152,13 @@ class Session(asyncio.Protocol):
 
     # -- input ------------------------------------------------------------------------------
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._recv_view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self._recv_view[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         self._last = time.monotonic()
         self._buf += data
         if not self.busy or self._in_data:
