@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import queue
 import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine
@@ -30,13 +31,37 @@ log = logging.getLogger("ticketgate.groupcommit")
 
 @dataclass(eq=False)
 class _Job:
+    """One message for the writer. Its outcome goes to `future` (thread callers) or, for
+    event-loop callers, to `waiter` on `loop`: resolved with one `call_soon_threadsafe`
+    per batch instead of chaining a concurrent future into an asyncio one per message."""
+
     intake: Intake
     prepared: Prepared | None
     raw: bytes = b""
     envelope: Envelope | None = None
-    future: concurrent.futures.Future[Disposition] = field(
-        default_factory=concurrent.futures.Future
-    )
+    future: concurrent.futures.Future[Disposition] | None = None
+    waiter: asyncio.Future[Disposition] | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+    settled: bool = False
+
+    def start(self) -> bool:
+        """False if the submitter has gone away (a client that disconnected)."""
+        if self.waiter is not None:
+            return not self.waiter.cancelled()  # read across threads: a hint is enough
+        assert self.future is not None
+        return self.future.set_running_or_notify_cancel()
+
+
+def _wake(outcomes: list[tuple[asyncio.Future[Disposition], Disposition | None,
+                               BaseException | None]]) -> None:
+    """On the submitters' loop: hand each waiter its outcome."""
+    for waiter, result, error in outcomes:
+        if waiter.done():
+            continue
+        if error is not None:
+            waiter.set_exception(error)
+        else:
+            waiter.set_result(result)  # type: ignore[arg-type]
 
 
 def _driver_sql(conn: Connection, cursor: Any, sql: str) -> None:
@@ -81,6 +106,8 @@ class GroupCommitter:
         # (see gateway/server/writelock.py) instead of in SQLite's sleeping busy handler.
         self.lock: AbstractContextManager[object] = lock or nullcontext()
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        # Outcomes for event-loop submitters, sent once per batch (writer thread only).
+        self._outcomes: dict[asyncio.AbstractEventLoop, list[Any]] = {}
         self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
         # Only the writer thread touches these (see `_connection`).
         self._conn: Connection | None = None
@@ -98,13 +125,19 @@ class GroupCommitter:
         return self._thread.is_alive()
 
     def submit(self, intake: Intake, prepared: Prepared) -> concurrent.futures.Future[Disposition]:
-        job = _Job(intake, prepared)
-        self._queue.put(job)
-        return job.future
+        future: concurrent.futures.Future[Disposition] = concurrent.futures.Future()
+        self._queue.put(_Job(intake, prepared, future=future))
+        return future
 
     async def store(self, intake: Intake, prepared: Prepared) -> Disposition:
         """Store and commit `prepared`; returns once it is durable (raises otherwise)."""
-        return await asyncio.wrap_future(self.submit(intake, prepared))
+        return await self._await(_Job(intake, prepared))
+
+    async def _await(self, job: _Job) -> Disposition:
+        job.loop = asyncio.get_running_loop()
+        job.waiter = job.loop.create_future()
+        self._queue.put(job)
+        return await job.waiter
 
     async def prepare_and_store(self, intake: Intake, raw: bytes, envelope: Envelope
                                 ) -> Disposition:
@@ -113,9 +146,7 @@ class GroupCommitter:
         Measured on the 2-core VM: ~1 ms less CPU per 4 KB message than parsing in a
         worker thread (two thread hand-offs and GIL contention fewer), and more msgs/s.
         """
-        job = _Job(intake, None, raw, envelope)
-        self._queue.put(job)
-        return await asyncio.wrap_future(job.future)
+        return await self._await(_Job(intake, None, raw, envelope))
 
     def stop(self, timeout: float = 30.0) -> None:
         """Finish every queued message, then end the thread."""
@@ -144,10 +175,32 @@ class GroupCommitter:
                 except BaseException as exc:  # never leave a submitter waiting forever
                     log.exception("group commit failed unexpectedly")
                     for job in batch:
-                        if not job.future.done():
-                            job.future.set_exception(exc)
+                        if not job.settled:
+                            self._settle(job, error=exc)
+            self._wake_all()
             if stopping:
                 return
+
+    def _settle(self, job: _Job, result: Disposition | None = None,
+                error: BaseException | None = None) -> None:
+        job.settled = True
+        if job.waiter is not None:
+            assert job.loop is not None
+            self._outcomes.setdefault(job.loop, []).append((job.waiter, result, error))
+            return
+        assert job.future is not None
+        if error is not None:
+            job.future.set_exception(error)
+        else:
+            job.future.set_result(result)  # type: ignore[arg-type]
+
+    def _wake_all(self) -> None:
+        """One wake-up per event loop for the whole batch."""
+        outcomes, self._outcomes = self._outcomes, {}
+        for loop, items in outcomes.items():
+            # A loop that has closed has nobody waiting any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_wake, items)
 
     def _drain(self, batch: list[_Job]) -> bool:
         """Add what is queued (up to the batch limit) to `batch`; True if told to stop."""
@@ -167,11 +220,10 @@ class GroupCommitter:
 
     def _ready(self, jobs: list[_Job]) -> list[_Job]:
         """The jobs still wanted (a client that went away is skipped), parsed."""
-        live = [j for j in jobs if j.future.set_running_or_notify_cancel()]
+        live = [j for j in jobs if j.start()]
         return [j for j in live if self._prepared(j)]
 
-    @staticmethod
-    def _prepared(job: _Job) -> bool:
+    def _prepared(self, job: _Job) -> bool:
         """Parse a job submitted raw; a parse failure fails that job alone."""
         if job.prepared is not None:
             return True
@@ -179,7 +231,7 @@ class GroupCommitter:
         try:
             job.prepared = job.intake.prepare(job.raw, job.envelope)
         except Exception as exc:
-            job.future.set_exception(exc)
+            self._settle(job, error=exc)
             return False
         return True
 
@@ -258,24 +310,24 @@ class GroupCommitter:
             if len(batch) > 1 or not (retry or errors):
                 # BEGIN or COMMIT failed: nothing of this batch is durable.
                 for job in batch:
-                    job.future.set_exception(exc)
+                    self._settle(job, error=exc)
                 return stopping
             # The one message failed and its transaction rolled back: handled below.
         self.batches += 1
         self.messages += len(batch)
         self.largest_batch = max(self.largest_batch, len(batch))
         for job, disposition in results.items():
-            job.future.set_result(disposition)
+            self._settle(job, disposition)
         for job, error in errors.items():
-            job.future.set_exception(error)
+            self._settle(job, error=error)
         for job in retry:
             try:
                 with self.lock, self.engine.begin() as retry_conn:
                     disposition = job.intake.store(retry_conn, job.prepared)  # type: ignore[arg-type]
             except Exception as exc:
-                job.future.set_exception(exc)
+                self._settle(job, error=exc)
             else:
-                job.future.set_result(disposition)
+                self._settle(job, disposition)
         return stopping
 
 
