@@ -17,9 +17,9 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
+from gateway.config import ENGINES
 from gateway.intake import Intake
 from gateway.spool import entries
-from gateway.config import ENGINES
 from tests.test_server_app import MESSAGE, RunningDaemon, daemon_config
 from ticketstore.db import make_engine, upgrade
 from ticketstore.models import Article, Event, Ticket

@@ -28,18 +28,14 @@ from sqlalchemy import func, select
 from gateway.server.workers import worker_count
 from gateway.server.writelock import WriterLock
 from tests.test_server_app import MESSAGE, short_socket_dir
+from tests.test_server_process import _config as process_config
 from ticketstore.db import make_engine
 from ticketstore.models import Ticket
 
 
 def _config(tmp_path: Path, sock: Path, strict: bool = False) -> str:
-    return (f'[database]\nurl = "sqlite:///{tmp_path}/tg.db"\n'
-            f'[lmtp]\nlisten = ["unix:{sock}"]\nworkers = 2\n'
-            f'[pipe]\nhandoff_socket = ""\n'
-            '[status]\nlisten = "127.0.0.1:0"\n[autoresponse]\nenabled = false\n'
-            f'[intake]\nstrict_recipients = {"true" if strict else "false"}\n'
-            f'spool_dir = "{tmp_path}/spool"\n'
-            '[[queues]]\nname = "Support"\naddresses = ["support@helpdesk.example"]\n')
+    """tests/test_server_process.py's daemon config, with two intake workers."""
+    return process_config(tmp_path, sock, strict).replace("[lmtp]\n", "[lmtp]\nworkers = 2\n")
 
 
 def until(check: Callable[[], Any], what: str, timeout: float = 30) -> Any:

@@ -22,6 +22,7 @@ from gateway.envelope import Envelope
 
 from . import replies
 from .handler import DeliveryHandler
+from .session import unstuff
 
 _SIZE_PARAM = re.compile(r"\sSIZE=(\d{1,20})(?:\s|$)", re.IGNORECASE)
 # `<dot-atom@dot-atom>` with ASCII atext only: what the stdlib parser returns unchanged.
@@ -184,12 +185,7 @@ class IntakeProtocolMixin:
                 break
         if buf is None:
             return None, size
-        # RFC 5321 4.5.2: the client doubled every dot that starts a line.
-        if buf[:1] == b".":
-            del buf[:1]
-        if b"\r\n." in buf:
-            buf = buf.replace(b"\r\n.", b"\r\n")
-        raw = bytes(buf)
+        raw = unstuff(buf)
         del buf
         return raw, size
 

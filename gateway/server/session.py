@@ -81,6 +81,18 @@ def parse_path(text: str) -> tuple[str, list[str]]:
     return address, text[end + 1:].split()
 
 
+def unstuff(buf: bytearray) -> bytes:
+    """RFC 5321 4.5.2: the client doubled every dot that starts a line; undo it.
+
+    `buf` is consumed (changed in place where that saves a copy of a big message).
+    """
+    if buf[:1] == b".":
+        del buf[:1]
+    if b"\r\n." in buf:
+        buf = buf.replace(b"\r\n.", b"\r\n")
+    return bytes(buf)
+
+
 class Session(asyncio.BufferedProtocol):
     """One client connection. `lmtp` selects LHLO and one reply per recipient.
 
@@ -396,12 +408,7 @@ class Session(asyncio.BufferedProtocol):
             self._suspend(self.handler.size_rejected(size, envelope), replies.S552_TOO_BIG,
                           len(envelope.rcpt_tos))
             return True
-        # RFC 5321 4.5.2: the client doubled every dot that starts a line.
-        if buf[:1] == b".":
-            del buf[:1]
-        if b"\r\n." in buf:
-            buf = buf.replace(b"\r\n.", b"\r\n")
-        raw = bytes(buf)
+        raw = unstuff(buf)
         del buf
         self._suspend(self.handler.deliver(raw, envelope), None, len(envelope.rcpt_tos))
         return True
