@@ -6,10 +6,24 @@ import argparse
 import asyncio
 import logging
 import sys
+from collections.abc import Callable
 
 from .runtime import load_or_exit, setup_logging
 
 EX_CONFIG = 78  # sysexits.h: configuration error
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop when it is installed (a dependency on POSIX), else asyncio's own.
+
+    Measured on the 2-core VM with 4 LMTP connections, alternating 4 rounds each: 1.60
+    vs 1.74 ms of CPU per message, 828 vs 750 msg/s (docs/benchmarks.md).
+    """
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop  # type: ignore[no-any-return]
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -27,11 +41,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ticketstore.db import StoreUnavailable
 
     try:
-        if getattr(args, "worker", False):
-            from .server.worker import run_worker
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            if getattr(args, "worker", False):
+                from .server.worker import run_worker
 
-            return asyncio.run(run_worker(config, args.config))
-        return asyncio.run(serve(config, args.config, args.verbose))
+                return runner.run(run_worker(config, args.config))
+            return runner.run(serve(config, args.config, args.verbose))
     except (RulesError, StoreUnavailable) as exc:
         # An admin's mistake, not a bug: say what to fix, no traceback (systemd shows stderr).
         print(f"ticketgate serve: not starting: {exc}", file=sys.stderr)

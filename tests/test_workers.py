@@ -141,6 +141,7 @@ def test_four_connections_are_spread_over_both_workers_and_counted(served: Serve
     log = served.log.read_text()
     assert log.count("disposition=created") == 40
     assert log.count("intake worker ready") == 2
+    assert "(event loop: uvloop)" in log  # serve runs on uvloop where it is installed
 
 
 def test_sighup_reaches_sessions_in_the_workers_before_ready(served: Served) -> None:

@@ -146,7 +146,8 @@ class Daemon:
             self._tasks.append(asyncio.get_running_loop().create_task(self._watchdog(interval)))
         if self.listen:
             sdnotify.notify(f"READY=1\nSTATUS=accepting mail on {len(self.sockets)} socket(s)")
-            log.info("ticketgate %s ready", __version__)
+            log.info("ticketgate %s ready (event loop: %s)", __version__,
+                     type(asyncio.get_running_loop()).__module__.partition(".")[0])
         else:
             log.info("intake worker ready (pid %d)", os.getpid())
 
