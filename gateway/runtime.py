@@ -19,6 +19,7 @@ from ticketstore.db import ensure_schema, make_engine, make_sessionmaker
 
 from .config import Config, ConfigError, load_config
 from .intake import Intake
+from .sysexits import EX_CONFIG
 
 
 @dataclass
@@ -108,4 +109,4 @@ def load_or_exit(path: str | None) -> Config:
         return load_config(path)
     except ConfigError as exc:
         print(f"ticketgate: config error: {exc}", file=sys.stderr)
-        raise SystemExit(78) from None
+        raise SystemExit(EX_CONFIG) from None

@@ -9,8 +9,7 @@ import sys
 from collections.abc import Callable
 
 from .runtime import load_or_exit, setup_logging
-
-EX_CONFIG = 78  # sysexits.h: configuration error
+from .sysexits import EX_CONFIG
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

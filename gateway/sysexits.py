@@ -1,11 +1,14 @@
-"""Exit codes of `ticketgate pipe` (sysexits.h), the only ones it may use.
+"""sysexits.h codes ticketgate exits with.
 
-Postfix and procmail treat unknown codes as permanent failures: an unexpected error
-must become EX_TEMPFAIL, never a traceback's exit 1.
+`ticketgate pipe` uses only EX_OK, EX_DATAERR, EX_NOUSER and EX_TEMPFAIL: Postfix and
+procmail treat unknown codes as permanent failures, so an unexpected error must become
+EX_TEMPFAIL, never a traceback's exit 1. The others are for the CLI and `serve`.
 """
 
 EX_OK = 0
 EX_USAGE = 64
 EX_DATAERR = 65
 EX_NOUSER = 67
+EX_UNAVAILABLE = 69  # serve could not start (port in use, database unreachable)
 EX_TEMPFAIL = 75
+EX_CONFIG = 78  # a configuration the admin must fix

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -306,3 +307,34 @@ def test_a_transaction_the_database_rolled_back_acknowledges_nothing(intake: Int
     assert committer.submit(intake, intake.prepare(_mail(9), ENV)).result(30).outcome is (
         Outcome.CREATED)
     committer.stop()
+
+
+def test_messages_queued_while_the_writer_waits_for_the_lock_join_its_batch(
+    intake: Intake,
+) -> None:
+    """With worker processes the writer may wait for another process's commit; what
+    arrives meanwhile shares the transaction instead of waiting for the next one."""
+    class _Held:
+        """Another worker's commit in progress; says when the writer starts waiting."""
+
+        def __init__(self) -> None:
+            self.lock, self.waiting = threading.Lock(), threading.Event()
+
+        def __enter__(self) -> None:
+            self.waiting.set()
+            self.lock.acquire()
+
+        def __exit__(self, *exc: object) -> None:
+            self.lock.release()
+
+    held = _Held()
+    committer = GroupCommitter(intake.engine, lock=held)
+    with held.lock:
+        committer.start()
+        first = committer.submit(intake, intake.prepare(_mail(0), ENV))
+        assert held.waiting.wait(10)  # the writer has its batch of one and waits
+        later = [committer.submit(intake, intake.prepare(_mail(i), ENV)) for i in (1, 2, 3)]
+    for future in [first, *later]:
+        assert future.result(30).outcome is Outcome.CREATED
+    committer.stop()
+    assert committer.batches == 1 and committer.largest_batch == 4

@@ -153,6 +153,25 @@ def test_data_survives_any_chunking_and_pipelined_commands_wait_their_turn(
     run(body)
 
 
+def test_the_transport_read_path_reuses_one_buffer_per_session() -> None:
+    """What asyncio calls for a buffered protocol: get_buffer, then buffer_updated."""
+    async def body() -> None:
+        session, transport, handler = open_session()
+        stream = ENVELOPE + b"DATA\r\nSubject: x\r\n\r\nhi\r\n.\r\n"
+        buffers = set()
+        for i in range(0, len(stream), 7):
+            buf = session.get_buffer(-1)
+            buffers.add(id(buf.obj))
+            piece = stream[i:i + 7]
+            buf[:len(piece)] = piece
+            session.buffer_updated(len(piece))
+        await settle()
+        assert len(buffers) == 1  # no allocation per read
+        assert [raw for raw, _e in handler.delivered] == [b"Subject: x\r\n\r\nhi\r\n"]
+        assert transport.lines()[-1].startswith("250 2.0.0 Ok: created")
+    run(body)
+
+
 def test_an_empty_message_split_after_its_dot_is_still_one_empty_message() -> None:
     async def body() -> None:
         session, _t, handler = open_session()

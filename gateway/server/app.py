@@ -25,6 +25,7 @@ from gateway import __version__
 from gateway.config import Config, load_config
 from gateway.daemon import SERVICES, DaemonContext
 from gateway.runtime import build_intake, open_store
+from gateway.sysexits import EX_UNAVAILABLE
 
 from . import sdnotify
 from .activation import inherited_sockets
@@ -38,7 +39,6 @@ from .writelock import WriterLock, writer_lock_for
 
 log = logging.getLogger("ticketgate.server")
 
-EX_UNAVAILABLE = 69  # could not start (port in use, database unreachable)
 
 
 def listen_addresses(config: Config) -> list[ListenAddress]:

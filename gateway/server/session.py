@@ -119,8 +119,7 @@ class Session(asyncio.BufferedProtocol):
         self._rcpts: list[str] = []
         self._in_data = False
         self._scan = 0  # where to resume looking for the terminator
-        self._received = 0  # DATA bytes dropped so far (oversize message)
-        self._oversize = False
+        self._dropped = 0  # DATA bytes dropped so far: > 0 means the message is oversize
         self._paused = False
         self._storing = False
         self._bad = 0
@@ -352,8 +351,7 @@ class Session(asyncio.BufferedProtocol):
         self.busy = True
         self._in_data = True
         self._scan = 0
-        self._received = 0
-        self._oversize = False
+        self._dropped = 0
 
     def _rset(self, arg: str) -> None:
         self._reset()
@@ -386,7 +384,7 @@ class Session(asyncio.BufferedProtocol):
     def _take_data(self) -> bool:
         """Consume DATA input; True once the message is complete (and handed on)."""
         buf = self._buf
-        if not self._received and buf[:3] == b".\r\n":  # an empty message
+        if not self._dropped and buf[:3] == b".\r\n":  # an empty message
             end = 0
         else:
             end = buf.find(_TERMINATOR, max(self._scan - 4, 0))
@@ -402,8 +400,8 @@ class Session(asyncio.BufferedProtocol):
         self._in_data = False
         envelope = Envelope(self._mail_from or "", tuple(self._rcpts))
         self._reset()
-        size = self._received + len(buf)
-        if self._oversize or (self.size_limit and size > self.size_limit):
+        size = self._dropped + len(buf)
+        if self._dropped or (self.size_limit and size > self.size_limit):
             del buf
             self._suspend(self.handler.size_rejected(size, envelope), replies.S552_TOO_BIG,
                           len(envelope.rcpt_tos))
@@ -415,9 +413,8 @@ class Session(asyncio.BufferedProtocol):
 
     def _start_dropping(self) -> None:
         """Over the size limit: keep counting, keep only what can hold the terminator."""
-        self._oversize = True
         keep = self._buf[-4:]
-        self._received += len(self._buf) - len(keep)
+        self._dropped += len(self._buf) - len(keep)
         self._buf = bytearray(keep)
         self._scan = len(keep)
 

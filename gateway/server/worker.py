@@ -18,7 +18,6 @@ from typing import Any
 
 from gateway.config import Config
 from gateway.daemon import RecentError
-from gateway.envelope import Outcome
 
 from .app import Daemon
 from .workers import WORKER_CHANNEL_ENV
@@ -28,7 +27,6 @@ log = logging.getLogger("ticketgate.server")
 REPORT_INTERVAL = 1.0
 # Durations sent per report at most (a report must fit one SEQPACKET datagram).
 MAX_DURATIONS = 2000
-MESSAGE_COUNTERS = frozenset(f"server.{o.value}" for o in Outcome)
 
 
 class Reporter:
@@ -71,7 +69,6 @@ class Reporter:
                 # Oldest first: the master's appendleft keeps the newest first.
                 "errors": [[e.at.isoformat(), e.source, e.message] for e in reversed(errors)],
                 "seconds": durations,
-                "messages": sum(v for k, v in counters.items() if k in MESSAGE_COUNTERS),
             })
 
 
@@ -114,8 +111,10 @@ async def run_worker(config: Config, config_path: str | None) -> int:
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 
-    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    # A SIGHUP before the daemon has started must not end the process (the default).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     await daemon.start()
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
     assert daemon.handler is not None
     daemon.handler.on_closed = reporter.connection_closed
     daemon.handler.durations = []

@@ -10,8 +10,9 @@ worker with the fewest open ones.
 The master (`WorkerPool`) talks to each worker over a SOCK_SEQPACKET socket pair:
 - master -> worker: b"lmtp" or b"smtp" with the accepted connection's fd attached;
 - worker -> master: JSON messages, `{"ready": true}` once it serves, `{"closed": n}`
-  when connections end, and every second `{"counters": {...}, "errors": [...],
-  "seconds": [...]}` so the status page and /metrics show the whole daemon.
+  when connections end, `{"reloaded": ok}` after a SIGHUP, and every second
+  `{"counters": {...}, "errors": [...], "seconds": [...]}` so the status page and
+  /metrics show the whole daemon.
 
 A worker that dies is restarted (its open connections are lost; the MTA retries). The
 master forwards SIGHUP to the workers and, on stop, lets them drain before it exits.
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.daemon import DaemonContext, RecentError
+from gateway.envelope import Outcome
 from gateway.status.metrics import PROCESSING_SECONDS
 
 from .listeners import ListenAddress
@@ -44,6 +46,8 @@ RESTART_DELAY = 1.0
 RESTART_MAX = 30.0
 STABLE_AFTER = 10.0  # a worker that ran this long before dying starts the backoff afresh
 WORKER_CHANNEL_ENV = "TICKETGATE_WORKER_CHANNEL"
+# The per-message outcome counters (what the status page counts as a worker's messages).
+MESSAGE_COUNTERS = frozenset(f"server.{o.value}" for o in Outcome)
 _BUSY = b"421 4.3.2 Service not available, try again later\r\n"
 
 
@@ -183,7 +187,8 @@ class WorkerPool:
         """SIGHUP every worker and wait until each has reloaded (True if all did)."""
         waiting = []
         for worker in self.workers:
-            if worker.proc.returncode is None:
+            # One still starting (after a restart) reads the config as it is anyway.
+            if worker.ready.is_set() and worker.proc.returncode is None:
                 worker.reloaded = asyncio.Event()
                 worker.reload_ok = False
                 worker.proc.send_signal(signal.SIGHUP)
@@ -287,7 +292,7 @@ class WorkerPool:
         worker.connections = max(0, worker.connections - int(message.get("closed", 0)))
         counters = message.get("counters") or {}
         self.ctx.counters.update({str(k): int(v) for k, v in counters.items()})
-        worker.messages += int(message.get("messages", 0))
+        worker.messages += sum(int(v) for k, v in counters.items() if k in MESSAGE_COUNTERS)
         for at, source, text in message.get("errors") or []:
             self.ctx.errors.appendleft(RecentError(dt.datetime.fromisoformat(at), source, text))
         if message.get("seconds"):
