@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,3 +53,15 @@ def make_config(base_dir: Path, db_url: str, **sections: dict[str, Any]) -> Conf
         else:
             data[key] = value
     return config_from_dict(data, source=str(base_dir / "test.toml"), base_dir=str(base_dir))
+
+
+def wait_until(what: str, check: Callable[[], Any], timeout: float = 60.0,
+               diagnostics: Callable[[], str] = lambda: "") -> Any:
+    """Poll `check` until it returns something true (returned); fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}\n{diagnostics()}")

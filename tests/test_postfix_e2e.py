@@ -27,8 +27,7 @@ import stat
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
@@ -36,7 +35,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import integration_missing
+from tests.support import integration_missing, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -56,17 +55,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _wait(what: str, check: Callable[[], Any], timeout: float = 60.0,
-          diagnostics: Callable[[], str] = lambda: "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}\n{diagnostics()}")
 
 
 def _traversable_for_others(path: Path) -> None:
@@ -150,7 +138,7 @@ class Site:
                 return False
             return (self.gw / "run" / "handoff.sock").exists()
 
-        _wait("the gateway to listen", listening, diagnostics=self.diagnostics)
+        wait_until("the gateway to listen", listening, diagnostics=self.diagnostics)
 
     def stop_gateway(self) -> None:
         if self.gateway is not None and self.gateway.poll() is None:
@@ -311,7 +299,7 @@ def site() -> Iterator[Site]:
     finally:
         if started:
             s.postfix("stop")
-            _wait("postfix to stop", lambda: s.postfix("status").returncode != 0, 30)
+            wait_until("postfix to stop", lambda: s.postfix("status").returncode != 0, 30)
         if s.gateway is not None and s.gateway.poll() is None:
             s.gateway.send_signal(signal.SIGTERM)
             try:
@@ -328,9 +316,9 @@ def test_mail_reaches_tickets_over_lmtp_tcp_lmtp_unix_and_pipe(site: Site) -> No
                   subject=f"via {domain}")
     for domain in DOMAINS:
         mid = f"route-{domain}@customer.example"
-        _wait(f"a ticket from {domain}", lambda m=mid: site.tickets_for(m) == (1, 1),
+        wait_until(f"a ticket from {domain}", lambda m=mid: site.tickets_for(m) == (1, 1),
               diagnostics=site.diagnostics)
-    _wait("an empty queue", lambda: site.queue() == [], diagnostics=site.diagnostics)
+    wait_until("an empty queue", lambda: site.queue() == [], diagnostics=site.diagnostics)
     assert "status=bounced" not in site.maillog
 
 
@@ -339,7 +327,7 @@ def test_one_message_to_many_of_our_addresses_is_one_ticket(site: Site) -> None:
     rcpts = ["support@helpdesk.example", "billing@helpdesk.example",
              "support@pipe.example", "billing@pipe.example", "support@inproc.example"]
     site.send(rcpts, mid)
-    _wait("every recipient delivered",
+    wait_until("every recipient delivered",
           lambda: site.maillog.count("status=sent") >= 4 + len(rcpts) and site.queue() == [],
           diagnostics=site.diagnostics)
     assert site.tickets_for(mid) == (1, 1), site.diagnostics()
@@ -353,11 +341,11 @@ def test_gateway_down_means_deferred_not_bounced_then_delivered_on_flush(site: S
     def deferred() -> bool:
         return any(e["queue_name"] == "deferred" for e in site.queue())
 
-    _wait("postfix to defer the message", deferred, diagnostics=site.diagnostics)
+    wait_until("postfix to defer the message", deferred, diagnostics=site.diagnostics)
     assert "status=deferred" in site.maillog
     assert "status=bounced" not in site.maillog
     site.start_gateway()
     site.flush()
-    _wait("delivery after the flush", lambda: site.tickets_for(mid) == (1, 1),
+    wait_until("delivery after the flush", lambda: site.tickets_for(mid) == (1, 1),
           diagnostics=site.diagnostics)
-    _wait("an empty queue", lambda: site.queue() == [], diagnostics=site.diagnostics)
+    wait_until("an empty queue", lambda: site.queue() == [], diagnostics=site.diagnostics)

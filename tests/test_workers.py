@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from sqlalchemy import func, select
 
 from gateway.server.workers import worker_count
 from gateway.server.writelock import WriterLock
+from tests.support import wait_until
 from tests.test_server_app import MESSAGE, short_socket_dir
 from tests.test_server_process import _config as process_config
 from ticketstore.db import make_engine
@@ -36,16 +37,6 @@ from ticketstore.models import Ticket
 def _config(tmp_path: Path, sock: Path, strict: bool = False) -> str:
     """tests/test_server_process.py's daemon config, with two intake workers."""
     return process_config(tmp_path, sock, strict).replace("[lmtp]\n", "[lmtp]\nworkers = 2\n")
-
-
-def until(check: Callable[[], Any], what: str, timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Served:
@@ -61,8 +52,8 @@ class Served:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "gateway", "-c", str(self.cfg), "serve"],
                 stderr=err, cwd=Path(__file__).parent.parent)
-        until(lambda: "worker processes serve" in self.log.read_text()
-              and "status page listening" in self.log.read_text(), "the daemon to start")
+        wait_until("the daemon to start", lambda: "worker processes serve" in self.log.read_text()
+                   and "status page listening" in self.log.read_text())
 
     def lmtp(self) -> smtplib.LMTP:
         client = smtplib.LMTP(str(self.sock), local_hostname="localhost", timeout=30)
@@ -131,8 +122,9 @@ def test_four_connections_are_spread_over_both_workers_and_counted(served: Serve
         t.join(60)
     assert codes == [250] * 40
     assert served.tickets() == 40
-    status = until(lambda: (s := served.status())["counters"].get("server.created") == 40 and s,
-                   "the workers' counters on the status page")
+    status = wait_until("the workers' counters on the status page",
+                        lambda: (s := served.status())["counters"].get("server.created") == 40
+                        and s)
     workers = status["workers"]
     assert len(workers) == 2 and all(w["ready"] for w in workers)
     assert sorted(w["messages"] for w in workers) == [20, 20]
@@ -151,8 +143,8 @@ def test_sighup_reaches_sessions_in_the_workers_before_ready(served: Served) -> 
     client.rset()
     served.cfg.write_text(_config(served.tmp_path, served.sock, strict=True))
     served.proc.send_signal(signal.SIGHUP)
-    until(lambda: served.log.read_text().count("configuration reloaded") == 3,
-          "master and both workers to reload")
+    wait_until("master and both workers to reload",
+               lambda: served.log.read_text().count("configuration reloaded") == 3)
     client.mail("alice@customer.example")
     assert client.rcpt("nobody@helpdesk.example")[0] == 550  # same connection, new config
     client.quit()
@@ -161,8 +153,9 @@ def test_sighup_reaches_sessions_in_the_workers_before_ready(served: Served) -> 
 def test_a_killed_worker_is_replaced_and_mail_keeps_flowing(served: Served) -> None:
     victim = served.worker_pids()[0]
     os.kill(victim, signal.SIGKILL)
-    status = until(lambda: (s := served.status())["workers"][0]["restarts"] == 1
-                   and s["workers"][0]["ready"] and s, "the worker to be replaced")
+    status = wait_until("the worker to be replaced",
+                        lambda: (s := served.status())["workers"][0]["restarts"] == 1
+                        and s["workers"][0]["ready"] and s)
     assert status["workers"][0]["pid"] != victim
     assert any("intake worker 0 exited" in e["message"] for e in status["latest_errors"])
     for i in range(4):  # whichever worker gets them
@@ -173,7 +166,7 @@ def test_a_killed_worker_is_replaced_and_mail_keeps_flowing(served: Served) -> N
     assert served.tickets() == 4
     # Dying again soon after the restart: the next restart waits twice as long.
     os.kill(status["workers"][0]["pid"], signal.SIGKILL)
-    until(lambda: "restarting in 2 s" in served.log.read_text(), "a longer restart delay")
+    wait_until("a longer restart delay", lambda: "restarting in 2 s" in served.log.read_text())
 
 
 def test_a_message_in_flight_at_sigterm_is_answered_and_the_daemon_exits_0(
@@ -213,7 +206,7 @@ def test_workers_exit_when_the_master_dies(served: Served) -> None:
                 return False
         return True
 
-    until(gone, "the workers to notice the master has gone")
+    wait_until("the workers to notice the master has gone", gone)
 
 
 def test_worker_count() -> None:
