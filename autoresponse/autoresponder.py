@@ -28,14 +28,12 @@ from .suppress import SENT_SINCE, Check, suppression
 from .templates import DEFAULT_SET, EVENTS, TemplateError
 
 if TYPE_CHECKING:
-    from .templates import Templates
-
-if TYPE_CHECKING:
     from sqlalchemy import Connection
 
     from gateway.config import Config, QueueConfig
 
     from .responder import StoredMessage
+    from .templates import Templates
 
 log = logging.getLogger("ticketgate.autoresponse")
 

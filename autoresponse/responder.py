@@ -38,6 +38,9 @@ class StoredMessage:
 class Responder(Protocol):
     def after_store(self, conn: Connection, stored: StoredMessage) -> None: ...
 
+    # Called once at server start (gateway/server/app.py), never by `ticketgate pipe`.
+    def warm_up(self, conn: Connection) -> None: ...
+
 
 class NullResponder:
     """Auto-responses off: nothing is planned."""

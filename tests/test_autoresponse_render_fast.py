@@ -7,6 +7,7 @@ is a stock `SandboxedEnvironment` with the same settings rendering the same sour
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,8 @@ import jinja2
 import pytest
 from jinja2.sandbox import SandboxedEnvironment
 
-from autoresponse.templates import TemplateError, Templates, sample_context
+from autoresponse import templates as templates_mod
+from autoresponse.templates import RECHECK, TemplateError, Templates, sample_context
 
 SOURCES = [
     "{{ ticket.number }} {{ customer.name }} {{ queue.address }} {{ article.excerpt }}",
@@ -101,3 +103,22 @@ def test_globals_added_to_the_environment_are_seen_after_the_recheck(tmp_path: P
     templates.env.globals["greeting"] = "hi"
     templates._resolved.clear()  # what RECHECK seconds do
     assert templates.render("default", "new-ticket", _context()).text == "True"
+
+
+def test_an_edited_template_is_used_after_recheck_seconds(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lookup is reused for RECHECK seconds, then the files are looked at again."""
+    clock = [1000.0]
+    monkeypatch.setattr(templates_mod.time, "monotonic", lambda: clock[0])
+    path = tmp_path / "default" / "en" / "new-ticket.txt"
+    path.parent.mkdir(parents=True)
+    path.write_text("one", encoding="utf-8")
+    templates = Templates(tmp_path)
+    assert templates.render("default", "new-ticket", _context()).text == "one"
+    path.write_text("two", encoding="utf-8")
+    mtime = path.stat().st_mtime + 10  # jinja2's own reload check compares mtimes
+    os.utime(path, (mtime, mtime))
+    clock[0] = 1000.0 + RECHECK - 0.01
+    assert templates.render("default", "new-ticket", _context()).text == "one"
+    clock[0] = 1000.0 + RECHECK
+    assert templates.render("default", "new-ticket", _context()).text == "two"

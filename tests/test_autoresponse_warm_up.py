@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from autoresponse import rows
 from autoresponse.autoresponder import AutoResponder
 from autoresponse.responder import NullResponder
@@ -14,7 +16,11 @@ from tests.support import make_config
 from ticketstore.statements import STATEMENTS
 
 
-def test_warm_up_compiles_templates_and_statements(tmp_path: Path, store: Store) -> None:
+def test_warm_up_compiles_templates_and_statements(tmp_path: Path, store: Store,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # Empty for this test: earlier tests compiled these statements already, which
+    # would let the check below pass without warm_up() doing anything.
+    monkeypatch.setattr(STATEMENTS, "_compiled", {})
     broken = tmp_path / "templates" / "vip" / "en" / "reject.txt"
     broken.parent.mkdir(parents=True)
     broken.write_text("{% if %}", encoding="utf-8")  # met by an answer later, not here
