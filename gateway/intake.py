@@ -31,6 +31,7 @@ from ticketstore.statements import (
     MAX_NUMBERS,
     STATEMENTS,
     detached,
+    detached_ticket,
     numbered,
     ticket_snapshot,
     update_ticket,
@@ -381,9 +382,7 @@ class Intake:
             closed_at=now if state == "closed" else None,
         )
         values["id"] = STATEMENTS(conn, "insert_ticket").scalar(conn, values)
-        ticket = detached(Ticket, values)
-        ticket.__dict__["queue"] = detached(Queue, {"id": values["queue_id"], "name": queue_name})
-        return ticket
+        return detached_ticket(values, queue_name)
 
     @staticmethod
     def _follow_up_changes(

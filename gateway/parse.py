@@ -504,17 +504,13 @@ def _walk(
         for sub in part.get_payload():
             _walk_part(sub, text, html, attachments, depth + 1)
         return
+    # A simple part can name no file, and its charset is known: what the two calls give.
     simple = _simple_content_type(part)
-    if simple is None:
-        if _is_attachment(part) or ctype.split("/")[0] != "text":
-            attachments.append(_attachment(part))
-            return
-        body = _decode_text_part(part)
-    else:  # no file name possible, the charset known: what the two calls would give
-        if ctype.split("/")[0] != "text":
-            attachments.append(_attachment(part))
-            return
-        body = decode_bytes(_payload_bytes(part), simple[1])
+    if ctype.split("/")[0] != "text" or (simple is None and _is_attachment(part)):
+        attachments.append(_attachment(part))
+        return
+    body = (_decode_text_part(part) if simple is None
+            else decode_bytes(_payload_bytes(part), simple[1]))
     if ctype == "text/html":
         html.append(body)
     else:

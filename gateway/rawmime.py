@@ -45,9 +45,10 @@ MAX_DEPTH = 40
 _HEADER_LINE = re.compile(rb"From |[\041-\071\073-\176]*:|[\t ]")
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 _NL_END = re.compile(r"(\r\n|\r|\n)\Z")  # the feed parser's NLCRE_eol
-# The repair `parse._resplit` does on a str payload, on bytes.
-_BOUNDARY_LINE = re.compile(rb"^--([ -~]{1,200}?)[ \t]*\r?$", re.MULTILINE)
+# The repair `parse._resplit` does on a str payload, on bytes: a `--token` line, at
+# a given position (`_BOUNDARY_AT.match`) or anywhere after it.
 _BOUNDARY_AT = re.compile(rb"--([ -~]{1,200}?)[ \t]*\r?$", re.MULTILINE)
+_BOUNDARY_LINE = re.compile(rb"^" + _BOUNDARY_AT.pattern, re.MULTILINE)
 
 
 class Unsupported(Exception):

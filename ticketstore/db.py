@@ -72,7 +72,6 @@ def _sqlite_pragmas(engine: Engine, busy_timeout: float) -> None:
         cursor.close()
 
 
-
 def dialect_insert(dialect_name: str) -> Any:
     """The dialect's `insert` (with ON CONFLICT), importing only the dialect in use.
 

@@ -108,9 +108,12 @@ def detached(cls: type[M], values: dict[str, Any]) -> M:
 _TICKET_KEYS = tuple(c.key for c in _T.columns)
 
 
-def ticket_snapshot(row: dict[str, Any]) -> Ticket:
-    values = {k: row[k] for k in _TICKET_KEYS}
+def detached_ticket(values: dict[str, Any], queue_name: str) -> Ticket:
+    """A detached Ticket carrying `values`, with its queue (id and name) attached."""
     ticket = detached(Ticket, values)
-    ticket.__dict__["queue"] = detached(Queue, {"id": values["queue_id"],
-                                                "name": row["queue_name"]})
+    ticket.__dict__["queue"] = detached(Queue, {"id": values["queue_id"], "name": queue_name})
     return ticket
+
+
+def ticket_snapshot(row: dict[str, Any]) -> Ticket:
+    return detached_ticket({k: row[k] for k in _TICKET_KEYS}, row["queue_name"])
