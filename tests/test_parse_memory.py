@@ -212,47 +212,38 @@ def test_big_8bit_text_part_is_the_text_body() -> None:
     assert m.text == text.removesuffix("\n")
 
 
-def test_declared_boundary_never_used_is_resplit_with_big_parts() -> None:
+_B64 = b"Content-Transfer-Encoding: base64\n\n"
+
+
+@pytest.mark.parametrize(("head", "tail", "text", "defect"), [
+    pytest.param(b'Subject: broken\nContent-Type: multipart/mixed; boundary="declared"\n\n'
+                 b"--used\nContent-Type: text/plain\n\nsee the screenshot\n--used\n"
+                 b"Content-Type: image/png; name=s.png\n" + _B64, b"--used--\n",
+                 "see the screenshot", "StartBoundaryNotFoundDefect",
+                 id="declared boundary never used is resplit"),
+    pytest.param(b"Subject: no boundary\nContent-Type: multipart/mixed\n\n--real\n"
+                 b"Content-Type: text/plain\n\nhello\n--real\nContent-Type: application/pdf\n"
+                 + _B64, b"--real--\n", "hello", "NoBoundaryInMultipartDefect",
+                 id="multipart without boundary parameter is resplit"),
+    pytest.param(b'Subject: cut\nContent-Type: multipart/mixed; boundary="b"\n\n--b\n\ntext\n'
+                 b"--b\nContent-Type: application/octet-stream\n" + _B64, b"",
+                 "text", "CloseBoundaryNotFoundDefect",
+                 id="unterminated multipart keeps the truncated attachment"),
+    pytest.param(b'Subject: x\nContent-Type: multipart/mixed; boundary="o"\n\n--o\n'
+                 b'Content-Type: multipart/mixed; boundary="i"\n\n--i\n\ninner text\n--i\n'
+                 b"Content-Type: application/octet-stream\n" + _B64,
+                 b"--o\nContent-Type: text/plain\n\nafter\n--o--\n", "inner text\nafter",
+                 "CloseBoundaryNotFoundDefect",
+                 id="outer boundary ends an unterminated inner multipart"),
+])
+def test_broken_multiparts_keep_their_big_attachment(
+    head: bytes, tail: bytes, text: str, defect: str
+) -> None:
     data = os.urandom(SMALL_PART * 2)
-    raw = (b'Subject: broken\nContent-Type: multipart/mixed; boundary="declared"\n\n'
-           b"--used\nContent-Type: text/plain\n\nsee the screenshot\n--used\n"
-           b"Content-Type: image/png; name=s.png\nContent-Transfer-Encoding: base64\n\n"
-           + base64.encodebytes(data) + b"--used--\n")
-    m = _assert_split_agrees(raw, big_leaves=1)
-    assert m.text == "see the screenshot"
+    m = _assert_split_agrees(head + base64.encodebytes(data) + tail, big_leaves=1)
+    assert m.text == text
     assert m.attachments[0].content == data
-    assert "StartBoundaryNotFoundDefect" in m.defects
-
-
-def test_multipart_without_boundary_parameter_is_resplit() -> None:
-    data = os.urandom(SMALL_PART * 2)
-    raw = (b"Subject: no boundary\nContent-Type: multipart/mixed\n\n--real\n"
-           b"Content-Type: text/plain\n\nhello\n--real\nContent-Type: application/pdf\n"
-           b"Content-Transfer-Encoding: base64\n\n" + base64.encodebytes(data) + b"--real--\n")
-    m = _assert_split_agrees(raw, big_leaves=1)
-    assert m.text == "hello" and m.attachments[0].content == data
-    assert "NoBoundaryInMultipartDefect" in m.defects
-
-
-def test_unterminated_multipart_keeps_the_truncated_big_attachment() -> None:
-    data = os.urandom(SMALL_PART * 2)
-    raw = (b'Subject: cut\nContent-Type: multipart/mixed; boundary="b"\n\n--b\n\ntext\n'
-           b"--b\nContent-Type: application/octet-stream\nContent-Transfer-Encoding: base64"
-           b"\n\n" + base64.encodebytes(data))
-    m = _assert_split_agrees(raw, big_leaves=1)
-    assert m.attachments[0].content == data
-    assert "CloseBoundaryNotFoundDefect" in m.defects
-
-
-def test_outer_boundary_ends_an_unterminated_inner_multipart() -> None:
-    data = os.urandom(SMALL_PART * 2)
-    raw = (b'Subject: x\nContent-Type: multipart/mixed; boundary="o"\n\n--o\n'
-           b'Content-Type: multipart/mixed; boundary="i"\n\n--i\n\ninner text\n--i\n'
-           b"Content-Type: application/octet-stream\nContent-Transfer-Encoding: base64\n\n"
-           + base64.encodebytes(data) + b"--o\nContent-Type: text/plain\n\nafter\n--o--\n")
-    m = _assert_split_agrees(raw, big_leaves=1)
-    assert m.text == "inner text\nafter"
-    assert m.attachments[0].content == data
+    assert defect in m.defects
 
 
 def test_multipart_digest_falls_back_to_the_generic_parser() -> None:

@@ -107,6 +107,14 @@ def test_watcher_service_reloads_on_change_and_on_sighup_hook(
     upgrade(store.engine)
     intake = Intake(config, store.factory, router=load_router(config))
     ctx = DaemonContext(config, store, intake)
+    # What a multi-process server registers: the workers reload before the master does.
+    propagated: list[str | None] = []
+
+    async def propagate() -> bool:
+        propagated.append(intake.prepare(message(subject="invoice"), Envelope()).route.queue)
+        return True
+
+    ctx.rules_changed.append(propagate)
     loop = asyncio.new_event_loop()
     stopping = asyncio.Event()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
@@ -119,6 +127,7 @@ def test_watcher_service_reloads_on_change_and_on_sighup_hook(
         write_rule(rules_dir, "Sales")
         assert _wait_for(lambda: intake.prepare(message(subject="invoice"), Envelope())
                          .route.queue == "Sales")
+        assert propagated[:1] == ["Billing"], "propagated first, while the old rules applied"
         (rules_dir / "20-broken.toml").write_text(BROKEN)
         assert _wait_for(lambda: any(e.source == "rules" for e in ctx.errors))
         assert "20-broken.toml:3: rule 'broken'" in ctx.errors[0].message
