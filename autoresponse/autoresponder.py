@@ -1,17 +1,18 @@
 """Plan auto-responses and agent notifications inside the intake's transaction.
 
 Nothing is sent here. For each answer we render the template, compose the message and
-write three rows beside the ticket: an `OutboxMessage` (delivered later by the worker or
-`ticketgate outbox send`), an outgoing `Article` carrying our Message-ID (so a reply that
-only has References still threads) and an `autoresponse-sent` event. When a check of
-`suppress.CHECKS` says no, an `autoresponse-suppressed` event records why instead.
-Because all of it commits with the ticket, a crash loses neither the ticket nor its answer.
+write one row beside the ticket: an `OutboxMessage` with the bytes, our Message-ID (so a
+reply that only has References threads, even before it is sent) and the template used.
+The outgoing article and the `autoresponse-sent` event are written when the smarthost
+has taken it (outbox.py): each row the intake transaction writes is time every worker
+waits for the database. When a check of `suppress.CHECKS` says no, an
+`autoresponse-suppressed` event records why instead. Because the row commits with the
+ticket, a crash loses neither the ticket nor its answer.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import re
 from typing import TYPE_CHECKING, Any
@@ -37,13 +38,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ticketgate.autoresponse")
 
-# template event -> (outbox kind, outgoing article kind)
+# template event -> outbox kind (one to one: the event written at sending maps it back)
 KINDS = {
-    "new-ticket": ("auto-reply", "auto-reply"),
-    "follow-up": ("follow-up", "auto-reply"),
-    "reject": ("reject", "reject"),
-    "new-ticket-rejected": ("new-ticket-rejected", "reject"),
-    "agent-notification": ("agent-notification", "notification"),
+    "new-ticket": "auto-reply",
+    "follow-up": "follow-up",
+    "reject": "reject",
+    "new-ticket-rejected": "new-ticket-rejected",
+    "agent-notification": "agent-notification",
 }
 EXCERPT_LINES = 15
 
@@ -104,7 +105,7 @@ class AutoResponder:
                 for event in EVENTS:
                     with contextlib.suppress(TemplateError):
                         self.templates.resolve(tset, event)
-        for name in (rows.ARTICLE, rows.OUTBOX, rows.EVENT, SENT_SINCE):
+        for name in (rows.OUTBOX, SENT_SINCE):
             STATEMENTS(conn, name)
 
     # -- the seam -------------------------------------------------------------------------
@@ -244,28 +245,11 @@ class AutoResponder:
         except ValueError as exc:
             self._suppressed(conn, stored, event, "compose-error", str(exc))
             return
-        outbox_kind, article_kind = KINDS[event]
-        now = stored.now
-        article_id = STATEMENTS(conn, rows.ARTICLE).scalar(conn, {
-            "ticket_id": t.id, "kind": article_kind, "message_id": message_id,
-            "content_hash": hashlib.sha256(data).hexdigest(),
-            "in_reply_to": f"<{real_id}>" if real_id else "",
-            "references": " ".join(f"<{r}>" for r in (*m.references, real_id) if r),
-            "from_address": sender, "from_name": company, "to": rcpt, "subject": out.subject,
-            "body_text": rendered.text, "body_html": rendered.html or "", "raw": data,
-            "size": len(data), "envelope_sender": sender, "envelope_recipients": [rcpt],
-            "created_at": now,
-        })
         STATEMENTS(conn, rows.OUTBOX).execute(conn, {
-            "ticket_id": t.id, "article_id": article_id, "kind": outbox_kind,
-            "mail_from": sender, "rcpt_to": rcpt, "message_id": message_id, "message": data,
-            "next_attempt_at": now, "created_at": now,
-        })
-        STATEMENTS(conn, rows.EVENT).execute(conn, {
-            "ticket_id": t.id, "article_id": article_id, "kind": "autoresponse-sent",
-            "created_at": now,
-            "detail": {"event": event, "template": rendered.template, "to": rcpt,
-                       "message_id": message_id},
+            "ticket_id": t.id, "article_id": None, "kind": KINDS[event], "mail_from": sender,
+            "rcpt_to": rcpt, "message_id": message_id, "message": data,
+            "template": rendered.template, "next_attempt_at": stored.now,
+            "created_at": stored.now,
         })
 
     def _record_bounce(self, conn: Connection, stored: StoredMessage) -> None:

@@ -32,6 +32,7 @@ from gateway.config import Config, OutboundConfig
 from ticketstore.models import Event, OutboxMessage, utcnow
 
 from .dkim_sign import DkimError, DkimSigner
+from .sent import record_sent
 
 log = logging.getLogger("ticketgate.outbox")
 
@@ -240,14 +241,14 @@ class Outbox:
         if not rows:
             return Result()
         result = Result()
-        sent: list[int] = []
+        sent: list[tuple[OutboxMessage, bytes]] = []
         sender = self.sender_factory()
         try:
             for row in rows:
-                res = self._deliver_one(sender, row)
+                res, data = self._deliver_one(sender, row)
                 result += res
-                if res.sent:
-                    sent.append(row.id)
+                if data is not None:
+                    sent.append((row, data))
                 if len(sent) >= MARK_EVERY:
                     self._mark_sent(sent)
                     sent = []
@@ -268,31 +269,41 @@ class Outbox:
                 break
         return total
 
-    def _deliver_one(self, sender: Sender, row: OutboxMessage) -> Result:
+    def _deliver_one(self, sender: Sender, row: OutboxMessage) -> tuple[Result, bytes | None]:
+        """The outcome, and the bytes the smarthost accepted (None unless it did)."""
         try:
             data = self._sign(row.message)
             sender.send(row.mail_from, row.rcpt_to, data)
         except PermanentFailure as exc:
             self._fail(row, str(exc))
-            return Result(failed=1, errors=[f"outbox #{row.id}: {exc}"])
+            return Result(failed=1, errors=[f"outbox #{row.id}: {exc}"]), None
         except (TemporaryFailure, DkimError) as exc:
             if row.attempts >= self.config.outbound.max_attempts:
                 self._fail(row, f"gave up after {row.attempts} attempts: {exc}")
-                return Result(failed=1, errors=[f"outbox #{row.id}: {exc}"])
+                return Result(failed=1, errors=[f"outbox #{row.id}: {exc}"]), None
             self._retry(row, str(exc))
-            return Result(retried=1, errors=[f"outbox #{row.id}: {exc}"])
+            return Result(retried=1, errors=[f"outbox #{row.id}: {exc}"]), None
         log.debug("outbox #%s sent to %s", row.id, row.rcpt_to)
-        return Result(sent=1)
+        return Result(sent=1), data
 
-    def _mark_sent(self, ids: list[int]) -> None:
-        if not ids:
+    def _mark_sent(self, sent: list[tuple[OutboxMessage, bytes]]) -> None:
+        """Mark rows sent and record them on their tickets (sent.py), in one transaction.
+
+        Only a row still ours ("sending") is recorded: one whose lease ran out and that
+        another worker took over gets its article from that worker.
+        """
+        if not sent:
             return
+        now = self.clock()
         with self.factory() as session, session.begin():
-            session.execute(
-                update(OutboxMessage)
-                .where(OutboxMessage.id.in_(ids), OutboxMessage.state == "sending")
-                .values(state="sent", sent_at=self.clock(), last_error="")
-            )
+            for row, data in sent:
+                res = session.execute(
+                    update(OutboxMessage)
+                    .where(OutboxMessage.id == row.id, OutboxMessage.state == "sending")
+                    .values(state="sent", sent_at=now, last_error="")
+                )
+                if res.rowcount == 1:  # type: ignore[attr-defined]
+                    record_sent(session, row, data, now)
 
     def _sign(self, message: bytes) -> bytes:
         d = self.config.outbound.dkim

@@ -1,10 +1,9 @@
-"""The rows an answer writes (outgoing article, outbox entry, event), as prebuilt inserts.
+"""The row an answer writes in the intake transaction (its outbox entry), prebuilt.
 
-The same rows as the generic `insert_article` / `insert_outbox` / `insert_event` of
-ticketstore.statements, cheaper per answer: values that are always the same for an
-answer (direction "out", no cc, no classification, a pending outbox entry that was never
+The same row as the generic `insert_outbox` of ticketstore.statements, cheaper per
+answer: values that are always the same for an answer (a pending entry that was never
 tried) are written into the SQL instead of being bound and converted on every call, and
-the answer's one timestamp, bound four times, is converted to the driver's form once.
+the answer's one timestamp, bound twice, is converted to the driver's form once.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from sqlalchemy import Table, bindparam, insert, literal_column, null
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import ClauseElement
 
-from ticketstore.models import Article, Event, OutboxMessage, UTCDateTime
+from ticketstore.models import OutboxMessage, UTCDateTime
 from ticketstore.statements import STATEMENTS
 
 # (value, dialect, converted) of the last timestamp bound through `_Instant`.
@@ -26,7 +25,7 @@ _last: tuple[Any, Any, Any] = (None, None, None)
 class _Instant(UTCDateTime):
     """UTCDateTime that reuses its conversion while the same datetime object is bound again.
 
-    An answer binds `stored.now` four times (article, outbox twice, event) and each
+    An answer binds `stored.now` twice (created and due) and each
     conversion (to UTC, then to the driver's form: a string on SQLite) costs a few µs.
     The check is identity, and the slot keeps a reference to the object, so a different
     datetime is always converted; the slot is replaced as one tuple (thread-safe).
@@ -49,8 +48,7 @@ class _Instant(UTCDateTime):
         return process
 
 
-def _insert(table: Table, constants: dict[str, ClauseElement],
-            returning: Any = None) -> ClauseElement:
+def _insert(table: Table, constants: dict[str, ClauseElement]) -> ClauseElement:
     """INSERT of every column but the id: constants inline, timestamps as `_Instant`."""
     values: dict[str, Any] = {}
     for col in table.columns:
@@ -62,19 +60,10 @@ def _insert(table: Table, constants: dict[str, ClauseElement],
             values[col.key] = bindparam(col.key, type_=_Instant())
         else:
             values[col.key] = bindparam(col.key)
-    stmt = insert(table).values(values)
-    return stmt.returning(returning) if returning is not None else stmt
+    return insert(table).values(values)
 
 
-_A = Article.__table__
-_O = OutboxMessage.__table__
-_E = Event.__table__
-_EMPTY = literal_column("''")
-
-ARTICLE = STATEMENTS.define("autoresponse/insert_article", lambda _d: _insert(
-    _A, {"direction": literal_column("'out'"), "cc": _EMPTY,
-         "classification": literal_column("'[]'")}, _A.c.id))
 OUTBOX = STATEMENTS.define("autoresponse/insert_outbox", lambda _d: _insert(
-    _O, {"state": literal_column("'pending'"), "attempts": literal_column("0"),
-         "last_error": _EMPTY, "sent_at": null()}))
-EVENT = STATEMENTS.define("autoresponse/insert_event", lambda _d: _insert(_E, {}))
+    OutboxMessage.__table__, {"state": literal_column("'pending'"),
+                              "attempts": literal_column("0"),
+                              "last_error": literal_column("''"), "sent_at": null()}))

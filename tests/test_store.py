@@ -12,7 +12,9 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import inspect, select, text
 
 from ticketstore.db import (
+    SCHEMA_HEAD,
     StoreUnavailable,
+    alembic_config,
     ensure_schema,
     is_transient,
     make_engine,
@@ -56,6 +58,34 @@ def test_empty_sqlite_is_created_and_upgraded_on_first_use(tmp_path: Path) -> No
 def test_empty_postgresql_needs_db_upgrade(pg_url: str) -> None:
     engine = make_engine(pg_url)
     with pytest.raises(StoreUnavailable, match="ticketgate db upgrade"):
+        ensure_schema(engine)
+    upgrade(engine)
+    ensure_schema(engine)
+    engine.dispose()
+
+
+def test_schema_head_is_alembics_head() -> None:
+    from alembic.script import ScriptDirectory
+
+    assert ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head() \
+        == SCHEMA_HEAD
+
+
+def test_sqlite_behind_the_code_is_upgraded_at_start(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'tg.db'}")
+    upgrade(engine, "0002_status")
+    ensure_schema(engine)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() \
+            == SCHEMA_HEAD
+        assert "template" in {c["name"] for c in inspect(conn).get_columns("outbox")}
+    engine.dispose()
+
+
+def test_postgresql_behind_the_code_is_refused_with_the_fix(pg_url: str) -> None:
+    engine = make_engine(pg_url)
+    upgrade(engine, "0002_status")
+    with pytest.raises(StoreUnavailable, match=r"at 0002_status.*ticketgate db upgrade"):
         ensure_schema(engine)
     upgrade(engine)
     ensure_schema(engine)

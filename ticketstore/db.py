@@ -104,17 +104,34 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         command.upgrade(cfg, revision)
 
 
-def ensure_schema(engine: Engine) -> None:
-    """Create/upgrade an empty SQLite database on first use; others need `db upgrade`.
+# The newest migration (ticketstore/migrations/versions); a test keeps it equal to
+# Alembic's head, so starting needs no look at the migration scripts.
+SCHEMA_HEAD = "0003_outbox_answer"
 
-    Checking for the `tickets` table is cheap; running Alembic on every pipe start is not.
+
+def ensure_schema(engine: Engine) -> None:
+    """Create/upgrade SQLite on first use and after an update; others need `db upgrade`.
+
+    One query on `alembic_version` per start; running Alembic on every pipe start is
+    not cheap. A database behind this code would fail its inserts on every message (the
+    MTA retrying forever), so it is refused up front with the command that fixes it.
     """
-    if "alembic_version" in inspect(engine).get_table_names():
+    try:
+        with engine.connect() as conn:
+            current = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+    except (sa_exc.OperationalError, sa_exc.ProgrammingError):
+        if "alembic_version" in inspect(engine).get_table_names():
+            raise  # the table is there: a real failure, not a missing schema
+        current = None
+    if current == SCHEMA_HEAD:
         return
     if engine.dialect.name == "sqlite":
         upgrade(engine)
         return
-    raise StoreUnavailable("database schema missing: run `ticketgate db upgrade`")
+    if current is None:
+        raise StoreUnavailable("database schema missing: run `ticketgate db upgrade`")
+    raise StoreUnavailable(f"database schema is at {current}, this version needs "
+                           f"{SCHEMA_HEAD}: run `ticketgate db upgrade`")
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -183,7 +183,12 @@ class Counter(Base):
 
 
 class OutboxMessage(Base):
-    """Outgoing mail written in the same transaction as the ticket (transactional outbox)."""
+    """Outgoing mail written in the same transaction as the ticket (transactional outbox).
+
+    An answer's only row in the intake transaction: its outgoing article and its
+    `autoresponse-sent` event are written when the smarthost has accepted it
+    (autoresponse/outbox.py). Until then `message_id` here is what threads a reply.
+    """
 
     __tablename__ = "outbox"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -192,9 +197,11 @@ class OutboxMessage(Base):
     # auto-reply | follow-up | reject | new-ticket-rejected | agent-notification
     kind: Mapped[str] = mapped_column(String(40))
     mail_from: Mapped[str] = mapped_column(String(320), default="")
-    rcpt_to: Mapped[str] = mapped_column(String(320), index=True)
+    rcpt_to: Mapped[str] = mapped_column(String(320))
     message_id: Mapped[str] = mapped_column(String(998), index=True)
     message: Mapped[bytes] = mapped_column(LargeBinary)
+    # The text template it was rendered from, for the event written when it is sent.
+    template: Mapped[str] = mapped_column(String(200), default="", server_default="")
     state: Mapped[str] = mapped_column(String(16), default="pending")  # pending|sending|sent|failed
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, literal, select, union_all, update
 
 from .db import dialect_insert
 from .hotpath import Catalogue, insert_all
@@ -18,6 +18,7 @@ _T = Ticket.__table__
 _A = Article.__table__
 _Q = Queue.__table__
 _C = Counter.__table__
+_O = OutboxMessage.__table__
 # Ticket columns plus the queue's name: everything a snapshot needs, in one row.
 _TICKET_COLUMNS = (*_T.columns, _Q.c.name.label("queue_name"))
 _TICKET_SELECT = select(*_TICKET_COLUMNS).join(_Q, _T.c.queue_id == _Q.c.id)
@@ -43,11 +44,24 @@ def _tickets_by_numbers(count: int) -> Any:
 
 
 def _tickets_of_messages(count: int, direction: bool) -> Any:
-    stmt = (select(_A.c.message_id.label("found_message_id"), *_TICKET_COLUMNS)
-            .select_from(_A).join(_T, _A.c.ticket_id == _T.c.id)
-            .join(_Q, _T.c.queue_id == _Q.c.id)
-            .where(_A.c.message_id.in_(_numbered("m", count))))
-    return stmt.where(_A.c.direction == bindparam("direction")) if direction else stmt
+    """Tickets by stored Message-ID: articles', and our answers' still in the outbox.
+
+    An answer gets its outgoing article only once it is sent (autoresponse/sent.py),
+    so until then the outbox row is where its Message-ID lives.
+    """
+    ids = _numbered("m", count)
+    articles = (select(_A.c.message_id.label("found_message_id"), *_TICKET_COLUMNS)
+                .select_from(_A).join(_T, _A.c.ticket_id == _T.c.id)
+                .join(_Q, _T.c.queue_id == _Q.c.id)
+                .where(_A.c.message_id.in_(ids)))
+    outbox = (select(_O.c.message_id.label("found_message_id"), *_TICKET_COLUMNS)
+              .select_from(_O).join(_T, _O.c.ticket_id == _T.c.id)
+              .join(_Q, _T.c.queue_id == _Q.c.id)
+              .where(_O.c.message_id.in_(ids)))
+    if direction:
+        articles = articles.where(_A.c.direction == bindparam("direction"))
+        outbox = outbox.where(bindparam("direction") == literal("out"))
+    return union_all(articles, outbox)
 
 
 _BUILDERS: dict[str, Any] = {
