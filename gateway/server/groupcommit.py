@@ -5,6 +5,10 @@ transaction (and one fsync) each, the writer drains the queue and stores the bat
 together, a SAVEPOINT per message so one failing message does not take the others
 down. Each submitter's future resolves only after the batch's COMMIT has returned:
 the 250 is still sent strictly after the message is durable.
+
+With worker processes the writers take turns through a cross-process lock (SQLite).
+Its holder makes every other process wait, so nothing is parsed while holding it; the
+writer parses while it waits for it instead, and what it parsed joins the batch.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import contextlib
 import logging
 import queue
 import threading
+from collections import deque
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -25,6 +30,8 @@ from sqlalchemy import exc as sa_exc
 
 from gateway.envelope import Disposition, Envelope
 from gateway.intake import Intake, Prepared
+
+from .writelock import WriterLock
 
 log = logging.getLogger("ticketgate.groupcommit")
 
@@ -50,6 +57,17 @@ class _Job:
             return not self.waiter.cancelled()  # read across threads: a hint is enough
         assert self.future is not None
         return self.future.set_running_or_notify_cancel()
+
+
+@dataclass(frozen=True)
+class _LockTaken:
+    """The lock thread's answer, queued behind the jobs that arrived while it waited:
+    the writer holds the lock now, unless `error` says why it could not be taken."""
+
+    error: Exception | None = None
+
+
+_TAKEN = _LockTaken()
 
 
 def _wake(outcomes: list[tuple[asyncio.Future[Disposition], Disposition | None,
@@ -105,7 +123,18 @@ class GroupCommitter:
         # Held from BEGIN to COMMIT: the other worker processes' writers wait on it
         # (see gateway/server/writelock.py) instead of in SQLite's sleeping busy handler.
         self.lock: AbstractContextManager[object] = lock or nullcontext()
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Job | _LockTaken | None] = queue.SimpleQueue()
+        # Taken from the queue but not in a batch yet, in order (writer thread only):
+        # a full batch's overflow, a raw job that came once the lock was held, a stop.
+        self._backlog: deque[_Job | None] = deque()
+        # Waits for a WriterLock that another process holds, so the writer need not.
+        self._lock_requests: queue.SimpleQueue[bool] = queue.SimpleQueue()
+        # Set by the lock thread as soon as it holds the lock, before its answer (which
+        # may queue behind jobs) reaches the writer: from then on nothing is parsed.
+        self._lock_held = False
+        self._lock_thread = (
+            threading.Thread(target=self._lock_waiter, args=(lock,), name="group-commit-lock",
+                             daemon=True) if isinstance(lock, WriterLock) else None)
         # Outcomes for event-loop submitters, sent once per batch (writer thread only).
         self._outcomes: dict[asyncio.AbstractEventLoop, list[Any]] = {}
         self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
@@ -118,6 +147,8 @@ class GroupCommitter:
         self.messages = 0
 
     def start(self) -> None:
+        if self._lock_thread is not None:
+            self._lock_thread.start()
         self._thread.start()
 
     @property
@@ -161,25 +192,28 @@ class GroupCommitter:
             self._loop()
         finally:
             self._discard()
+            if self._lock_thread is not None:  # idle: `_wait` took its last answer
+                self._lock_requests.put(False)
+                self._lock_thread.join()
 
     def _loop(self) -> None:
         while True:
-            first = self._queue.get()
+            first = self._backlog.popleft() if self._backlog else self._queue.get()
             if first is None:
                 return
-            batch = self._ready([first])
-            stopping = self._drain(batch)
+            assert not isinstance(first, _LockTaken)  # `_wait` takes every answer
+            batch: list[_Job] = []
+            self._admit(first, batch)
+            self._gather(batch, prepare=True)
             if batch:
                 try:
-                    stopping |= self._commit(batch)
+                    self._commit(batch)
                 except BaseException as exc:  # never leave a submitter waiting forever
                     log.exception("group commit failed unexpectedly")
                     for job in batch:
                         if not job.settled:
                             self._settle(job, error=exc)
             self._wake_all()
-            if stopping:
-                return
 
     def _settle(self, job: _Job, result: Disposition | None = None,
                 error: BaseException | None = None) -> None:
@@ -202,26 +236,38 @@ class GroupCommitter:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_wake, items)
 
-    def _drain(self, batch: list[_Job]) -> bool:
-        """Add what is queued (up to the batch limit) to `batch`; True if told to stop."""
-        more: list[_Job] = []
-        stopping = False
-        while len(batch) + len(more) < self.max_batch:
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if job is None:
-                stopping = True
-                break
-            more.append(job)
-        batch += self._ready(more)
-        return stopping
+    def _gather(self, batch: list[_Job], prepare: bool, queued: bool = True) -> None:
+        """Add what waits (the backlog, then, if `queued`, the queue) to `batch` in order,
+        up to the limit, without blocking. While the lock thread may answer, only
+        `_arrivals` reads the queue (`queued=False`).
 
-    def _ready(self, jobs: list[_Job]) -> list[_Job]:
-        """The jobs still wanted (a client that went away is skipped), parsed."""
-        live = [j for j in jobs if j.start()]
-        return [j for j in live if self._prepared(j)]
+        A stop request ends the batch, and so does, unless `prepare`, a job still to be
+        parsed: either stays first in the backlog for the next batch.
+        """
+        backlog = self._backlog
+        while len(batch) < self.max_batch:
+            if not backlog:
+                if not queued:
+                    return
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    return
+                assert not isinstance(item, _LockTaken)  # see `queued`
+                backlog.append(item)
+            job = backlog[0]
+            if job is None or (job.prepared is None and not prepare):
+                return
+            backlog.popleft()
+            self._admit(job, batch)
+
+    def _admit(self, job: _Job, batch: list[_Job]) -> None:
+        """Add `job` to `batch` unless its client went away, parsed if it came raw. It is
+        in the batch while parsed, so a parser raising past `_prepared` still settles it."""
+        if job.start():
+            batch.append(job)
+            if not self._prepared(job):
+                batch.pop()
 
     def _prepared(self, job: _Job) -> bool:
         """Parse a job submitted raw; a parse failure fails that job alone."""
@@ -269,20 +315,79 @@ class GroupCommitter:
             except Exception:
                 log.warning("closing the writer's connection failed", exc_info=True)
 
-    def _commit(self, batch: list[_Job]) -> bool:
-        """Store `batch` (plus whatever queued meanwhile) in one transaction; True if a
-        stop request was drained with it."""
+    @contextmanager
+    def _locked(self, batch: list[_Job]) -> Iterator[None]:
+        """Hold the writer lock, adding to `batch` what arrived meanwhile.
+
+        Messages that arrived while we parsed, or waited for another worker process's
+        commit, share this transaction and its fsync. Those that came raw are parsed
+        while we wait (`_wait`), never once we hold the lock: the other processes would
+        wait for our parsing. A raw one that comes after that waits for the next batch.
+        """
+        lock = self.lock
+        if not isinstance(lock, WriterLock):
+            with lock:
+                # Without a lock (PostgreSQL) nobody waits while we parse.
+                self._gather(batch, prepare=isinstance(lock, nullcontext))
+                yield
+            return
+        if not lock.try_acquire():  # the common case costs no thread hand-off
+            self._wait(lock, batch)
+        try:
+            self._gather(batch, prepare=False)
+            yield
+        finally:
+            lock.release()
+
+    def _wait(self, lock: WriterLock, batch: list[_Job]) -> None:
+        """Return holding `lock`, which another process holds now.
+
+        The lock thread blocks on it and queues its answer behind what arrives
+        meanwhile, which this thread parses into `batch` until the lock is taken (a
+        parse under way then still ends under the lock). Even after a failure here the
+        answer is taken, so that no later batch finds it, and the lock let go.
+        """
+        self._lock_held = False
+        self._lock_requests.put(True)
+        try:
+            answer = self._arrivals(batch)
+        except BaseException:
+            if self._arrivals(None).error is None:
+                lock.release()
+            raise
+        if answer.error is not None:
+            raise answer.error
+
+    def _arrivals(self, batch: list[_Job] | None) -> _LockTaken:
+        """Move arrivals to the backlog, and from there into `batch` if one is given,
+        until the lock thread answers (returned). Raw ones are parsed only as long as
+        the lock thread does not hold the lock yet."""
+        while not isinstance(item := self._queue.get(), _LockTaken):
+            self._backlog.append(item)
+            if batch is not None:
+                self._gather(batch, prepare=not self._lock_held, queued=False)
+        return item
+
+    def _lock_waiter(self, lock: WriterLock) -> None:
+        """The lock thread: waits for `lock` on the writer's behalf (see `_wait`)."""
+        while self._lock_requests.get():
+            try:
+                lock.acquire()
+            except Exception as exc:
+                self._queue.put(_LockTaken(exc))
+            else:
+                self._lock_held = True
+                self._queue.put(_TAKEN)
+
+    def _commit(self, batch: list[_Job]) -> None:
+        """Store `batch` (plus whatever joins it while we take the lock) in one transaction."""
         results: dict[_Job, Disposition] = {}
         errors: dict[_Job, BaseException] = {}
         retry: list[_Job] = []
-        stopping = False
         try:
             conn = self._connection()
             try:
-                with self.lock:
-                    # Messages that arrived while we parsed, or waited for another
-                    # worker process's commit, share this transaction and its fsync.
-                    stopping = self._drain(batch)
+                with self._locked(batch):
                     # A batch of one needs no savepoint: the transaction is the message's.
                     single = len(batch) == 1
                     with conn.begin():
@@ -311,7 +416,7 @@ class GroupCommitter:
                 # BEGIN or COMMIT failed: nothing of this batch is durable.
                 for job in batch:
                     self._settle(job, error=exc)
-                return stopping
+                return
             # The one message failed and its transaction rolled back: handled below.
         self.batches += 1
         self.messages += len(batch)
@@ -328,7 +433,6 @@ class GroupCommitter:
                 self._settle(job, error=exc)
             else:
                 self._settle(job, disposition)
-        return stopping
 
 
 def _still_in_transaction(conn: Connection) -> None:

@@ -20,19 +20,37 @@ from sqlalchemy import Engine
 
 
 class WriterLock:
-    """A reusable, blocking exclusive lock on `path` (for `with`)."""
+    """A reusable exclusive lock on `path` (blocking with `with`).
+
+    The lock belongs to the open file, not to a thread: one thread may wait for it
+    (`acquire`) while another goes on working, and either may `release` it.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
-    def __enter__(self) -> WriterLock:
+    def acquire(self) -> None:
         fcntl.flock(self._fd, fcntl.LOCK_EX)  # releases the GIL while it waits
+
+    def try_acquire(self) -> bool:
+        """Take the lock if nobody holds it: the common case needs no waiting thread."""
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def release(self) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def __enter__(self) -> WriterLock:
+        self.acquire()
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self.release()
 
     def close(self) -> None:
         if self._fd >= 0:
