@@ -20,20 +20,24 @@ from typing import TYPE_CHECKING, Any
 from gateway.addresses import split_plus
 from gateway.classify import BOUNCE, LOOP, bounced_message_ids, bounced_recipients
 from gateway.envelope import Outcome
-from gateway.subject import tag_subject
+from gateway.subject import find_numbers, tag_subject
+from ticketstore.models import utcnow
 from ticketstore.statements import STATEMENTS
 
 from . import rows
 from .compose import Outgoing, compose, new_message_id, valid_address
-from .suppress import SENT_SINCE, Check, suppression
-from .templates import DEFAULT_SET, EVENTS, TemplateError
+from .draft import Draft, placeholder
+from .responder import StoredMessage
+from .suppress import DATABASE_CHECKS, MESSAGE_CHECKS, SENT_SINCE, Check, suppression
+from .templates import DEFAULT_SET, EVENTS, Rendered, TemplateError
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
 
     from gateway.config import Config, QueueConfig
+    from gateway.intake import Prepared
+    from ticketstore.models import Ticket
 
-    from .responder import StoredMessage
     from .templates import Templates
 
 log = logging.getLogger("ticketgate.autoresponse")
@@ -76,6 +80,7 @@ class AutoResponder:
             ours.add(config.autoresponse.from_address.lower())
         self.system_addresses = frozenset(ours)
         self.noreply = re.compile(config.autoresponse.noreply_pattern, re.IGNORECASE)
+        self._number_size = 0  # length of the last new ticket's number; 0: none seen yet
 
     @property
     def templates(self) -> Templates:
@@ -111,6 +116,9 @@ class AutoResponder:
     # -- the seam -------------------------------------------------------------------------
 
     def after_store(self, conn: Connection, stored: StoredMessage) -> None:
+        if stored.outcome is Outcome.CREATED:
+            # What the next draft's placeholder must be as long as (numbers grow rarely).
+            self._number_size = len(stored.ticket.number)
         if BOUNCE in stored.classification.labels:
             self._record_bounce(conn, stored)
         qcfg = self.config.queue(stored.ticket.queue.name)
@@ -147,6 +155,10 @@ class AutoResponder:
 
     def _answer_customer(self, conn: Connection, stored: StoredMessage, qcfg: QueueConfig,
                          event: str) -> None:
+        draft = stored.draft
+        if isinstance(draft, Draft) and event == "new-ticket" and draft.fits(stored.ticket):
+            self._send_draft(conn, stored, draft)
+            return
         rcpt = self.recipient(stored)
         verdict = suppression(Check(conn, stored, self.config, rcpt,
                                     self.system_addresses, self.noreply))
@@ -193,14 +205,15 @@ class AutoResponder:
                 return q.addresses[0]
         return ""
 
-    def context(self, stored: StoredMessage, qcfg: QueueConfig, event: str) -> dict[str, Any]:
+    def context(self, stored: StoredMessage, qcfg: QueueConfig, event: str,
+                number: str | None = None) -> dict[str, Any]:
         t, m = stored.ticket, stored.msg
         return {
             "event": event,
             "language": self.templates.language,
             "company_name": self.config.autoresponse.company_name,
-            "ticket": {"number": t.number, "title": t.title, "queue": t.queue.name,
-                       "state": t.state, "priority": t.priority},
+            "ticket": {"number": t.number if number is None else number, "title": t.title,
+                       "queue": t.queue.name, "state": t.state, "priority": t.priority},
             "customer": {"name": t.customer_name or "", "address": t.customer_address,
                          "domain": t.customer_domain, "id": t.customer_id or ""},
             "article": {"subject": m.subject, "text": m.text, "excerpt": excerpt(m.text),
@@ -208,49 +221,108 @@ class AutoResponder:
             "queue": {"name": t.queue.name, "address": self.from_address(qcfg)},
         }
 
-    def _plan(self, conn: Connection, stored: StoredMessage, qcfg: QueueConfig, event: str,
-              rcpt: str, rcpt_name: str) -> None:
+    def _outgoing(self, stored: StoredMessage, qcfg: QueueConfig, event: str, rcpt: str,
+                  rcpt_name: str, number: str) -> tuple[Outgoing, Rendered]:
+        """The answer's message, rendered for ticket `number` (TemplateError if broken)."""
         t, m = stored.ticket, stored.msg
         tset = self.templates.choose_set(qcfg.templates, t.customer_id or "", t.customer_domain)
-        try:
-            rendered = self.templates.render(tset, event, self.context(stored, qcfg, event))
-        except TemplateError as exc:
-            # A broken template must not make the MTA retry the customer's mail forever.
-            log.error("template error for %s: %s", event, exc)
-            self._suppressed(conn, stored, event, "template-error", str(exc))
-            return
+        rendered = self.templates.render(tset, event, self.context(stored, qcfg, event, number))
         sender = self.from_address(qcfg)
-        company = self.config.autoresponse.company_name
         tcfg = self.config.tickets
-        message_id = new_message_id(sender.rpartition("@")[2])
-        real_id = m.message_id  # "" when the customer's message had none
-        out = Outgoing(
-            from_name=company,
+        return Outgoing(
+            from_name=self.config.autoresponse.company_name,
             from_address=sender,
             to_name=rcpt_name,
             to_address=rcpt,
-            subject=tag_subject(m.subject or t.title, tcfg.hook, t.number, tcfg.subject_tag),
+            subject=tag_subject(m.subject or t.title, tcfg.hook, number, tcfg.subject_tag),
             text=rendered.text,
             html=rendered.html,
-            message_id=message_id,
-            in_reply_to=real_id,
+            message_id=new_message_id(sender.rpartition("@")[2]),
+            in_reply_to=m.message_id,  # "" when the customer's message had none
             references=m.references,
             auto_submitted="auto-generated" if event == "agent-notification" else "auto-replied",
             loop_header=self.config.autoresponse.loop_header,
             loop_value=sender,
             date=stored.now,
-        )
+        ), rendered
+
+    def _plan(self, conn: Connection, stored: StoredMessage, qcfg: QueueConfig, event: str,
+              rcpt: str, rcpt_name: str) -> None:
+        try:
+            out, rendered = self._outgoing(stored, qcfg, event, rcpt, rcpt_name,
+                                           stored.ticket.number)
+        except TemplateError as exc:
+            # A broken template must not make the MTA retry the customer's mail forever.
+            log.error("template error for %s: %s", event, exc)
+            self._suppressed(conn, stored, event, "template-error", str(exc))
+            return
         try:
             data = compose(out)
         except ValueError as exc:
             self._suppressed(conn, stored, event, "compose-error", str(exc))
             return
+        self._queue(conn, stored, event, out, data, rendered.template)
+
+    def _queue(self, conn: Connection, stored: StoredMessage, event: str, out: Outgoing,
+               data: bytes, template: str) -> None:
         STATEMENTS(conn, rows.OUTBOX).execute(conn, {
-            "ticket_id": t.id, "article_id": None, "kind": KINDS[event], "mail_from": sender,
-            "rcpt_to": rcpt, "message_id": message_id, "message": data,
-            "template": rendered.template, "next_attempt_at": stored.now,
-            "created_at": stored.now,
+            "ticket_id": stored.ticket.id, "article_id": None, "kind": KINDS[event],
+            "mail_from": out.from_address, "rcpt_to": out.to_address,
+            "message_id": out.message_id, "message": data, "template": template,
+            "next_attempt_at": stored.now, "created_at": stored.now,
         })
+
+    # -- drafts: the answer to a new ticket, made before the store --------------------------
+
+    @property
+    def drafts(self) -> bool:
+        return self.config.autoresponse.enabled
+
+    def draft(self, p: Prepared, preview: Ticket) -> Draft | None:
+        """The new-ticket answer, rendered and composed before the store (see draft.py).
+
+        Only for mail that will most likely open a ticket, that no message check
+        suppresses, and whose templates print the ticket number only as it is. None
+        otherwise, and the answer is made in the transaction as before.
+        """
+        m, tcfg = p.msg, self.config.tickets
+        size = self._number_size
+        if not size or m.in_reply_to or m.references or find_numbers(m.subject, tcfg.hook):
+            return None
+        qcfg = self.config.queue(preview.queue.name)
+        if not qcfg.accept_new or not self.from_address(qcfg):
+            return None
+        stored = StoredMessage(
+            msg=m, envelope=p.envelope, classification=p.classification, route=p.route,
+            ticket=preview, article=None, outcome=Outcome.CREATED,  # type: ignore[arg-type]
+            closed_policy=None, queue_refused_new=False, now=utcnow())
+        rcpt = self.recipient(stored)
+        check = Check(None, stored, self.config, rcpt,  # type: ignore[arg-type]
+                      self.system_addresses, self.noreply)
+        if suppression(check, MESSAGE_CHECKS) is not None:
+            return None
+        tset = self.templates.choose_set(qcfg.templates, preview.customer_id or "",
+                                         preview.customer_domain)
+        try:
+            if not self.templates.number_verbatim(tset, "new-ticket"):
+                return None
+            number = placeholder(size)
+            out, rendered = self._outgoing(stored, qcfg, "new-ticket", rcpt, m.from_name
+                                           if rcpt == m.from_address.lower() else "", number)
+            data = compose(out)
+        except (TemplateError, ValueError):
+            return None  # the transaction meets it again, and records it
+        return Draft.make(preview, number, out, rendered, data)
+
+    def _send_draft(self, conn: Connection, stored: StoredMessage, draft: Draft) -> None:
+        """Queue a fitting draft: only the daily limit needs the database."""
+        verdict = suppression(Check(conn, stored, self.config, draft.out.to_address,
+                                    self.system_addresses, self.noreply), DATABASE_CHECKS)
+        if verdict is not None:
+            self._suppressed(conn, stored, "new-ticket", *verdict)
+            return
+        self._queue(conn, stored, "new-ticket", draft.out, draft.message(stored.ticket.number),
+                    draft.template)
 
     def _record_bounce(self, conn: Connection, stored: StoredMessage) -> None:
         STATEMENTS(conn, "insert_event").execute(conn, dict(

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 
     from gateway.classify import Classification
     from gateway.envelope import Envelope, Outcome
+    from gateway.intake import Prepared
     from gateway.parse import ParsedMessage
     from rules.route import Route
     from ticketstore.models import Article, Ticket
@@ -33,9 +34,18 @@ class StoredMessage:
     # True when the ticket went to a queue that accepts no new tickets.
     queue_refused_new: bool
     now: dt.datetime
+    # What `Responder.draft` made for this message before the store, if anything.
+    draft: object | None = None
 
 
 class Responder(Protocol):
+    # False: the intake never calls `draft` (and builds no preview ticket for it).
+    drafts: bool
+
+    def draft(self, p: Prepared, preview: Ticket) -> object | None:
+        """Work for the answer that can be done before the store, outside the writer's
+        lock, assuming `p` creates `preview` (whose number is not known yet)."""
+
     def after_store(self, conn: Connection, stored: StoredMessage) -> None: ...
 
     # Called once at server start (gateway/server/app.py), never by `ticketgate pipe`.
@@ -44,6 +54,11 @@ class Responder(Protocol):
 
 class NullResponder:
     """Auto-responses off: nothing is planned."""
+
+    drafts = False
+
+    def draft(self, p: Prepared, preview: Ticket) -> object | None:
+        return None
 
     def after_store(self, conn: Connection, stored: StoredMessage) -> None:
         return None

@@ -155,14 +155,26 @@ def _screen(checks: tuple[tuple[str, Callable[[Check], str | None]], ...]
 
 
 _SCREEN_LABELS, _AFTER_SCREEN = _screen(CHECKS)
+# A draft (draft.py) runs the checks that need no database before the store; the store
+# then runs the rest. The daily limit is last, so the first reason is the same either way.
+MESSAGE_CHECKS = "message"
+DATABASE_CHECKS = "database"
 
 
-def suppression(ctx: Check) -> tuple[str, str] | None:
-    """(check name, reason) of the first check that says no, or None: answer."""
+def suppression(ctx: Check, which: str = "all") -> tuple[str, str] | None:
+    """(check name, reason) of the first check that says no, or None: answer.
+
+    `which`: "all", MESSAGE_CHECKS (all but the last, the daily limit) or
+    DATABASE_CHECKS (the last).
+    """
     checks = CHECKS
     if ctx.stored.envelope.mail_from != "" and \
             ctx.stored.classification.labels.isdisjoint(_SCREEN_LABELS):
         checks = _AFTER_SCREEN
+    if which == MESSAGE_CHECKS:
+        checks = checks[:-1]
+    elif which == DATABASE_CHECKS:
+        checks = checks[-1:]
     for name, check in checks:
         reason = check(ctx)
         if reason:

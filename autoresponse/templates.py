@@ -91,6 +91,7 @@ class Templates:
         self.language = language or FALLBACK_LANGUAGE
         self.overrides = {k.lower(): v for k, v in (overrides or {}).items()}
         self._resolved: dict[tuple[str, str], tuple[float, Any, Any, Any, Any]] = {}
+        self._verbatim_of: dict[int, tuple[Any, bool]] = {}
         self.directory = directory if directory is not None and directory.is_dir() \
             else PACKAGED_DIR
         # Imported here: `ticketgate pipe` only pays for jinja2 when it renders something.
@@ -171,6 +172,18 @@ class Templates:
             dict(html_tpl.globals) if html_tpl is not None else None)
         return hit
 
+    def number_verbatim(self, template_set: str, event: str) -> bool:
+        """Do this event's templates print `ticket.number` only as it is (draft.py)?"""
+        _, text_tpl, html_tpl, _, _ = self._entry(template_set, event)
+        return all(self._verbatim(t) for t in (text_tpl, html_tpl) if t is not None)
+
+    def _verbatim(self, tpl: jinja2.Template) -> bool:
+        # Keyed by the template object: jinja2 compiles a new one when the file changes.
+        hit = self._verbatim_of.get(id(tpl))
+        if hit is None or hit[0] is not tpl:
+            hit = self._verbatim_of[id(tpl)] = (tpl, number_verbatim(self.env, tpl))
+        return hit[1]
+
     def render(self, template_set: str, event: str, context: dict[str, Any]) -> Rendered:
         _, text_tpl, html_tpl, text_globals, html_globals = self._entry(template_set, event)
         text = render_one(self, text_tpl, context, text_globals)
@@ -184,6 +197,47 @@ class Templates:
             p.relative_to(self.directory).as_posix() for p in self.directory.rglob("*")
             if p.suffix in (".txt", ".html") and p.is_file()
         )
+
+
+def number_verbatim(env: jinja2.Environment, tpl: jinja2.Template) -> bool:
+    """True if the template uses `ticket` only as `ticket.<key>`, and `ticket.number`
+    only as a whole `{{ ... }}` of its own, so its output holds the number unchanged
+    wherever it appears and nothing else depends on it. Anything that could capture or
+    transform output (blocks, macros, `{% set %}` blocks, filter and call blocks,
+    includes) makes it False, as does a template whose source cannot be read.
+    """
+    from jinja2 import nodes
+
+    try:
+        tree = env.parse(Path(tpl.filename or "").read_text(encoding="utf-8"))
+    except Exception:
+        return False
+    if any(True for _ in tree.find_all(_capturing())):
+        return False
+
+    def ok(node: nodes.Node, parent: nodes.Node | None, grand: nodes.Node | None) -> bool:
+        if isinstance(node, nodes.Name) and node.name == "ticket":
+            if node.ctx != "load":
+                return False
+            if isinstance(parent, nodes.Getattr) and parent.node is node:
+                key: object = parent.attr
+            elif isinstance(parent, nodes.Getitem) and parent.node is node \
+                    and isinstance(parent.arg, nodes.Const):
+                key = parent.arg.value
+            else:
+                return False
+            if key == "number" and not isinstance(grand, nodes.Output):
+                return False
+        return all(ok(child, node, parent) for child in node.iter_child_nodes())
+
+    return ok(tree, None, None)
+
+
+def _capturing() -> tuple[type, ...]:
+    from jinja2 import nodes
+
+    return (nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport, nodes.Block,
+            nodes.Macro, nodes.CallBlock, nodes.FilterBlock, nodes.AssignBlock)
 
 
 def _rel(templates: Templates, name: str | None) -> str:

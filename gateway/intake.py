@@ -14,7 +14,7 @@ import hashlib
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import Connection, Engine, func, insert, select
@@ -140,6 +140,8 @@ class Prepared:
     content_hash: str
     queue: str  # from the recipients; a rule's queue wins for new tickets
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # The responder's answer made ahead for the ticket this message would create.
+    draft: object | None = None
 
 
 class Intake:
@@ -157,6 +159,8 @@ class Intake:
         self.factory = factory
         self.router: Router = router or NullRouter()
         self.responder: Responder = responder or NullResponder()
+        # A responder may make its answer ahead (Responder.draft); older ones need not.
+        self._drafts = bool(getattr(self.responder, "drafts", False))
         self.clock = clock
         self.queues = QueueMap.from_config(config)
         self._queue_ids: dict[str, int] = {}
@@ -183,7 +187,8 @@ class Intake:
             + msg.to + msg.cc
         )
         queue = self.queues.queue_for(recipients) or self.config.tickets.default_queue
-        return Prepared(raw, envelope, msg, classification, route, message_id, chash, queue)
+        prepared = Prepared(raw, envelope, msg, classification, route, message_id, chash, queue)
+        return self._draft(prepared) if self._drafts else prepared
 
     @property
     def engine(self) -> Engine:
@@ -260,7 +265,7 @@ class Intake:
         self.responder.after_store(conn, StoredMessage(
             msg=p.msg, envelope=p.envelope, classification=p.classification, route=p.route,
             ticket=ticket, article=article, outcome=outcome, closed_policy=closed_policy,
-            queue_refused_new=refused_new, now=now,
+            queue_refused_new=refused_new, now=now, draft=p.draft,
         ))
         return Disposition(outcome, p.message_id, ticket.number, ticket.queue.name, article.id,
                            notes=p.route.matched)
@@ -358,16 +363,23 @@ class Intake:
         linked_to: int | None = None, refused: bool = False,
     ) -> Ticket:
         tcfg = self.config.tickets
-        queue_name = p.route.queue or p.queue
         number = numbers.new_ticket_number(
             conn, tcfg.generator, tcfg.system_id, now, tcfg.min_counter_size
         )
+        values = self._ticket_values(p, number, now, linked_to, refused)
+        values["queue_id"] = self.queue_id(conn, p.route.queue or p.queue)
+        values["id"] = STATEMENTS(conn, "insert_ticket").scalar(conn, values)
+        return detached_ticket(values, p.route.queue or p.queue)
+
+    def _ticket_values(self, p: Prepared, number: str, now: dt.datetime,
+                       linked_to: int | None = None, refused: bool = False,
+                       ) -> dict[str, object]:
+        """A new ticket's columns but its queue id (also the auto-responder's preview)."""
         address = p.msg.from_address or (p.envelope.mail_from or "").lower()
         state = "closed" if refused else (p.route.state or "new")
-        values: dict[str, object] = dict(
+        return dict(
             number=number,
-            title=(strip_tags(p.msg.subject, tcfg.hook) or "(no subject)")[:1000],
-            queue_id=self.queue_id(conn, queue_name),
+            title=(strip_tags(p.msg.subject, self.config.tickets.hook) or "(no subject)")[:1000],
             state=state,
             priority=p.route.priority or 3,
             customer_address=address,
@@ -381,8 +393,14 @@ class Intake:
             updated_at=now,
             closed_at=now if state == "closed" else None,
         )
-        values["id"] = STATEMENTS(conn, "insert_ticket").scalar(conn, values)
-        return detached_ticket(values, queue_name)
+
+    def _draft(self, p: Prepared) -> Prepared:
+        """`p` with the responder's draft answer, made before the store and outside the
+        writer's lock, for the ticket this message would create (responder.py)."""
+        preview = detached_ticket({**self._ticket_values(p, "", self.clock()), "id": None,
+                                   "queue_id": None}, p.route.queue or p.queue)
+        draft = self.responder.draft(p, preview)
+        return p if draft is None else replace(p, draft=draft)
 
     @staticmethod
     def _follow_up_changes(

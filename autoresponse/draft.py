@@ -1,0 +1,72 @@
+"""The answer to a new ticket, made before the store: outside the writer's lock.
+
+Rendering and composing cost most of an answer, and inside the intake transaction every
+worker waits for them (with SQLite the writers take turns). Only the ticket number is
+unknown before the store. So the answer is made ahead for the ticket the message would
+open, with a placeholder of random digits as long as the numbers being issued, and the
+store swaps in the real number: a byte replacement in the finished message.
+
+That is exact, not a guess, when:
+  - the templates print `ticket.number` only as it is (`Templates.number_verbatim`:
+    no filters, tests or slicing of it, checked on the template's syntax tree);
+  - the placeholder has the real number's length and, like it, only digits: quoted-
+    printable and header encoding treat every digit alike, so line breaks and escapes
+    fall where they would have;
+  - every placeholder the rendered parts and subject contain is in the composed bytes
+    (none was split by a soft line break or base64-encoded), checked here;
+  - everything else the answer depends on is what the store decided (`fits`).
+Otherwise the store renders and composes as before. A copy of the random placeholder in
+the customer's own quoted text would be replaced too; nobody can know it in advance.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ticketstore.models import Ticket
+
+    from .compose import Outgoing
+    from .templates import Rendered
+
+
+def placeholder(size: int) -> str:
+    """`size` random digits."""
+    return "".join(secrets.choice("0123456789") for _ in range(size))
+
+
+def ticket_key(t: Ticket) -> tuple[object, ...]:
+    """What of a ticket the answer depends on (context, template set, checks): all but
+    its number and id."""
+    return (t.title, t.queue.name, t.state, t.priority, t.customer_name, t.customer_address,
+            t.customer_domain, t.customer_id)
+
+
+@dataclass(frozen=True)
+class Draft:
+    key: tuple[object, ...]
+    placeholder: bytes
+    out: Outgoing  # sender, recipient and Message-ID of the answer
+    data: bytes
+    template: str
+
+    @classmethod
+    def make(cls, preview: Ticket, number: str, out: Outgoing, rendered: Rendered,
+             data: bytes) -> Draft | None:
+        """The draft, or None if a placeholder did not survive composing verbatim."""
+        expected = (rendered.text.count(number) + (rendered.html or "").count(number)
+                    + out.subject.count(number))
+        mark = number.encode("ascii")
+        if data.count(mark) != expected:
+            return None
+        return cls(ticket_key(preview), mark, out, data, rendered.template)
+
+    def fits(self, ticket: Ticket) -> bool:
+        """Was this drafted for the ticket the store created, and is its number as long?"""
+        return len(ticket.number) == len(self.placeholder) and ticket.number.isdigit() \
+            and ticket_key(ticket) == self.key
+
+    def message(self, number: str) -> bytes:
+        return self.data.replace(self.placeholder, number.encode("ascii"))
