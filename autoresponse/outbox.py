@@ -21,7 +21,9 @@ import logging
 import smtplib
 import socket
 import ssl
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -29,6 +31,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.config import Config, OutboundConfig
+from gateway.server.writelock import WriterLock, writer_lock_for
 from ticketstore.models import Event, OutboxMessage, utcnow
 
 from .dkim_sign import DkimError, DkimSigner
@@ -194,6 +197,26 @@ class Outbox:
         self.clock = clock
         self.lease = self.lease_for(BATCH)
         self._signer: DkimSigner | None = None
+        self._lock: WriterLock | None = None
+        self._lock_checked = False
+
+    @contextmanager
+    def _writing(self) -> Iterator[Session]:
+        """A write transaction, taken in turn with the intake's writers (SQLite).
+
+        The intake's worker processes queue for the database on a lock file
+        (gateway/server/writelock.py). A writer that skipped that queue would make the
+        lock's holder wait in SQLite's busy handler, which sleeps 1-10 ms at a time while
+        every other worker waits behind it. Our own lock (own file descriptor), so it
+        also excludes a writer of this process.
+        """
+        if not self._lock_checked:
+            self._lock_checked = True
+            self._lock = writer_lock_for(self.factory.kw["bind"])
+            if self._lock is not None:
+                weakref.finalize(self, self._lock.close)
+        with self._lock or nullcontext(), self.factory() as session, session.begin():
+            yield session
 
     # -- claiming -------------------------------------------------------------------------
 
@@ -206,7 +229,7 @@ class Outbox:
     def claim(self, limit: int = BATCH) -> list[OutboxMessage]:
         """Take up to `limit` due rows (pending, or sending with an expired lease)."""
         now = self.clock()
-        with self.factory() as session, session.begin():
+        with self._writing() as session:
             candidates = session.execute(
                 select(OutboxMessage.id, OutboxMessage.state, OutboxMessage.attempts)
                 .where(or_(OutboxMessage.state == "pending", OutboxMessage.state == "sending"),
@@ -295,7 +318,7 @@ class Outbox:
         if not sent:
             return
         now = self.clock()
-        with self.factory() as session, session.begin():
+        with self._writing() as session:
             for row, data in sent:
                 res = session.execute(
                     update(OutboxMessage)
@@ -314,7 +337,7 @@ class Outbox:
         return self._signer.sign(message)
 
     def _mark(self, row_id: int, **values: object) -> None:
-        with self.factory() as session, session.begin():
+        with self._writing() as session:
             session.execute(
                 update(OutboxMessage)
                 .where(OutboxMessage.id == row_id, OutboxMessage.state == "sending")
@@ -331,7 +354,7 @@ class Outbox:
 
     def _fail(self, row: OutboxMessage, error: str) -> None:
         now = self.clock()
-        with self.factory() as session, session.begin():
+        with self._writing() as session:
             session.execute(
                 update(OutboxMessage)
                 .where(OutboxMessage.id == row.id, OutboxMessage.state == "sending")
@@ -348,7 +371,7 @@ class Outbox:
 
     def retry(self, row_id: int) -> bool:
         """Put a failed (or pending) entry back in line now. False: no such entry/state."""
-        with self.factory() as session, session.begin():
+        with self._writing() as session:
             res = session.execute(
                 update(OutboxMessage)
                 .where(OutboxMessage.id == row_id,

@@ -309,3 +309,29 @@ def test_batches_are_marked_sent_in_groups(tmp_path: Path, sqlite_url: str,
         assert len(sink.received) == BATCH + 5
     finally:
         store.dispose()
+
+
+def test_outbox_writes_take_turns_with_the_intake_writers(tmp_path: Path, sqlite_url: str,
+                                                          sink: SmtpSink) -> None:
+    """A writer holding the worker processes' lock file makes the outbox wait for it,
+    instead of the lock's holder waiting in SQLite's busy handler for the outbox."""
+    from gateway.server.writelock import writer_lock_for
+
+    config = _config(tmp_path, sqlite_url, sink)
+    store = open_store(config)
+    try:
+        _tickets(config, store, 1)
+        held = writer_lock_for(store.engine)
+        assert held is not None
+        done = threading.Event()
+        with held:
+            worker = threading.Thread(
+                target=lambda: (Outbox(config, store.factory).run_until_idle(), done.set()))
+            worker.start()
+            assert not done.wait(0.5)  # the claim waits for the lock
+        assert done.wait(10)
+        worker.join(10)
+        assert len(sink.received) == 1
+        held.close()
+    finally:
+        store.dispose()
