@@ -129,7 +129,8 @@ def test_5xx_fails_with_the_reply_and_is_not_retried(
 def test_4xx_backs_off_exponentially_then_gives_up(
     tmp_path: Path, db_url: str, sink: SmtpSink, ob_store: Store
 ) -> None:
-    now = [dt.datetime(2026, 11, 22, 10, 0, tzinfo=dt.UTC)]
+    # After the rows' real creation time (the intake's clock), or nothing is ever due.
+    now = [dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5)]
     config = _config(tmp_path, db_url, sink, retry_base=60.0, retry_max=200.0, max_attempts=4)
     _tickets(config, ob_store, 1)
     sink.set_reply("451 4.3.0 try later")
@@ -159,7 +160,8 @@ def test_backoff_formula() -> None:
 def test_sending_row_of_a_crashed_worker_is_recovered_after_the_lease(
     tmp_path: Path, db_url: str, sink: SmtpSink, ob_store: Store
 ) -> None:
-    now = [dt.datetime(2026, 11, 22, 10, 0, tzinfo=dt.UTC)]
+    # After the rows' real creation time (the intake's clock), or nothing is ever due.
+    now = [dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5)]
     config = _config(tmp_path, db_url, sink)
     _tickets(config, ob_store, 1)
     crashed = Outbox(config, ob_store.factory, clock=lambda: now[0])
