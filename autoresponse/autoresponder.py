@@ -276,7 +276,9 @@ class AutoResponder:
 
     @property
     def drafts(self) -> bool:
-        return self.config.autoresponse.enabled
+        """Only once this process has issued a number (a draft needs its length): a
+        `ticketgate pipe` process, which stores one message, never builds a preview."""
+        return self.config.autoresponse.enabled and self._number_size > 0
 
     def draft(self, p: Prepared, preview: Ticket) -> Draft | None:
         """The new-ticket answer, rendered and composed before the store (see draft.py).

@@ -197,8 +197,14 @@ class Outbox:
         self.clock = clock
         self.lease = self.lease_for(BATCH)
         self._signer: DkimSigner | None = None
-        self._lock: WriterLock | None = None
-        self._lock_checked = False
+
+    @functools.cached_property
+    def _lock(self) -> WriterLock | None:
+        """Opened on first write (`outbox list` never needs it), closed with the Outbox."""
+        lock = writer_lock_for(self.factory.kw["bind"])
+        if lock is not None:
+            weakref.finalize(self, lock.close)
+        return lock
 
     @contextmanager
     def _writing(self) -> Iterator[Session]:
@@ -210,11 +216,6 @@ class Outbox:
         every other worker waits behind it. Our own lock (own file descriptor), so it
         also excludes a writer of this process.
         """
-        if not self._lock_checked:
-            self._lock_checked = True
-            self._lock = writer_lock_for(self.factory.kw["bind"])
-            if self._lock is not None:
-                weakref.finalize(self, self._lock.close)
         with self._lock or nullcontext(), self.factory() as session, session.begin():
             yield session
 

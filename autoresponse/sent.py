@@ -12,11 +12,12 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 
-from sqlalchemy import insert, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from gateway.parse import parse_message
-from ticketstore.models import Article, Event, OutboxMessage
+from ticketstore.models import OutboxMessage
+from ticketstore.statements import STATEMENTS
 
 from .autoresponder import KINDS
 
@@ -34,10 +35,11 @@ def record_sent(session: Session, row: OutboxMessage, data: bytes, now: dt.datet
     """
     if row.article_id is not None:
         return
+    conn = session.connection()
     article_id = None
     if row.ticket_id is not None:
         msg = parse_message(data)
-        article_id = session.execute(insert(Article).returning(Article.id), {
+        article_id = STATEMENTS(conn, "insert_article").scalar(conn, {
             "ticket_id": row.ticket_id, "direction": "out",
             "kind": ARTICLE_KIND.get(row.kind, row.kind), "message_id": row.message_id,
             "content_hash": hashlib.sha256(data).hexdigest(),
@@ -48,10 +50,10 @@ def record_sent(session: Session, row: OutboxMessage, data: bytes, now: dt.datet
             "body_text": msg.text, "body_html": msg.html, "raw": data, "size": len(data),
             "envelope_sender": row.mail_from, "envelope_recipients": [row.rcpt_to],
             "classification": [], "created_at": now,
-        }).scalar_one()
+        })
         session.execute(update(OutboxMessage).where(OutboxMessage.id == row.id)
                         .values(article_id=article_id))
-    session.execute(insert(Event), {
+    STATEMENTS(conn, "insert_event").execute(conn, {
         "ticket_id": row.ticket_id, "article_id": article_id, "kind": "autoresponse-sent",
         "created_at": now, "detail": {
             "event": EVENT_OF_KIND.get(row.kind, row.kind), "template": row.template,

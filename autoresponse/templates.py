@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import time
+import weakref
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,7 +92,8 @@ class Templates:
         self.language = language or FALLBACK_LANGUAGE
         self.overrides = {k.lower(): v for k, v in (overrides or {}).items()}
         self._resolved: dict[tuple[str, str], tuple[float, Any, Any, Any, Any]] = {}
-        self._verbatim_of: dict[int, tuple[Any, bool]] = {}
+        # Per template object: jinja2 compiles a new one when its file changes.
+        self._verbatim_of: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
         self.directory = directory if directory is not None and directory.is_dir() \
             else PACKAGED_DIR
         # Imported here: `ticketgate pipe` only pays for jinja2 when it renders something.
@@ -178,11 +180,10 @@ class Templates:
         return all(self._verbatim(t) for t in (text_tpl, html_tpl) if t is not None)
 
     def _verbatim(self, tpl: jinja2.Template) -> bool:
-        # Keyed by the template object: jinja2 compiles a new one when the file changes.
-        hit = self._verbatim_of.get(id(tpl))
-        if hit is None or hit[0] is not tpl:
-            hit = self._verbatim_of[id(tpl)] = (tpl, number_verbatim(self.env, tpl))
-        return hit[1]
+        verdict = self._verbatim_of.get(tpl)
+        if verdict is None:
+            verdict = self._verbatim_of[tpl] = number_verbatim(self.env, tpl)
+        return verdict
 
     def render(self, template_set: str, event: str, context: dict[str, Any]) -> Rendered:
         _, text_tpl, html_tpl, text_globals, html_globals = self._entry(template_set, event)

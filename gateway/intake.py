@@ -159,8 +159,6 @@ class Intake:
         self.factory = factory
         self.router: Router = router or NullRouter()
         self.responder: Responder = responder or NullResponder()
-        # A responder may make its answer ahead (Responder.draft); older ones need not.
-        self._drafts = bool(getattr(self.responder, "drafts", False))
         self.clock = clock
         self.queues = QueueMap.from_config(config)
         self._queue_ids: dict[str, int] = {}
@@ -188,7 +186,8 @@ class Intake:
         )
         queue = self.queues.queue_for(recipients) or self.config.tickets.default_queue
         prepared = Prepared(raw, envelope, msg, classification, route, message_id, chash, queue)
-        return self._draft(prepared) if self._drafts else prepared
+        # A responder may make its answer ahead (Responder.draft); test doubles need not.
+        return self._draft(prepared) if getattr(self.responder, "drafts", False) else prepared
 
     @property
     def engine(self) -> Engine:

@@ -14,9 +14,14 @@ import warnings
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.message import Message
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+if TYPE_CHECKING:
+    from gateway.config import Config
+    from gateway.intake import Intake
+    from gateway.runtime import Store
 
 
 @dataclass
@@ -175,3 +180,13 @@ def write_toml(path: Any, data: dict[str, Any]) -> None:
         else:
             table(section, values)
     path.write_text("\n".join(out) + "\n", encoding="utf-8")
+
+
+def answering_intake(config: Config, store: Store) -> Intake:
+    """The intake core with the auto-responder, its queues created."""
+    from autoresponse.autoresponder import AutoResponder
+    from gateway.intake import Intake
+
+    intake = Intake(config, store.factory, responder=AutoResponder(config))
+    intake.sync_queues()
+    return intake

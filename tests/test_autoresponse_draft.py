@@ -19,14 +19,12 @@ import pytest
 from sqlalchemy import select
 
 from autoresponse import suppress
-from autoresponse.autoresponder import AutoResponder
 from autoresponse.draft import Draft
 from autoresponse.templates import Templates, number_verbatim
 from gateway.config import Config
 from gateway.envelope import Envelope, Outcome
-from gateway.intake import Intake
 from gateway.runtime import Store, open_store
-from tests.autoresponse_helpers import build_mail
+from tests.autoresponse_helpers import answering_intake, build_mail
 from tests.support import make_config
 from ticketstore.models import Event, OutboxMessage
 
@@ -39,12 +37,6 @@ def site(tmp_path: Path, sqlite_url: str) -> Iterator[tuple[Config, Store]]:
     store = open_store(config)
     yield config, store
     store.dispose()
-
-
-def _intake(config: Config, store: Store) -> Intake:
-    intake = Intake(config, store.factory, responder=AutoResponder(config))
-    intake.sync_queues()
-    return intake
 
 
 def _mail(i: int, subject: str, sender: str = "") -> tuple[bytes, Envelope]:
@@ -79,7 +71,7 @@ def test_a_drafted_answer_is_the_answer_made_in_the_transaction(
     site: tuple[Config, Store], subject: str,
 ) -> None:
     config, store = site
-    intake = _intake(config, store)
+    intake = answering_intake(config, store)
     intake.process(*_mail(0, "warm-up"))  # the first new ticket tells the number's length
     raw, env = _mail(1, subject)
     drafted = intake.prepare(raw, env)
@@ -101,7 +93,7 @@ def test_the_real_number_replaces_the_placeholder_everywhere(
     site: tuple[Config, Store],
 ) -> None:
     config, store = site
-    intake = _intake(config, store)
+    intake = answering_intake(config, store)
     intake.process(*_mail(0, "warm-up"))
     raw, env = _mail(1, "Printer on fire")
     draft = intake.prepare(raw, env).draft
@@ -116,16 +108,19 @@ def test_no_draft_before_the_first_number_or_for_a_likely_follow_up(
     site: tuple[Config, Store],
 ) -> None:
     config, store = site
-    intake = _intake(config, store)
+    intake = answering_intake(config, store)
+    # A process that has issued no number (every `ticketgate pipe`) builds no preview.
+    assert intake.responder.drafts is False  # type: ignore[attr-defined]
     assert intake.prepare(*_mail(0, "first")).draft is None  # number length unknown
     number = intake.process(*_mail(0, "first")).ticket_number
     assert intake.prepare(*_mail(1, f"Re: [Ticket#{number}] first")).draft is None
+    assert intake.responder.drafts is True  # type: ignore[attr-defined]
     assert intake.prepare(*_mail(2, "second")).draft is not None
 
 
 def test_a_draft_for_another_ticket_or_length_is_not_used(site: tuple[Config, Store]) -> None:
     config, store = site
-    intake = _intake(config, store)
+    intake = answering_intake(config, store)
     intake.process(*_mail(0, "warm-up"))
     draft = intake.prepare(*_mail(1, "Printer on fire")).draft
     assert isinstance(draft, Draft)
@@ -145,7 +140,7 @@ def test_a_draft_for_another_ticket_or_length_is_not_used(site: tuple[Config, St
 
 def test_the_daily_limit_still_applies_to_drafted_answers(site: tuple[Config, Store]) -> None:
     config, store = site
-    intake = _intake(config, store)
+    intake = answering_intake(config, store)
     intake.process(*_mail(0, "warm-up"))
     for i in range(1, 4):
         raw, env = _mail(i, f"question {i}", sender="same@customer.example")

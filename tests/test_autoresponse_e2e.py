@@ -11,13 +11,12 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from autoresponse.autoresponder import AutoResponder
 from autoresponse.outbox import Outbox
 from gateway.config import Config
 from gateway.envelope import Envelope, Outcome
 from gateway.intake import Intake
 from gateway.runtime import Store, open_store
-from tests.autoresponse_helpers import Received, SmtpSink, build_mail
+from tests.autoresponse_helpers import Received, SmtpSink, answering_intake, build_mail
 from tests.support import make_config
 from ticketstore.models import Article, Event, OutboxMessage, Ticket
 
@@ -46,12 +45,6 @@ def ar_store(ar_config: Config) -> Iterator[Store]:
     s.dispose()
 
 
-def make_intake(config: Config, store: Store) -> Intake:
-    intake = Intake(config, store.factory, responder=AutoResponder(config))
-    intake.sync_queues()
-    return intake
-
-
 def deliver(config: Config, store: Store) -> None:
     Outbox(config, store.factory).run_until_idle()
 
@@ -63,7 +56,7 @@ def parsed(r: Received) -> Any:
 def test_new_ticket_gets_exactly_one_reply_with_its_number(
     ar_config: Config, ar_store: Store, sink: SmtpSink
 ) -> None:
-    d = make_intake(ar_config, ar_store).process(build_mail(), ENV)
+    d = answering_intake(ar_config, ar_store).process(build_mail(), ENV)
     deliver(ar_config, ar_store)
     deliver(ar_config, ar_store)  # a second round must not send again
     assert len(sink.received) == 1
@@ -92,7 +85,7 @@ def test_new_ticket_gets_exactly_one_reply_with_its_number(
 def test_reply_to_the_auto_response_threads_by_references(
     ar_config: Config, ar_store: Store, sink: SmtpSink
 ) -> None:
-    intake = make_intake(ar_config, ar_store)
+    intake = answering_intake(ar_config, ar_store)
     first = intake.process(build_mail(), ENV)
     deliver(ar_config, ar_store)
     ours = parsed(sink.received[0])["Message-ID"]
@@ -110,7 +103,7 @@ def test_follow_up_ack_when_enabled(tmp_path: Path, db_url: str, sink: SmtpSink,
                                     ar_store: Store) -> None:
     config = make_config(tmp_path, db_url, outbound={"smarthost": sink.smarthost}, queues=[
         {"name": "Support", "addresses": ["support@helpdesk.example"], "follow_up_ack": True}])
-    intake = make_intake(config, ar_store)
+    intake = answering_intake(config, ar_store)
     first = intake.process(build_mail(), ENV)
     intake.process(build_mail(subject=f"Re: [Ticket#{first.ticket_number}] Printer",
                               message_id="m2@customer.example"), ENV)
@@ -146,7 +139,7 @@ def _dsn(returned_headers: str, *, as_headers_part: bool) -> bytes:
 def test_bounce_of_our_reply_attaches_to_the_ticket(
     ar_config: Config, ar_store: Store, sink: SmtpSink, as_headers_part: bool
 ) -> None:
-    intake = make_intake(ar_config, ar_store)
+    intake = answering_intake(ar_config, ar_store)
     first = intake.process(build_mail(), ENV)
     deliver(ar_config, ar_store)
     assert first.ticket_number
@@ -173,7 +166,7 @@ def test_bounce_for_closed_ticket_in_new_ticket_queue_opens_nothing(
 ) -> None:
     """Billing makes a new ticket for follow-ups to closed ones; a bounce must not."""
     env = Envelope(CUSTOMER, ("billing@helpdesk.example",))
-    intake = make_intake(ar_config, ar_store)
+    intake = answering_intake(ar_config, ar_store)
     first = intake.process(build_mail(to="billing@helpdesk.example"), env)
     deliver(ar_config, ar_store)
     assert first.ticket_number
@@ -189,7 +182,7 @@ def test_bounce_for_closed_ticket_in_new_ticket_queue_opens_nothing(
 def test_out_of_office_reply_threads_without_reopening_or_answer(
     ar_config: Config, ar_store: Store, sink: SmtpSink
 ) -> None:
-    intake = make_intake(ar_config, ar_store)
+    intake = answering_intake(ar_config, ar_store)
     first = intake.process(build_mail(), ENV)
     deliver(ar_config, ar_store)
     assert first.ticket_number
@@ -213,7 +206,7 @@ def test_header_injection_cannot_add_headers_or_recipients(
     evil_subject = "=?utf-8?q?Hi=0D=0ABcc:_victim@evil.example=0D=0AX-Evil:_1?="
     evil_name = "=?utf-8?b?QW5hDQpUbzogdmljdGltMkBldmlsLmV4YW1wbGU=?="  # Ana CRLF To: ...
     raw = build_mail(subject=evil_subject, sender=f"{evil_name} <{CUSTOMER}>")
-    d = make_intake(ar_config, ar_store).process(raw, ENV)
+    d = answering_intake(ar_config, ar_store).process(raw, ENV)
     deliver(ar_config, ar_store)
     [got] = sink.received
     assert got.rcpt_tos == [CUSTOMER]
@@ -236,7 +229,7 @@ def test_encoded_display_name_cannot_change_the_recipient(
 ) -> None:
     """The address comes from the angle brackets, never from inside an encoded word."""
     raw = build_mail(subject="Printer", sender=f"{evil_name} <{CUSTOMER}>")
-    make_intake(ar_config, ar_store).process(raw, ENV)
+    answering_intake(ar_config, ar_store).process(raw, ENV)
     deliver(ar_config, ar_store)
     [got] = sink.received
     assert got.rcpt_tos == [CUSTOMER]
@@ -249,7 +242,7 @@ def test_any_language_in_utf8(tmp_path: Path, db_url: str, sink: SmtpSink,
                          templates={"language": "es"})
     raw = build_mail(subject="=?utf-8?b?5omT5Y2w5py6552A54Gr5LqG?=",
                      sender="=?utf-8?q?Jos=C3=A9_N=C3=BA=C3=B1ez?= <jose@cliente.example>")
-    d = make_intake(config, ar_store).process(raw, Envelope("jose@cliente.example",
+    d = answering_intake(config, ar_store).process(raw, Envelope("jose@cliente.example",
                                                             ENV.rcpt_tos))
     deliver(config, ar_store)
     msg = parsed(sink.received[0])
@@ -294,7 +287,7 @@ def test_two_instances_answering_each_other_stop(tmp_path: Path, sqlite_url: str
                               queues=[{"name": "Support", "addresses": [addr],
                                        "follow_up_ack": True}])
             store = open_store(cfg)
-            instances.append((cfg, store, make_intake(cfg, store)))
+            instances.append((cfg, store, answering_intake(cfg, store)))
         (cfg_a, store_a, intake_a), (cfg_b, store_b, intake_b) = instances
         # Someone at B writes to A by hand; A answers B, B answers A, ...
         intake_a.process(build_mail(sender="help@b.example", to="support@a.example"),
@@ -323,7 +316,7 @@ def test_agent_notification_to_queue_notify_addresses(tmp_path: Path, db_url: st
                          autoresponse={"max_per_day": 1}, queues=[
         {"name": "Support", "addresses": ["support@helpdesk.example"],
          "notify": ["agents@helpdesk.example", "lead@helpdesk.example"]}])
-    intake = make_intake(config, ar_store)
+    intake = answering_intake(config, ar_store)
     first = intake.process(build_mail(), ENV)
     intake.process(build_mail(subject=f"Re: [Ticket#{first.ticket_number}] Printer",
                               message_id="m2@customer.example"), ENV)
@@ -351,7 +344,7 @@ def test_reject_and_new_ticket_rejected(tmp_path: Path, db_url: str, sink: SmtpS
     config = make_config(tmp_path, db_url, outbound={"smarthost": sink.smarthost}, queues=[
         {"name": "Sales", "addresses": ["sales@helpdesk.example"], "follow_up_closed": "reject"},
         {"name": "Old", "addresses": ["old@helpdesk.example"], "accept_new": False}])
-    intake = make_intake(config, ar_store)
+    intake = answering_intake(config, ar_store)
     sales = Envelope(CUSTOMER, ("sales@helpdesk.example",))
     first = intake.process(build_mail(to="sales@helpdesk.example"), sales)
     assert first.ticket_number
@@ -378,7 +371,7 @@ def test_queue_without_address_uses_configured_from(tmp_path: Path, db_url: str,
                                                     sink: SmtpSink, ar_store: Store) -> None:
     config = make_config(tmp_path, db_url, outbound={"smarthost": sink.smarthost},
                          autoresponse={"from_address": "helpdesk@helpdesk.example"})
-    intake = make_intake(config, ar_store)
+    intake = answering_intake(config, ar_store)
     d = intake.process(build_mail(to="unknown@helpdesk.example"),
                        Envelope(CUSTOMER, ("unknown@helpdesk.example",)))
     assert d.queue == "Postmaster"

@@ -13,14 +13,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from autoresponse.autoresponder import AutoResponder
 from autoresponse.outbox import Outbox, backoff
 from gateway.cli import main as cli_main
 from gateway.config import Config
 from gateway.envelope import Envelope
 from gateway.intake import Intake
 from gateway.runtime import Store, open_store
-from tests.autoresponse_helpers import SmtpSink, build_mail, write_toml
+from tests.autoresponse_helpers import SmtpSink, answering_intake, build_mail, write_toml
 from tests.support import DEFAULT_QUEUES, make_config
 from ticketstore.models import Event, OutboxMessage
 
@@ -49,8 +48,7 @@ def ob_store(tmp_path: Path, db_url: str) -> Iterator[Store]:
 
 
 def _tickets(config: Config, store: Store, n: int, start: int = 0) -> None:
-    intake = Intake(config, store.factory, responder=AutoResponder(config))
-    intake.sync_queues()
+    intake = answering_intake(config, store)
     for i in range(start, start + n):
         intake.process(build_mail(subject=f"question {i}", message_id=f"q{i}@customer.example",
                                   sender=f"c{i}@customer.example"),

@@ -15,13 +15,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, update
 
-from autoresponse.autoresponder import AutoResponder
 from autoresponse.outbox import Outbox
 from gateway.config import Config
 from gateway.envelope import Envelope, Outcome
 from gateway.intake import Intake
 from gateway.runtime import Store, open_store
-from tests.autoresponse_helpers import SmtpSink, build_mail
+from tests.autoresponse_helpers import SmtpSink, answering_intake, build_mail
 from tests.support import make_config
 from ticketstore.models import Article, Event, OutboxMessage
 
@@ -47,12 +46,6 @@ def site(tmp_path: Path, db_url: str, sink: SmtpSink) -> Iterator[tuple[Config, 
     store.dispose()
 
 
-def _intake(config: Config, store: Store) -> Intake:
-    intake = Intake(config, store.factory, responder=AutoResponder(config))
-    intake.sync_queues()
-    return intake
-
-
 def _count(store: Store, query: object) -> int:
     with store.factory() as s:
         return int(s.execute(query).scalar_one())  # type: ignore[call-overload]
@@ -75,7 +68,7 @@ def _reply_by_references(intake: Intake, our_id: str, n: int) -> Outcome:
 
 def test_intake_writes_only_the_outbox_row(site: tuple[Config, Store]) -> None:
     config, store = site
-    _new_ticket(_intake(config, store))
+    _new_ticket(answering_intake(config, store))
     [row] = _rows(store)
     assert row.state == "pending" and row.article_id is None
     assert row.template.endswith("new-ticket.txt")
@@ -87,7 +80,7 @@ def test_intake_writes_only_the_outbox_row(site: tuple[Config, Store]) -> None:
 
 def test_a_reply_threads_before_and_after_sending(site: tuple[Config, Store]) -> None:
     config, store = site
-    intake = _intake(config, store)
+    intake = answering_intake(config, store)
     _new_ticket(intake)
     [row] = _rows(store)
     assert _reply_by_references(intake, row.message_id, 1) is Outcome.FOLLOW_UP
@@ -100,7 +93,7 @@ def test_a_reply_threads_before_and_after_sending(site: tuple[Config, Store]) ->
 def test_sending_records_the_article_and_the_event(site: tuple[Config, Store],
                                                    sink: SmtpSink) -> None:
     config, store = site
-    number = _new_ticket(_intake(config, store))
+    number = _new_ticket(answering_intake(config, store))
     assert Outbox(config, store.factory).run_until_idle().sent == 1
     [received] = sink.received
     [row] = _rows(store)
@@ -123,7 +116,7 @@ def test_a_row_recorded_at_intake_by_an_older_version_gets_nothing_twice(
     site: tuple[Config, Store],
 ) -> None:
     config, store = site
-    _new_ticket(_intake(config, store))
+    _new_ticket(answering_intake(config, store))
     [row] = _rows(store)
     with store.factory() as s, s.begin():
         old = Article(ticket_id=row.ticket_id, direction="out", kind="auto-reply",
@@ -141,7 +134,7 @@ def test_a_row_recorded_at_intake_by_an_older_version_gets_nothing_twice(
 
 def test_a_failed_answer_gets_no_article(site: tuple[Config, Store], sink: SmtpSink) -> None:
     config, store = site
-    _new_ticket(_intake(config, store))
+    _new_ticket(answering_intake(config, store))
     sink.set_reply("550 5.1.1 no such user")
     assert Outbox(config, store.factory).run_until_idle().failed == 1
     assert _count(store, select(func.count()).select_from(Article)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import socket
 import threading
@@ -112,6 +113,18 @@ def test_batches_respect_the_maximum(intake: Intake) -> None:
     assert committer.batches == 3 and committer.largest_batch == 4
 
 
+def _one_batch(intake: Intake, count: int, special: int, subject: str
+               ) -> list[concurrent.futures.Future[Any]]:
+    """`count` messages queued before the writer starts (one batch), message `special`
+    with `subject`; the writer has stopped when this returns."""
+    committer = GroupCommitter(intake.engine)
+    futures = [committer.submit(intake, intake.prepare(
+        _mail(i, subject if i == special else "ok"), ENV)) for i in range(count)]
+    committer.start()
+    committer.stop()
+    return futures
+
+
 class _FailsOnSubject(Intake):
     """Fails (like a bug would) after writing part of one message."""
 
@@ -123,12 +136,7 @@ class _FailsOnSubject(Intake):
 
 
 def test_one_failing_message_does_not_fail_or_leak_into_the_batch(intake: Intake) -> None:
-    buggy = _FailsOnSubject(intake.config, intake.factory)
-    committer = GroupCommitter(intake.engine)
-    futures = [committer.submit(buggy, buggy.prepare(_mail(i, "poison" if i == 2 else "ok"),
-                                                     ENV)) for i in range(5)]
-    committer.start()
-    committer.stop()
+    futures = _one_batch(_FailsOnSubject(intake.config, intake.factory), 5, 2, "poison")
     with pytest.raises(RuntimeError):
         futures[2].result(1)
     assert all(f.result(1).outcome is Outcome.CREATED for i, f in enumerate(futures) if i != 2)
@@ -290,12 +298,7 @@ class _DatabaseRollsBack(Intake):
 def test_a_transaction_the_database_rolled_back_acknowledges_nothing(intake: Intake) -> None:
     if intake.engine.dialect.name != "sqlite":
         pytest.skip("SQLite ends transactions on its own; PostgreSQL refuses statements instead")
-    flaky = _DatabaseRollsBack(intake.config, intake.factory)
-    committer = GroupCommitter(intake.engine)
-    futures = [committer.submit(flaky, flaky.prepare(_mail(i, "doomed" if i == 1 else "ok"),
-                                                     ENV)) for i in range(3)]
-    committer.start()
-    committer.stop()
+    futures = _one_batch(_DatabaseRollsBack(intake.config, intake.factory), 3, 1, "doomed")
     for future in futures:  # message 0 went with the rollback, 2 would start a new one
         with pytest.raises(OperationalError):
             future.result(1)
