@@ -27,7 +27,7 @@ from ticketstore.statements import STATEMENTS
 from . import rows
 from .compose import Outgoing, compose, new_message_id, valid_address
 from .draft import Draft, placeholder
-from .responder import StoredMessage
+from .responder import StoredMessage, TicketPreview
 from .suppress import DATABASE_CHECKS, MESSAGE_CHECKS, SENT_SINCE, Check, suppression
 from .templates import DEFAULT_SET, EVENTS, Rendered, TemplateError
 
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 
     from gateway.config import Config, QueueConfig
     from gateway.intake import Prepared
-    from ticketstore.models import Ticket
 
     from .templates import Templates
 
@@ -280,7 +279,7 @@ class AutoResponder:
         `ticketgate pipe` process, which stores one message, never builds a preview."""
         return self.config.autoresponse.enabled and self._number_size > 0
 
-    def draft(self, p: Prepared, preview: Ticket) -> Draft | None:
+    def draft(self, p: Prepared, preview: TicketPreview) -> Draft | None:
         """The new-ticket answer, rendered and composed before the store (see draft.py).
 
         Only for mail that will most likely open a ticket, that no message check

@@ -15,7 +15,6 @@ import functools
 import os
 import random
 import re
-import secrets
 import time
 from dataclasses import dataclass
 from email.header import Header
@@ -138,13 +137,20 @@ def compose(out: Outgoing) -> bytes:
     if out.html is None:
         return (head + _PLAIN_HEAD).encode("ascii") + b"\r\n" + text
     html = qp_body(out.html)
-    boundary = f"=_tg_{secrets.token_hex(12)}".encode("ascii")
+    # "=_" never occurs in quoted-printable ("=" starts only "=XX" and soft breaks), so
+    # the boundary cannot collide with either part whatever its digits: they need not be
+    # secret (`secrets` reads /dev/urandom on every call).
+    boundary = f"=_tg_{boundary_token()}".encode("ascii")
     head += f'Content-Type: multipart/alternative; boundary="{boundary.decode()}"\r\n'
     return b"".join((
         head.encode("ascii"), b"\r\nThis is a multi-part message in MIME format.\r\n",
         b"--", boundary, b"\r\n", _PLAIN_HEAD_BYTES, b"\r\n", text,
         b"--", boundary, b"\r\n", _HTML_HEAD_BYTES, b"\r\n", html,
         b"--", boundary, b"--\r\n"))
+
+
+def boundary_token() -> str:
+    return f"{random.getrandbits(96):024x}"
 
 
 _PART_HEAD = ('Content-Type: text/{}; charset="utf-8"\r\n'
@@ -160,8 +166,8 @@ def _loop_value(value: str) -> str:
     return _text_header(clean_header_value(value, 200))
 
 
-# Bytes that b2a_qp (text mode) copies as they are in the middle of a line.
-_QP_PLAIN = bytes(range(0x20, 0x7f)).replace(b"=", b"") + b"\t"
+# What the fast path of qp_body takes: printable ASCII ("=" included), tab and "\n".
+_QP_SIMPLE = bytes(range(0x20, 0x7f)) + b"\t\n"
 _QP_MAX_LINE = 76  # binascii's MAXLINESIZE: a line this long is not broken
 
 
@@ -170,28 +176,47 @@ def qp_body(text: str) -> bytes:
     `binascii.b2a_qp("\n".join(text.splitlines()).encode() + b"\n", istext=True)` with
     "\n" made "\r\n", sooner for plain text.
 
-    b2a_qp looks at every byte twice in C. Printable ASCII without "=" needs no escapes
-    but =20 / =09 for whitespace at the end of a line, and soft breaks only in lines
-    longer than 76 bytes, which a few whole-buffer operations produce faster. Anything
-    else (non-ASCII, "=" as in any HTML, control characters, a line that is just ".")
-    goes to b2a_qp. splitlines() takes every line break there is, "\r" included, so the
-    only "\r" in `data` are those of the line ends joined in here.
+    b2a_qp looks at every byte twice in C, and is line-local: each line's encoding
+    depends on that line alone. Text of printable ASCII, tabs and "\n" (most answers)
+    needs only "=" escaped, =20 / =09 for whitespace at the end of a line, and work on
+    the few lines that are long or just "." (`_qp_line`); a few whole-buffer operations
+    do the rest. Anything else (non-ASCII, "\r" or other line breaks, control
+    characters) goes to b2a_qp whole.
     """
-    lines = text.splitlines()
-    if "=" not in text and "." not in lines:
-        data = "\r\n".join(lines).encode("utf-8") + b"\r\n"
-        # translate leaves the CRLFs joined in here, plus any byte needing an escape.
-        if len(data.translate(None, _QP_PLAIN)) == 2 * (len(lines) or 1):
-            if max(map(len, lines), default=0) > _QP_MAX_LINE:  # ASCII: len() is bytes
-                data = "\r\n".join([ln if len(ln) <= _QP_MAX_LINE else _soft_breaks(ln)
-                                     for ln in lines]).encode("ascii") + b"\r\n"
-            return data.replace(b" \r\n", b"=20\r\n").replace(b"\t\r\n", b"=09\r\n")
-    data = "\n".join(lines).encode("utf-8") + b"\n"
+    data = text.encode("utf-8")
+    if not data.translate(None, _QP_SIMPLE):
+        if data.endswith(b"\n"):  # splitlines() drops the break after the last line
+            data = data[:-1]
+        equals = b"=" in data
+        escaped = data.replace(b"=", b"=3D") if equals else data
+        lines = escaped.split(b"\n")
+        # An escape that would end past column 75 gets a soft break before it.
+        fits = _QP_MAX_LINE - equals
+        if max(map(len, lines)) > fits or b"." in lines:
+            escaped = b"\n".join([ln if len(ln) <= fits and ln != b"." else _qp_line(ln)
+                                   for ln in lines])
+        return (escaped.replace(b"\n", b"\r\n") + b"\r\n").replace(
+            b" \r\n", b"=20\r\n").replace(b"\t\r\n", b"=09\r\n")
+    data = "\n".join(text.splitlines()).encode("utf-8") + b"\n"
     return binascii.b2a_qp(data, quotetabs=False, istext=True, header=False).replace(
         b"\n", b"\r\n")
 
 
-def _soft_breaks(line: str) -> str:
+def _qp_line(line: bytes) -> bytes:
+    """One line of qp_body's fast path ("=" already escaped), as b2a_qp would write it
+    but for the whitespace at its end, which qp_body escapes afterwards."""
+    if b"=" not in line:
+        if line == b".":
+            return b"=2E"
+        return line if len(line) <= _QP_MAX_LINE else _soft_breaks(line)
+    if len(line) < _QP_MAX_LINE or (len(line) == _QP_MAX_LINE and not line.endswith(b"=3D")):
+        return line
+    # Long, with escapes: where the breaks fall depends on them; b2a_qp knows.
+    return binascii.b2a_qp(line.replace(b"=3D", b"=") + b"\n", quotetabs=False,
+                           istext=True, header=False)[:-1]
+
+
+def _soft_breaks(line: bytes) -> bytes:
     """b2a_qp's breaks in a long line without escapes: "=" after every 75 bytes while
     more than 76 remain (the last piece may be 76 long)."""
     pieces = []
@@ -199,7 +224,7 @@ def _soft_breaks(line: str) -> str:
         pieces.append(line[:_QP_MAX_LINE - 1])
         line = line[_QP_MAX_LINE - 1:]
     pieces.append(line)
-    return "=\r\n".join(pieces)
+    return b"=\n".join(pieces)
 
 
 _MSGID = re.compile(r"^[^<>\s\x00-\x1f]{1,900}$")

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from ticketstore.models import Ticket
 
     from .compose import Outgoing
+    from .responder import TicketPreview
     from .templates import Rendered
 
 
@@ -38,7 +39,7 @@ def placeholder(size: int) -> str:
     return f"{random.randrange(10 ** size):0{size}d}"
 
 
-def ticket_key(t: Ticket) -> tuple[object, ...]:
+def ticket_key(t: Ticket | TicketPreview) -> tuple[object, ...]:
     """What of a ticket the answer depends on (context, template set, checks): all but
     its number and id."""
     return (t.title, t.queue.name, t.state, t.priority, t.customer_name, t.customer_address,
@@ -54,7 +55,7 @@ class Draft:
     template: str
 
     @classmethod
-    def make(cls, preview: Ticket, number: str, out: Outgoing, rendered: Rendered,
+    def make(cls, preview: TicketPreview, number: str, out: Outgoing, rendered: Rendered,
              data: bytes) -> Draft | None:
         """The draft, or None if a placeholder did not survive composing verbatim."""
         expected = (rendered.text.count(number) + (rendered.html or "").count(number)

@@ -18,6 +18,30 @@ if TYPE_CHECKING:
     from ticketstore.models import Article, Ticket
 
 
+@dataclass(slots=True)
+class QueueRef:
+    name: str
+
+
+@dataclass(slots=True)
+class TicketPreview:
+    """The ticket a message would open, as an answer drafted before the store sees it.
+
+    The `Ticket` attributes an answer reads (number still unknown), in a plain object: a
+    detached ORM instance cost several times as much for every drafted answer.
+    """
+
+    title: str
+    state: str
+    priority: int
+    customer_name: str | None
+    customer_address: str
+    customer_domain: str
+    customer_id: str
+    queue: QueueRef
+    number: str = ""
+
+
 @dataclass(frozen=True)
 class StoredMessage:
     """Everything the responder may need about a message that was just stored."""
@@ -42,7 +66,7 @@ class Responder(Protocol):
     # False: the intake never calls `draft` (and builds no preview ticket for it).
     drafts: bool
 
-    def draft(self, p: Prepared, preview: Ticket) -> object | None:
+    def draft(self, p: Prepared, preview: TicketPreview) -> object | None:
         """Work for the answer that can be done before the store, outside the writer's
         lock, assuming `p` creates `preview` (whose number is not known yet)."""
 
@@ -57,7 +81,7 @@ class NullResponder:
 
     drafts = False
 
-    def draft(self, p: Prepared, preview: Ticket) -> object | None:
+    def draft(self, p: Prepared, preview: TicketPreview) -> object | None:
         return None
 
     def after_store(self, conn: Connection, stored: StoredMessage) -> None:

@@ -10,22 +10,32 @@ queue's `templates`, then "default"; a file missing from the chosen set or langu
 taken from the "default" set and from English, and finally from the templates shipped with
 ticketgate (the ones `ticketgate init` copies), which are also used when `[templates] dir`
 does not exist.
+
+A template that is only text, `{{ a.b }}` and `{% if a.b %}` is rendered without jinja2's
+runtime (`simple_template`), to the same output; see `Templates._render`.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import time
 import weakref
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from types import CodeType
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import gateway
 
+from .simple_template import DICT_ATTRIBUTES, SimpleTemplate, compile_simple
+
 if TYPE_CHECKING:
     import jinja2
+    from jinja2 import nodes
+
+log = logging.getLogger("ticketgate.autoresponse")
 
 EVENTS = ("new-ticket", "follow-up", "reject", "new-ticket-rejected", "agent-notification")
 DEFAULT_SET = "default"
@@ -56,7 +66,7 @@ def _autoescape(name: str | None) -> bool:
 
 
 # What `getattr(some_dict, name)` finds; any other name on a dict is looked up as a key.
-_DICT_ATTRIBUTES = frozenset(dir(dict))
+_DICT_ATTRIBUTES = DICT_ATTRIBUTES
 
 
 @functools.cache
@@ -84,6 +94,32 @@ def _environment_class() -> type[jinja2.Environment]:
     return DictFastSandbox
 
 
+class _Facts:
+    """What one template object's source allows, worked out once it is worth it.
+
+    Kept per template object: jinja2 compiles a new one when its file changes.
+    """
+
+    __slots__ = ("analysed", "fallbacks", "fast", "rendered", "verbatim")
+
+    def __init__(self) -> None:
+        self.analysed = False
+        self.rendered = False  # by jinja2, before the analysis
+        self.verbatim = False  # see `number_verbatim`
+        self.fast: SimpleTemplate | None = None  # None: jinja2 renders it
+        self.fallbacks = 0  # renders the simple form left to jinja2 (for tests, debugging)
+
+
+class _Lookup(NamedTuple):
+    at: float  # time.monotonic() of the lookup
+    text: jinja2.Template
+    html: jinja2.Template | None
+    text_globals: dict[str, Any]
+    html_globals: dict[str, Any] | None
+    text_facts: _Facts
+    html_facts: _Facts | None
+
+
 class Templates:
     """The configured template folder (or the packaged one) behind a sandboxed environment."""
 
@@ -91,9 +127,8 @@ class Templates:
                  overrides: dict[str, str] | None = None) -> None:
         self.language = language or FALLBACK_LANGUAGE
         self.overrides = {k.lower(): v for k, v in (overrides or {}).items()}
-        self._resolved: dict[tuple[str, str], tuple[float, Any, Any, Any, Any]] = {}
-        # Per template object: jinja2 compiles a new one when its file changes.
-        self._verbatim_of: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+        self._resolved: dict[tuple[str, str], _Lookup] = {}
+        self._facts_of: weakref.WeakKeyDictionary[Any, _Facts] = weakref.WeakKeyDictionary()
         self.directory = directory if directory is not None and directory.is_dir() \
             else PACKAGED_DIR
         # Imported here: `ticketgate pipe` only pays for jinja2 when it renders something.
@@ -147,12 +182,15 @@ class Templates:
                                                             jinja2.Template | None]:
         """The text template and the HTML one beside it (or None), looked up again at most
         every RECHECK seconds: the lookup stats several files, and edits still show up
-        within seconds without a reload."""
-        _, text_tpl, html_tpl, _, _ = self._entry(template_set, event)
-        return text_tpl, html_tpl
+        within seconds without a reload. Their sources are analysed now too (for
+        `warm_up`), not on their second render."""
+        hit = self._entry(template_set, event)
+        for tpl in (hit.text, hit.html):
+            if tpl is not None:
+                self._analysed(tpl)
+        return hit.text, hit.html
 
-    def _entry(self, template_set: str, event: str) -> tuple[float, Any, Any, Any, Any]:
-        """(looked up at, text template, HTML template or None, their globals)."""
+    def _entry(self, template_set: str, event: str) -> _Lookup:
         key = (template_set, event)
         now = time.monotonic()
         hit = self._resolved.get(key)
@@ -169,28 +207,88 @@ class Templates:
             html_tpl = self._find_name(html_name)
         # Each template's globals flattened once: jinja2 would copy them out of a ChainMap
         # into every render's context, which cost about a third of the rendering.
-        hit = self._resolved[key] = (
+        hit = self._resolved[key] = _Lookup(
             now, text_tpl, html_tpl, dict(text_tpl.globals),
-            dict(html_tpl.globals) if html_tpl is not None else None)
+            dict(html_tpl.globals) if html_tpl is not None else None,
+            self._facts(text_tpl), self._facts(html_tpl) if html_tpl is not None else None)
         return hit
+
+    def _facts(self, tpl: jinja2.Template) -> _Facts:
+        facts = self._facts_of.get(tpl)
+        if facts is None:
+            facts = self._facts_of[tpl] = _Facts()
+        return facts
+
+    def _analysed(self, tpl: jinja2.Template) -> _Facts:
+        """The template's facts, worked out from its source (once) if not done yet."""
+        facts = self._facts(tpl)
+        if not facts.analysed:
+            tree = _source_tree(self.env, tpl)
+            facts.verbatim = tree is not None and _number_verbatim(tree)
+            facts.fast = _simple(tpl, tree) if tree is not None else None
+            facts.analysed = True
+        return facts
 
     def number_verbatim(self, template_set: str, event: str) -> bool:
         """Do this event's templates print `ticket.number` only as it is (draft.py)?"""
-        _, text_tpl, html_tpl, _, _ = self._entry(template_set, event)
-        return all(self._verbatim(t) for t in (text_tpl, html_tpl) if t is not None)
-
-    def _verbatim(self, tpl: jinja2.Template) -> bool:
-        verdict = self._verbatim_of.get(tpl)
-        if verdict is None:
-            verdict = self._verbatim_of[tpl] = number_verbatim(self.env, tpl)
-        return verdict
+        hit = self._entry(template_set, event)
+        return all(self._analysed(t).verbatim for t in (hit.text, hit.html) if t is not None)
 
     def render(self, template_set: str, event: str, context: dict[str, Any]) -> Rendered:
-        _, text_tpl, html_tpl, text_globals, html_globals = self._entry(template_set, event)
-        text = render_one(self, text_tpl, context, text_globals)
-        html = render_one(self, html_tpl, context, html_globals) \
-            if html_tpl is not None else None
-        return Rendered(text, html, text_tpl.name or "")
+        hit = self._entry(template_set, event)
+        text = self._render(hit.text, hit.text_facts, context, hit.text_globals)
+        html = self._render(hit.html, hit.html_facts, context, hit.html_globals) \
+            if hit.html is not None else None
+        return Rendered(text, html, hit.text.name or "")
+
+    def _render(self, tpl: jinja2.Template, facts: _Facts, context: dict[str, Any],
+                template_globals: dict[str, Any] | None) -> str:
+        """`render_one`, by the template's simple form (`simple_template`) if it has one.
+
+        The source is analysed on a template object's second render, so a process that
+        renders once (`ticketgate pipe`) does not pay for it. Whatever the simple form
+        cannot say (a missing key, a value that is not a plain dict) goes to jinja2, for
+        the same output or its proper error.
+        """
+        if not facts.analysed:
+            if not facts.rendered:
+                facts.rendered = True
+                return render_one(self, tpl, context, template_globals)
+            self._analysed(tpl)
+        fast = facts.fast
+        if fast is not None:
+            try:
+                out = fast.render(context)
+            except Exception:
+                facts.fallbacks += 1
+            else:
+                return out if fast.checked \
+                    else self._confirmed(tpl, facts, fast, out, context, template_globals)
+        return render_one(self, tpl, context, template_globals)
+
+    def _confirmed(self, tpl: jinja2.Template, facts: _Facts, fast: SimpleTemplate,
+                   out: str, context: dict[str, Any],
+                   template_globals: dict[str, Any] | None) -> str:
+        """The first output of a template object's simple form, checked against jinja2's.
+
+        A difference would be a piece of jinja2's behaviour `simple_template` misses: that
+        template object is then left to jinja2 for good, and jinja2's output (or error)
+        is what counts.
+        """
+        try:
+            expected = render_one(self, tpl, context, template_globals)
+        except TemplateError as exc:
+            facts.fast = None
+            log.debug("%s: jinja2 fails where the simple form did not (%s), not simple",
+                      tpl.name, exc)
+            raise
+        if expected != out:
+            facts.fast = None
+            log.debug("%s: the simple form rendered differently from jinja2, not simple",
+                      tpl.name)
+            return expected
+        fast.checked = True
+        return out
 
     def all_files(self) -> list[str]:
         """Every template file in the site's folder (or the shipped one), as loader names."""
@@ -205,14 +303,51 @@ def number_verbatim(env: jinja2.Environment, tpl: jinja2.Template) -> bool:
     only as a whole `{{ ... }}` of its own, so its output holds the number unchanged
     wherever it appears and nothing else depends on it. Anything that could capture or
     transform output (blocks, macros, `{% set %}` blocks, filter and call blocks,
-    includes) makes it False, as does a template whose source cannot be read.
+    includes) makes it False, as does a template whose source cannot be read or is no
+    longer the one `tpl` was compiled from.
     """
+    tree = _source_tree(env, tpl)
+    return tree is not None and _number_verbatim(tree)
+
+
+def _source_tree(env: jinja2.Environment, tpl: jinja2.Template) -> nodes.Template | None:
+    """The parsed source of `tpl`, or None if it cannot be read or parsed, or is not what
+    `tpl` was compiled from (the file changed since: jinja2 compiles a new template
+    object at its next lookup).
+
+    The file is read apart from jinja2's loading, so the source is compiled again and its
+    code compared with the template's: equal code is the same template, whatever the
+    source's history.
+    """
+    try:
+        source = Path(tpl.filename or "").read_text(encoding="utf-8")
+        module = env.compile(source, tpl.name, tpl.filename)
+        root = tpl.root_render_func.__code__  # type: ignore[attr-defined]
+        if not any(isinstance(c, CodeType) and c.co_name == "root" and c == root
+                   for c in module.co_consts):
+            return None
+        return env.parse(source, tpl.name, tpl.filename)
+    except Exception:
+        return None
+
+
+def _simple(tpl: jinja2.Template, tree: nodes.Template) -> SimpleTemplate | None:
+    """The template's simple form, if it has one and its environment prints values plainly
+    (no `finalize`, not async: what `simple_template` assumes)."""
+    env = tpl.environment
+    if env.finalize is not None or env.is_async:
+        return None
+    autoescape = env.autoescape(tpl.name) if callable(env.autoescape) \
+        else bool(env.autoescape)
+    try:
+        return compile_simple(tree, autoescape)
+    except Exception:  # an unexpected tree: jinja2 renders it as before
+        return None
+
+
+def _number_verbatim(tree: nodes.Template) -> bool:
     from jinja2 import nodes
 
-    try:
-        tree = env.parse(Path(tpl.filename or "").read_text(encoding="utf-8"))
-    except Exception:
-        return False
     if any(True for _ in tree.find_all(_capturing())):
         return False
 

@@ -14,14 +14,20 @@ import hashlib
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, Engine, func, insert, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
-from autoresponse.responder import NullResponder, Responder, StoredMessage
+from autoresponse.responder import (
+    NullResponder,
+    QueueRef,
+    Responder,
+    StoredMessage,
+    TicketPreview,
+)
 from rules.route import NullRouter, Route, Router
 from ticketstore import numbers
 from ticketstore.db import dialect_insert
@@ -187,7 +193,11 @@ class Intake:
         queue = self.queues.queue_for(recipients) or self.config.tickets.default_queue
         prepared = Prepared(raw, envelope, msg, classification, route, message_id, chash, queue)
         # A responder may make its answer ahead (Responder.draft); test doubles need not.
-        return self._draft(prepared) if getattr(self.responder, "drafts", False) else prepared
+        if getattr(self.responder, "drafts", False):
+            # Set on the instance nobody else has seen yet: `dataclasses.replace` copied
+            # every field again for each drafted message.
+            object.__setattr__(prepared, "draft", self._draft(prepared))
+        return prepared
 
     @property
     def engine(self) -> Engine:
@@ -372,7 +382,7 @@ class Intake:
 
     def _ticket_values(self, p: Prepared, number: str, now: dt.datetime,
                        linked_to: int | None = None, refused: bool = False,
-                       ) -> dict[str, object]:
+                       ) -> dict[str, Any]:
         """A new ticket's columns but its queue id (also the auto-responder's preview)."""
         address = p.msg.from_address or (p.envelope.mail_from or "").lower()
         state = "closed" if refused else (p.route.state or "new")
@@ -393,13 +403,14 @@ class Intake:
             closed_at=now if state == "closed" else None,
         )
 
-    def _draft(self, p: Prepared) -> Prepared:
-        """`p` with the responder's draft answer, made before the store and outside the
-        writer's lock, for the ticket this message would create (responder.py)."""
-        preview = detached_ticket({**self._ticket_values(p, "", self.clock()), "id": None,
-                                   "queue_id": None}, p.route.queue or p.queue)
-        draft = self.responder.draft(p, preview)
-        return p if draft is None else replace(p, draft=draft)
+    def _draft(self, p: Prepared) -> object | None:
+        """The responder's draft answer, made before the store and outside the writer's
+        lock, for the ticket this message would create (responder.py)."""
+        v = self._ticket_values(p, "", self.clock())
+        preview = TicketPreview(
+            v["title"], v["state"], v["priority"], v["customer_name"], v["customer_address"],
+            v["customer_domain"], v["customer_id"], QueueRef(p.route.queue or p.queue))
+        return self.responder.draft(p, preview)
 
     @staticmethod
     def _follow_up_changes(

@@ -150,7 +150,7 @@ def _outgoing(i: int, name: str, subject: str, text: str, html: str | None) -> O
 
 @pytest.fixture(autouse=True)
 def _fixed_boundary(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(compose_mod.secrets, "token_hex", lambda n: BOUNDARY)
+    monkeypatch.setattr(compose_mod, "boundary_token", lambda: BOUNDARY)
 
 
 def test_compose_bytes_equal_the_reference_composer() -> None:
@@ -211,6 +211,20 @@ _TEXT_ALPHABET = st.sampled_from(["a", "Z", " ", "\t", ".", "=", "-", "~", "\n",
 @example("=" * 26 + "\n" + "=" * 25 + "a\n-- \n")
 @example("a" * 73 + "=\n" + "=" + "b" * 73 + "\n" + "c" * 72 + "=")  # 76 bytes escaped
 def test_qp_body_equals_b2a_qp(text: str) -> None:
+    assert qp_body(text) == _ref_part("plain", text)[1]
+
+
+# Only what qp_body's fast path takes (printable ASCII, tab, "\n"): long lines with and
+# without escapes at every column, lone dots, whitespace before breaks.
+_ASCII_ALPHABET = st.sampled_from(["a", " ", "\t", ".", "=", "\n", "=3D", "x" * 70,
+                                   "y" * 25, "z" * 3, "\n.\n"])
+
+
+@settings(max_examples=1000)
+@given(st.lists(_ASCII_ALPHABET, max_size=40).map("".join))
+@example("a" * 72 + "=" + "\n" + "b" * 73 + "=" + "\n" + "c" * 74 + "=")
+@example("p" * 76 + "\n" + "q" * 75 + "=" + "\n" + "." + "\n" + "r" * 160 + " ")
+def test_qp_body_fast_path_equals_b2a_qp(text: str) -> None:
     assert qp_body(text) == _ref_part("plain", text)[1]
 
 
