@@ -90,7 +90,7 @@ def new_message_id(domain: str) -> str:
     return f"{stamp}@{domain or 'ticketgate.invalid'}".rstrip("<>")
 
 
-@dataclass(frozen=True)
+@dataclass  # not frozen: a frozen __init__ costs a call per field, per answer
 class Outgoing:
     from_name: str
     from_address: str

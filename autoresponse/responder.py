@@ -23,7 +23,7 @@ class QueueRef:
     name: str
 
 
-@dataclass(slots=True)
+@dataclass  # no slots: draft.ticket_key reads the instance dict
 class TicketPreview:
     """The ticket a message would open, as an answer drafted before the store sees it.
 

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 CUSTOMER_KINDS = ("auto-reply", "follow-up", "reject", "new-ticket-rejected")
 
 
-@dataclass(frozen=True)
+@dataclass  # not frozen: made twice per answer, and a frozen __init__ costs more
 class Check:
     conn: Connection
     stored: StoredMessage
