@@ -50,10 +50,12 @@ KINDS = {
     "agent-notification": "agent-notification",
 }
 EXCERPT_LINES = 15
+EXCERPT_WIDTH = 74  # quoted with "> ": lines of at most 76 characters
 
 
 def excerpt(text: str, lines: int = EXCERPT_LINES) -> str:
-    """The customer's text quoted with "> ", first lines only."""
+    """The customer's text quoted with "> ", first lines only, long lines wrapped as a
+    mail program quotes them (so the answer's text part can go as it is: compose.py)."""
     head = text.strip()
     # Only the first lines matter, and the text is often kilobytes: cut it after its
     # (lines + 1)-th "\n". Every line before that cut is split as in the whole text (a
@@ -61,11 +63,34 @@ def excerpt(text: str, lines: int = EXCERPT_LINES) -> str:
     parts = head.split("\n", lines + 1)
     if len(parts) > lines + 1:
         head = head[:len(head) - len(parts[-1])]
-    every = head.splitlines()
-    kept = [ln.rstrip() for ln in every[:lines]]
-    more = len(every) > lines
-    quoted = "\n".join(f"> {ln}" if ln else ">" for ln in kept)
-    return quoted + ("\n> [...]" if more else "")
+    kept: list[str] = []
+    for line in head.splitlines():
+        line = line.rstrip()
+        if len(line) > EXCERPT_WIDTH:
+            kept += wrap(line, EXCERPT_WIDTH)
+        else:
+            kept.append(line)
+        if len(kept) > lines:
+            break
+    quoted = "\n".join(f"> {ln}" if ln else ">" for ln in kept[:lines])
+    return quoted + ("\n> [...]" if len(kept) > lines else "")
+
+
+def wrap(line: str, width: int) -> list[str]:
+    """`line` broken at spaces into pieces of at most `width` characters; one space goes
+    at each break, so " ".join(pieces) == line. A word longer than `width` stays whole
+    (a URL must not be cut)."""
+    pieces = []
+    while len(line) > width:
+        cut = line.rfind(" ", 1, width + 1)
+        if cut < 1:
+            cut = line.find(" ", width + 1)
+            if cut < 0:
+                break
+        pieces.append(line[:cut])
+        line = line[cut + 1:]
+    pieces.append(line)
+    return pieces
 
 
 class AutoResponder:

@@ -133,10 +133,10 @@ def compose(out: Outgoing) -> bytes:
              "X-Auto-Response-Suppress: All\r\nPrecedence: bulk\r\n"
              f"{out.loop_header}: {_loop_value(out.loop_value or out.from_address)}\r\n"
              "MIME-Version: 1.0\r\n")
-    text = qp_body(out.text)
+    text_head, text = _part(out.text, _PLAIN_7BIT, _PLAIN_QP)
     if out.html is None:
-        return (head + _PLAIN_HEAD).encode("ascii") + b"\r\n" + text
-    html = qp_body(out.html)
+        return head.encode("ascii") + text_head + b"\r\n" + text
+    html_head, html = _part(out.html, _HTML_7BIT, _HTML_QP)
     # "=_" never occurs in quoted-printable ("=" starts only "=XX" and soft breaks), so
     # the boundary cannot collide with either part whatever its digits: they need not be
     # secret (`secrets` reads /dev/urandom on every call).
@@ -144,8 +144,8 @@ def compose(out: Outgoing) -> bytes:
     head += f'Content-Type: multipart/alternative; boundary="{boundary.decode()}"\r\n'
     return b"".join((
         head.encode("ascii"), b"\r\nThis is a multi-part message in MIME format.\r\n",
-        b"--", boundary, b"\r\n", _PLAIN_HEAD_BYTES, b"\r\n", text,
-        b"--", boundary, b"\r\n", _HTML_HEAD_BYTES, b"\r\n", html,
+        b"--", boundary, b"\r\n", text_head, b"\r\n", text,
+        b"--", boundary, b"\r\n", html_head, b"\r\n", html,
         b"--", boundary, b"--\r\n"))
 
 
@@ -153,11 +153,28 @@ def boundary_token() -> str:
     return f"{random.getrandbits(96):024x}"
 
 
-_PART_HEAD = ('Content-Type: text/{}; charset="utf-8"\r\n'
-              "Content-Transfer-Encoding: quoted-printable\r\n")
-_PLAIN_HEAD = _PART_HEAD.format("plain")
-_PLAIN_HEAD_BYTES = _PLAIN_HEAD.encode("ascii")
-_HTML_HEAD_BYTES = _PART_HEAD.format("html").encode("ascii")
+_PART_HEAD = 'Content-Type: text/{}; charset="utf-8"\r\nContent-Transfer-Encoding: {}\r\n'
+_PLAIN_7BIT = _PART_HEAD.format("plain", "7bit").encode("ascii")
+_PLAIN_QP = _PART_HEAD.format("plain", "quoted-printable").encode("ascii")
+_HTML_7BIT = _PART_HEAD.format("html", "7bit").encode("ascii")
+_HTML_QP = _PART_HEAD.format("html", "quoted-printable").encode("ascii")
+
+
+def _part(text: str, head_7bit: bytes, head_qp: bytes) -> tuple[bytes, bytes]:
+    """A text part's head and body: 7bit when it can go as it is, else quoted-printable.
+
+    7bit (what the email package and most mail programs pick for such text) when the
+    part is printable ASCII, tabs and line breaks, in lines of at most 76 characters:
+    readable as it is, and no encoding pass. Anything else (non-ASCII, long lines,
+    control characters) is quoted-printable, as before.
+    """
+    data = text.encode("utf-8")
+    if not data.translate(None, _QP_SIMPLE):
+        if data.endswith(b"\n"):  # splitlines() drops the break after the last line
+            data = data[:-1]
+        if max(map(len, data.split(b"\n"))) <= _QP_MAX_LINE:
+            return head_7bit, data.replace(b"\n", b"\r\n") + b"\r\n"
+    return head_qp, qp_body(text)
 
 
 @functools.lru_cache(maxsize=64)

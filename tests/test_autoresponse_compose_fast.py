@@ -58,11 +58,20 @@ def _ref_address(display: str, addr_spec: str) -> str:
 
 
 def _ref_part(subtype: str, text: str) -> tuple[list[tuple[str, str]], bytes]:
+    lines = text.splitlines()
+    if all(c in "\t\n" or " " <= c <= "~" for c in text) \
+            and all(len(line) <= 76 for line in lines):  # 7bit: short ASCII lines
+        return [("Content-Type", f'text/{subtype}; charset="utf-8"'),
+                ("Content-Transfer-Encoding", "7bit")], \
+            "".join(f"{line}\r\n" for line in lines or [""]).encode("ascii")
+    return [("Content-Type", f'text/{subtype}; charset="utf-8"'),
+            ("Content-Transfer-Encoding", "quoted-printable")], _ref_qp(text)
+
+
+def _ref_qp(text: str) -> bytes:
     data = "\n".join(text.splitlines()).encode("utf-8") + b"\n"
     encoded = binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)
-    body = encoded.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-    return [("Content-Type", f'text/{subtype}; charset="utf-8"'),
-            ("Content-Transfer-Encoding", "quoted-printable")], body
+    return encoded.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
 def _reference_compose(out: Outgoing, boundary_hex: str) -> bytes:
@@ -211,7 +220,7 @@ _TEXT_ALPHABET = st.sampled_from(["a", "Z", " ", "\t", ".", "=", "-", "~", "\n",
 @example("=" * 26 + "\n" + "=" * 25 + "a\n-- \n")
 @example("a" * 73 + "=\n" + "=" + "b" * 73 + "\n" + "c" * 72 + "=")  # 76 bytes escaped
 def test_qp_body_equals_b2a_qp(text: str) -> None:
-    assert qp_body(text) == _ref_part("plain", text)[1]
+    assert qp_body(text) == _ref_qp(text)
 
 
 # Only what qp_body's fast path takes (printable ASCII, tab, "\n"): long lines with and
@@ -225,7 +234,18 @@ _ASCII_ALPHABET = st.sampled_from(["a", " ", "\t", ".", "=", "\n", "=3D", "x" * 
 @example("a" * 72 + "=" + "\n" + "b" * 73 + "=" + "\n" + "c" * 74 + "=")
 @example("p" * 76 + "\n" + "q" * 75 + "=" + "\n" + "." + "\n" + "r" * 160 + " ")
 def test_qp_body_fast_path_equals_b2a_qp(text: str) -> None:
-    assert qp_body(text) == _ref_part("plain", text)[1]
+    assert qp_body(text) == _ref_qp(text)
+
+
+@settings(max_examples=1000)
+@given(st.lists(_ASCII_ALPHABET | _TEXT_ALPHABET, max_size=40).map("".join))
+@example("a" * 76 + "\n" + "b" * 76)  # 7bit at the limit
+@example("a" * 77)  # one over: quoted-printable
+def test_part_is_7bit_only_for_short_ascii_lines(text: str) -> None:
+    head, body = compose_mod._part(text, b"7bit", b"qp")
+    ref_head, ref_body = _ref_part("plain", text)
+    assert head == (b"7bit" if ref_head[1][1] == "7bit" else b"qp")
+    assert body == ref_body
 
 
 @pytest.mark.parametrize("domain", ["helpdesk.example", "", "x>", "x<>", "<>", "a>b", "é.example"])
