@@ -7,6 +7,7 @@ The schema is shared by every part of ticketgate; Alembic migrations in
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import (
@@ -31,6 +32,11 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+# (dialect name, impl) -> [((a datetime bound, what it became), (the one before, ...))]
+_LAST_BOUND: dict[tuple[str, str], list[tuple[tuple[Any, Any], tuple[Any, Any]]]] = {}
+_NOTHING = (object(), None)
+
+
 class UTCDateTime(TypeDecorator[dt.datetime]):
     """Timezone-aware UTC on every backend (SQLite drops tzinfo on its own)."""
 
@@ -41,6 +47,31 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         if value is not None and value.tzinfo is None:
             raise ValueError("naive datetime given to a UTC column")
         return value.astimezone(dt.UTC) if value is not None else None
+
+    def bind_processor(self, dialect: Any) -> Callable[[Any], Any] | None:
+        """SQLAlchemy's processor, remembering its last two results: one write stamps the
+        ticket, article, events and outbox row with the same `now` object (the daily
+        limit's `now - 24 h` comes in between), and turning it into SQLite's text costs
+        about as much as the rest of a bound row."""
+        inner = super().bind_processor(dialect)
+        if inner is None:
+            return None
+        # Shared by every column's processor (SQLAlchemy makes one per column).
+        last = _LAST_BOUND.setdefault((dialect.name, repr(self.impl)), [(_NOTHING, _NOTHING)])
+
+        def process(value: Any) -> Any:
+            if value is None:  # NULL stays NULL, and keeps what is remembered
+                return None
+            newer, older = last[0]  # one read: another thread may replace it meanwhile
+            if newer[0] is value:
+                return newer[1]
+            if older[0] is value:
+                return older[1]
+            out = inner(value)
+            last[0] = ((value, out), newer)
+            return out
+
+        return process
 
     def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
         if value is not None and value.tzinfo is None:
