@@ -81,15 +81,16 @@ def wrap(line: str, width: int) -> list[str]:
     at each break, so " ".join(pieces) == line. A word longer than `width` stays whole
     (a URL must not be cut)."""
     pieces = []
-    while len(line) > width:
-        cut = line.rfind(" ", 1, width + 1)
-        if cut < 1:
-            cut = line.find(" ", width + 1)
+    start, end = 0, len(line)
+    while end - start > width:
+        cut = line.rfind(" ", start + 1, start + width + 1)
+        if cut < 0:
+            cut = line.find(" ", start + width + 1)
             if cut < 0:
                 break
-        pieces.append(line[:cut])
-        line = line[cut + 1:]
-    pieces.append(line)
+        pieces.append(line[start:cut])
+        start = cut + 1
+    pieces.append(line[start:])
     return pieces
 
 

@@ -9,9 +9,9 @@ otherwise make "on" look cheaper).
 
 Variants, alternated and repeated so both see the same machine state:
   off       [autoresponse] enabled = false
-  on        enabled: render + compose + outbox/article/event rows in the intake
-            transaction; the smarthost accepts TCP but never greets, so delivery waits
-            (no delivery work is measured)
+  on        enabled: the answer drafted (checked, rendered, composed) before the store
+            and its outbox row written in the intake transaction; the smarthost accepts
+            TCP but never greets, so delivery waits (no delivery work is measured)
   on+send   enabled, and the outbox worker delivering to a local aiosmtpd sink meanwhile
             (the sink runs on the same cores, so this overstates the cost)
 CPU per message is that of the server's processes (master and workers).
