@@ -62,9 +62,15 @@ def _envelope_null(ctx: Check) -> str | None:
     return "empty envelope sender <>" if ctx.stored.envelope.mail_from == "" else None
 
 
+def _senders(ctx: Check) -> dict[str, None]:
+    """From, envelope sender and recipient, each once (they are usually one address),
+    in that order: the first that matches names the reason."""
+    return dict.fromkeys((ctx.stored.msg.from_address, ctx.stored.envelope.mail_from or "",
+                          ctx.recipient))
+
+
 def _noreply_sender(ctx: Check) -> str | None:
-    for addr in (ctx.stored.msg.from_address, ctx.stored.envelope.mail_from or "",
-                 ctx.recipient):
+    for addr in _senders(ctx):
         local = addr.rpartition("@")[0] or addr
         if local and ctx.noreply.match(local):
             return f"robot sender {addr!r} (autoresponse.noreply_pattern)"
@@ -72,8 +78,7 @@ def _noreply_sender(ctx: Check) -> str | None:
 
 
 def _system_address(ctx: Check) -> str | None:
-    for addr in (ctx.stored.msg.from_address, ctx.stored.envelope.mail_from or "",
-                 ctx.recipient):
+    for addr in _senders(ctx):
         if addr and (addr.lower() in ctx.system_addresses
                      or split_plus(addr)[0] in ctx.system_addresses):
             return f"sender {addr} is one of our own addresses"
