@@ -71,13 +71,27 @@ _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
+_last_date: tuple[tuple[int, ...], str] = ((), "")
+
+
 def format_date(when: dt.datetime) -> str:
     """`email.utils.format_datetime(when)`, written out directly for UTC (the intake's
-    clock), where it costs a fifth; any other zone goes through the email package."""
+    clock), where it costs a fifth; any other zone goes through the email package.
+
+    The last result is kept: answers made within the same second share their Date, and
+    formatting it costs several times the lookup.
+    """
+    global _last_date
     if when.tzinfo is not dt.UTC:
         return email.utils.format_datetime(when)
-    return (f"{_DAYS[when.weekday()]}, {when.day:02d} {_MONTHS[when.month - 1]} "
+    key = (when.second, when.minute, when.hour, when.day, when.month, when.year)
+    last = _last_date  # one read: another thread may replace it meanwhile
+    if last[0] == key:
+        return last[1]
+    text = (f"{_DAYS[when.weekday()]}, {when.day:02d} {_MONTHS[when.month - 1]} "
             f"{when.year:04d} {when.hour:02d}:{when.minute:02d}:{when.second:02d} +0000")
+    _last_date = (key, text)
+    return text
 
 
 def new_message_id(domain: str) -> str:

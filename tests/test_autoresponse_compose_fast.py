@@ -209,6 +209,13 @@ def test_format_date_equals_email_utils(when: dt.datetime) -> None:
     assert format_date(when) == email.utils.format_datetime(when)
 
 
+def test_format_date_reuses_only_the_same_second() -> None:
+    base = dt.datetime(2026, 11, 22, 23, 59, 59, 1, tzinfo=dt.UTC)
+    for when in (base, base.replace(microsecond=999_999), base + dt.timedelta(seconds=1),
+                 base.replace(year=2025), base.replace(minute=58), base):
+        assert format_date(when) == email.utils.format_datetime(when)
+
+
 _TEXT_ALPHABET = st.sampled_from(["a", "Z", " ", "\t", ".", "=", "-", "~", "\n", "\r",
                                   "\r\n", "é", "€", "😀", "\x00", "\x7f", "\x0b", "\x85",
                                   "\u2028", "x" * 70, "=" * 5, " " * 3])
