@@ -211,8 +211,11 @@ def test_format_date_equals_email_utils(when: dt.datetime) -> None:
 
 def test_format_date_reuses_only_the_same_second() -> None:
     base = dt.datetime(2026, 11, 22, 23, 59, 59, 1, tzinfo=dt.UTC)
-    for when in (base, base.replace(microsecond=999_999), base + dt.timedelta(seconds=1),
-                 base.replace(year=2025), base.replace(minute=58), base):
+    # Each value after the first differs from the one before in one field only.
+    sequence = [base, base.replace(microsecond=999_999)]
+    for field_ in ("second", "minute", "hour", "day", "month", "year"):
+        sequence += [base.replace(**{field_: getattr(base, field_) - 1}), base]
+    for when in sequence:
         assert format_date(when) == email.utils.format_datetime(when)
 
 
