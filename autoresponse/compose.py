@@ -164,6 +164,7 @@ def compose(out: Outgoing) -> bytes:
 
 
 def boundary_token() -> str:
+    """The random part of a multipart boundary (a function of its own for the tests)."""
     return f"{random.getrandbits(96):024x}"
 
 
@@ -182,13 +183,12 @@ def _part(text: str, head_7bit: bytes, head_qp: bytes) -> tuple[bytes, bytes]:
     readable as it is, and no encoding pass. Anything else (non-ASCII, long lines,
     control characters) is quoted-printable, as before.
     """
-    data = text.encode("utf-8")
-    if not data.translate(None, _QP_SIMPLE):
-        if data.endswith(b"\n"):  # splitlines() drops the break after the last line
-            data = data[:-1]
-        if max(map(len, data.split(b"\n"))) <= _QP_MAX_LINE:
-            return head_7bit, data.replace(b"\n", b"\r\n") + b"\r\n"
-    return head_qp, qp_body(text)
+    data = _simple_text(text)
+    if data is None:
+        return head_qp, _qp_other(text)
+    if max(map(len, data.split(b"\n"))) <= _QP_MAX_LINE:
+        return head_7bit, data.replace(b"\n", b"\r\n") + b"\r\n"
+    return head_qp, _qp_simple(data)
 
 
 @functools.lru_cache(maxsize=64)
@@ -214,20 +214,35 @@ def qp_body(text: str) -> bytes:
     do the rest. Anything else (non-ASCII, "\r" or other line breaks, control
     characters) goes to b2a_qp whole.
     """
+    data = _simple_text(text)
+    return _qp_other(text) if data is None else _qp_simple(data)
+
+
+def _simple_text(text: str) -> bytes | None:
+    """`text` as bytes without its final line break if it is printable ASCII, tabs and
+    "\n" only (what the 7bit and quoted-printable fast paths take), else None."""
     data = text.encode("utf-8")
-    if not data.translate(None, _QP_SIMPLE):
-        if data.endswith(b"\n"):  # splitlines() drops the break after the last line
-            data = data[:-1]
-        equals = b"=" in data
-        escaped = data.replace(b"=", b"=3D") if equals else data
-        lines = escaped.split(b"\n")
-        # An escape that would end past column 75 gets a soft break before it.
-        fits = _QP_MAX_LINE - equals
-        if max(map(len, lines)) > fits or b"." in lines:
-            escaped = b"\n".join([ln if len(ln) <= fits and ln != b"." else _qp_line(ln)
-                                   for ln in lines])
-        return (escaped.replace(b"\n", b"\r\n") + b"\r\n").replace(
-            b" \r\n", b"=20\r\n").replace(b"\t\r\n", b"=09\r\n")
+    if data.translate(None, _QP_SIMPLE):
+        return None
+    return data[:-1] if data.endswith(b"\n") else data  # as splitlines() drops it
+
+
+def _qp_simple(data: bytes) -> bytes:
+    """qp_body of `_simple_text`'s bytes."""
+    equals = b"=" in data
+    escaped = data.replace(b"=", b"=3D") if equals else data
+    lines = escaped.split(b"\n")
+    # An escape that would end past column 75 gets a soft break before it.
+    fits = _QP_MAX_LINE - equals
+    if max(map(len, lines)) > fits or b"." in lines:
+        escaped = b"\n".join([ln if len(ln) <= fits and ln != b"." else _qp_line(ln)
+                               for ln in lines])
+    return (escaped.replace(b"\n", b"\r\n") + b"\r\n").replace(
+        b" \r\n", b"=20\r\n").replace(b"\t\r\n", b"=09\r\n")
+
+
+def _qp_other(text: str) -> bytes:
+    """qp_body of anything else: b2a_qp whole."""
     data = "\n".join(text.splitlines()).encode("utf-8") + b"\n"
     return binascii.b2a_qp(data, quotetabs=False, istext=True, header=False).replace(
         b"\n", b"\r\n")

@@ -65,9 +65,6 @@ def _autoescape(name: str | None) -> bool:
     return bool(name and name.endswith(".html"))
 
 
-# What `getattr(some_dict, name)` finds; any other name on a dict is looked up as a key.
-_DICT_ATTRIBUTES = DICT_ATTRIBUTES
-
 
 @functools.cache
 def _environment_class() -> type[jinja2.Environment]:
@@ -84,7 +81,7 @@ def _environment_class() -> type[jinja2.Environment]:
 
     class DictFastSandbox(SandboxedEnvironment):
         def getattr(self, obj: Any, attribute: str) -> Any:
-            if type(obj) is dict and attribute not in _DICT_ATTRIBUTES:
+            if type(obj) is dict and attribute not in DICT_ATTRIBUTES:
                 try:
                     return obj[attribute]
                 except KeyError:
@@ -298,18 +295,6 @@ class Templates:
         )
 
 
-def number_verbatim(env: jinja2.Environment, tpl: jinja2.Template) -> bool:
-    """True if the template uses `ticket` only as `ticket.<key>`, and `ticket.number`
-    only as a whole `{{ ... }}` of its own, so its output holds the number unchanged
-    wherever it appears and nothing else depends on it. Anything that could capture or
-    transform output (blocks, macros, `{% set %}` blocks, filter and call blocks,
-    includes) makes it False, as does a template whose source cannot be read or is no
-    longer the one `tpl` was compiled from.
-    """
-    tree = _source_tree(env, tpl)
-    return tree is not None and _number_verbatim(tree)
-
-
 def _source_tree(env: jinja2.Environment, tpl: jinja2.Template) -> nodes.Template | None:
     """The parsed source of `tpl`, or None if it cannot be read or parsed, or is not what
     `tpl` was compiled from (the file changed since: jinja2 compiles a new template
@@ -346,6 +331,13 @@ def _simple(tpl: jinja2.Template, tree: nodes.Template) -> SimpleTemplate | None
 
 
 def _number_verbatim(tree: nodes.Template) -> bool:
+    """True if the template uses `ticket` only as `ticket.<key>`, and `ticket.number`
+    only as a whole `{{ ... }}` of its own, so its output holds the number unchanged
+    wherever it appears and nothing else depends on it. Anything that could capture or
+    transform output (blocks, macros, `{% set %}` blocks, filter and call blocks,
+    includes) makes it False. (A template whose source cannot be read, or is no longer
+    the one it was compiled from, has no tree: `_source_tree`.)
+    """
     from jinja2 import nodes
 
     if any(True for _ in tree.find_all(_capturing())):

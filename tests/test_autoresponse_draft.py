@@ -14,13 +14,12 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-import jinja2
 import pytest
 from sqlalchemy import select
 
 from autoresponse import suppress
 from autoresponse.draft import Draft
-from autoresponse.templates import Templates, number_verbatim
+from autoresponse.templates import Templates
 from gateway.config import Config
 from gateway.envelope import Envelope, Outcome
 from gateway.runtime import Store, open_store
@@ -180,9 +179,9 @@ VERBATIM = {
 
 @pytest.mark.parametrize(("source", "verbatim"), list(VERBATIM.items()))
 def test_number_verbatim(tmp_path: Path, source: str, verbatim: bool) -> None:
-    (tmp_path / "t").write_text(source, encoding="utf-8")
-    env = Templates(None).env.overlay(loader=jinja2.FileSystemLoader(str(tmp_path)))
-    assert number_verbatim(env, env.get_template("t")) is verbatim
+    (tmp_path / "default" / "en").mkdir(parents=True)
+    (tmp_path / "default" / "en" / "new-ticket.txt").write_text(source, encoding="utf-8")
+    assert Templates(tmp_path).number_verbatim("default", "new-ticket") is verbatim
 
 
 def test_shipped_templates_print_the_number_verbatim() -> None:

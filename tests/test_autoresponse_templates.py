@@ -132,3 +132,15 @@ def test_site_overrides_one_file_and_the_rest_comes_from_the_shipped_set(
     reject = t.render("default", "reject", sample_context())
     assert "is closed" in reject.text  # shipped
     assert t.all_files() == ["default/en/new-ticket.txt"]
+
+
+@pytest.mark.parametrize("language", ["en", "es"])
+@pytest.mark.parametrize("event", EVENTS)
+def test_shipped_templates_render_lines_short_enough_to_go_unencoded(language: str,
+                                                                    event: str) -> None:
+    """compose sends a part as it is (7bit) only if no line is over 76 characters: with
+    ordinary values, the shipped wording must not push an ASCII answer to
+    quoted-printable (nor have it broken mid-word)."""
+    out = Templates(None, language).render("default", event, sample_context(language))
+    for part in (out.text, out.html or ""):
+        assert max(map(len, part.splitlines()), default=0) <= 76, part
