@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.addresses import split_plus
 from gateway.classify import BOUNCE, LOOP, bounced_message_ids, bounced_recipients
 from gateway.envelope import Outcome
-from gateway.subject import find_numbers, tag_subject
+from gateway.subject import tag_subject
 from ticketstore.models import utcnow
 from ticketstore.statements import STATEMENTS
 
@@ -247,10 +247,14 @@ class AutoResponder:
         }
 
     def _outgoing(self, stored: StoredMessage, qcfg: QueueConfig, event: str, rcpt: str,
-                  rcpt_name: str, number: str) -> tuple[Outgoing, Rendered]:
-        """The answer's message, rendered for ticket `number` (TemplateError if broken)."""
+                  rcpt_name: str, number: str, tset: str | None = None,
+                  ) -> tuple[Outgoing, Rendered]:
+        """The answer's message, rendered for ticket `number` (TemplateError if broken),
+        from template set `tset` (by default, the one `choose_set` picks)."""
         t, m = stored.ticket, stored.msg
-        tset = self.templates.choose_set(qcfg.templates, t.customer_id or "", t.customer_domain)
+        if tset is None:
+            tset = self.templates.choose_set(qcfg.templates, t.customer_id or "",
+                                             t.customer_domain)
         rendered = self.templates.render(tset, event, self.context(stored, qcfg, event, number))
         sender = self.from_address(qcfg)
         tcfg = self.config.tickets
@@ -312,9 +316,9 @@ class AutoResponder:
         suppresses, and whose templates print the ticket number only as it is. None
         otherwise, and the answer is made in the transaction as before.
         """
-        m, tcfg = p.msg, self.config.tickets
+        m = p.msg
         size = self._number_size
-        if not size or m.in_reply_to or m.references or find_numbers(m.subject, tcfg.hook):
+        if not size or m.in_reply_to or m.references or p.subject_numbers:
             return None
         qcfg = self.config.queue(preview.queue.name)
         if not qcfg.accept_new or not self.from_address(qcfg):
@@ -335,7 +339,8 @@ class AutoResponder:
                 return None
             number = placeholder(size)
             out, rendered = self._outgoing(stored, qcfg, "new-ticket", rcpt, m.from_name
-                                           if rcpt == m.from_address.lower() else "", number)
+                                           if rcpt == m.from_address.lower() else "", number,
+                                           tset)
             data = compose(out)
         except (TemplateError, ValueError):
             return None  # the transaction meets it again, and records it

@@ -229,7 +229,14 @@ class Templates:
     def number_verbatim(self, template_set: str, event: str) -> bool:
         """Do this event's templates print `ticket.number` only as it is (draft.py)?"""
         hit = self._entry(template_set, event)
-        return all(self._analysed(t).verbatim for t in (hit.text, hit.html) if t is not None)
+        # The lookup's facts are the templates' own (`_facts`), reached without the
+        # weak dictionary: this is asked for every drafted answer.
+        text, html = hit.text_facts, hit.html_facts
+        if not text.analysed:
+            self._analysed(hit.text)
+        if html is not None and not html.analysed:
+            self._analysed(hit.html)  # type: ignore[arg-type]
+        return text.verbatim and (html is None or html.verbatim)
 
     def render(self, template_set: str, event: str, context: dict[str, Any]) -> Rendered:
         hit = self._entry(template_set, event)

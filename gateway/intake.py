@@ -146,8 +146,14 @@ class Prepared:
     content_hash: str
     queue: str  # from the recipients; a rule's queue wins for new tickets
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # Ticket numbers in the subject (find_numbers): threading and the responder's draft
+    # both ask, and only the first needs to look.
+    subject_numbers: tuple[str, ...] = ()
     # The responder's answer made ahead for the ticket this message would create.
     draft: object | None = None
+    # A new ticket's columns that depend on the message alone (`Intake._ticket_base`),
+    # kept when the draft's preview computed them so that the store does not again.
+    ticket_base: dict[str, Any] | None = None
 
 
 class Intake:
@@ -191,7 +197,9 @@ class Intake:
             + msg.to + msg.cc
         )
         queue = self.queues.queue_for(recipients) or self.config.tickets.default_queue
-        prepared = Prepared(raw, envelope, msg, classification, route, message_id, chash, queue)
+        prepared = Prepared(raw, envelope, msg, classification, route, message_id, chash, queue,
+                            subject_numbers=tuple(find_numbers(msg.subject,
+                                                               self.config.tickets.hook)))
         # A responder may make its answer ahead (Responder.draft); test doubles need not.
         if getattr(self.responder, "drafts", False):
             # Set on the instance nobody else has seen yet: `dataclasses.replace` copied
@@ -309,9 +317,9 @@ class Intake:
     def _find_ticket(self, conn: Connection, p: Prepared) -> Ticket | None:
         """The ticket this message follows up, as a detached snapshot, or None."""
         tcfg = self.config.tickets
-        candidates = find_numbers(p.msg.subject, tcfg.hook)
+        candidates = p.subject_numbers
         if tcfg.body_threading:
-            candidates += find_numbers(p.msg.text[:20000], tcfg.hook)
+            candidates += tuple(find_numbers(p.msg.text[:20000], tcfg.hook))
         plausible = list(dict.fromkeys(
             n for n in candidates if numbers.is_plausible(tcfg.generator, n)))[:MAX_NUMBERS]
         if plausible:
@@ -383,11 +391,18 @@ class Intake:
     def _ticket_values(self, p: Prepared, number: str, now: dt.datetime,
                        linked_to: int | None = None, refused: bool = False,
                        ) -> dict[str, Any]:
-        """A new ticket's columns but its queue id (also the auto-responder's preview)."""
+        """A new ticket's columns but its queue id."""
+        base = p.ticket_base if p.ticket_base is not None and not refused \
+            else self._ticket_base(p, refused)
+        return {**base, "number": number, "linked_ticket_id": linked_to, "created_at": now,
+                "updated_at": now, "closed_at": now if base["state"] == "closed" else None}
+
+    def _ticket_base(self, p: Prepared, refused: bool = False) -> dict[str, Any]:
+        """The columns of the ticket `p` would open that depend on the message alone
+        (not its number, time or link): also what the auto-responder's preview shows."""
         address = p.msg.from_address or (p.envelope.mail_from or "").lower()
         state = "closed" if refused else (p.route.state or "new")
         return dict(
-            number=number,
             title=(strip_tags(p.msg.subject, self.config.tickets.hook) or "(no subject)")[:1000],
             state=state,
             priority=p.route.priority or 3,
@@ -397,16 +412,13 @@ class Intake:
             customer_id=p.route.customer or "",
             tags=sorted(set(p.route.tags)),
             thread_key=p.route.thread_key,
-            linked_ticket_id=linked_to,
-            created_at=now,
-            updated_at=now,
-            closed_at=now if state == "closed" else None,
         )
 
     def _draft(self, p: Prepared) -> object | None:
         """The responder's draft answer, made before the store and outside the writer's
         lock, for the ticket this message would create (responder.py)."""
-        v = self._ticket_values(p, "", self.clock())
+        v = self._ticket_base(p)
+        object.__setattr__(p, "ticket_base", v)  # p is still the preparer's alone
         preview = TicketPreview(
             v["title"], v["state"], v["priority"], v["customer_name"], v["customer_address"],
             v["customer_domain"], v["customer_id"], QueueRef(p.route.queue or p.queue))

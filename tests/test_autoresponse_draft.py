@@ -88,6 +88,33 @@ def test_a_drafted_answer_is_the_answer_made_in_the_transaction(
     assert ours.template == theirs.template and ours.rcpt_to == theirs.rcpt_to
 
 
+def test_a_ticket_stored_through_a_draft_is_the_ticket_stored_without(
+    site: tuple[Config, Store],
+) -> None:
+    """The store reuses the columns the draft's preview worked out (`ticket_base`)."""
+    from ticketstore.models import Ticket
+
+    config, store = site
+    intake = answering_intake(config, store)
+    intake.process(*_mail(0, "warm-up"))
+    raw, env = _mail(1, "Impresora en llamas [urgent]")
+    drafted = intake.prepare(raw, env)
+    assert isinstance(drafted.draft, Draft) and drafted.ticket_base is not None
+    with store.engine.begin() as conn:
+        d1 = intake.store(conn, drafted)
+    plain = intake.prepare(raw.replace(b"q1@", b"q2@"), env)
+    with store.engine.begin() as conn:
+        d2 = intake.store(conn, type(plain)(**{**plain.__dict__, "draft": None,
+                                               "ticket_base": None}))
+    skip = {"id", "number", "created_at", "updated_at"}
+    with store.factory() as s:
+        t1, t2 = (s.execute(select(Ticket).where(Ticket.number == d.ticket_number)).scalar_one()
+                  for d in (d1, d2))
+        assert {c.key: getattr(t1, c.key) for c in Ticket.__table__.columns if c.key not in skip} \
+            == {c.key: getattr(t2, c.key) for c in Ticket.__table__.columns if c.key not in skip}
+        assert t1.created_at == t1.updated_at and t1.closed_at is None
+
+
 def test_the_real_number_replaces_the_placeholder_everywhere(
     site: tuple[Config, Store],
 ) -> None:

@@ -225,6 +225,62 @@ def test_daily_limit_window_is_24_hours(tmp_path: Path, db_url: str, store: Stor
     assert [e["check"] for e in _suppressed(store)] == ["daily-limit"]
 
 
+def test_daily_limit_window_starts_at_the_whole_second_before() -> None:
+    import datetime as dt
+
+    from autoresponse.suppress import _window_start
+
+    now = dt.datetime(2026, 11, 22, 8, 0, 5, 999_999, tzinfo=dt.UTC)
+    start = _window_start(now)
+    # Never shorter than 24 hours, at most a second longer.
+    assert start == dt.datetime(2026, 11, 21, 8, 0, 5, tzinfo=dt.UTC)
+    # Answers within the same second share the object (its conversion is reused) ...
+    assert _window_start(now.replace(microsecond=1)) is start
+    # ... and the next second gets its own.
+    later = _window_start(now + dt.timedelta(microseconds=1))
+    assert later == dt.datetime(2026, 11, 21, 8, 0, 6, tzinfo=dt.UTC)
+
+
+def test_daily_limit_counts_an_answer_made_24_hours_before_within_the_second(
+    tmp_path: Path, db_url: str, store: Store,
+) -> None:
+    import datetime as dt
+
+    now = [dt.datetime(2026, 11, 22, 8, 0, 0, 700_000, tzinfo=dt.UTC)]
+    config = make_config(tmp_path, db_url, autoresponse={"max_per_day": 1})
+    intake = Intake(config, store.factory, responder=AutoResponder(config),
+                    clock=lambda: now[0])
+    intake.sync_queues()
+    intake.process(build_mail(subject="a", message_id="s1@c"), ENV)
+    # 24 h and 0.2 s later: the first answer is within the window's whole second.
+    now[0] += dt.timedelta(hours=24, milliseconds=200)
+    intake.process(build_mail(subject="b", message_id="s2@c"), ENV)
+    # A second more, and it has left the window.
+    now[0] += dt.timedelta(seconds=1)
+    intake.process(build_mail(subject="c", message_id="s3@c"), ENV)
+    assert len(_outbox(store)) == 2
+    assert [e["check"] for e in _suppressed(store)] == ["daily-limit"]
+
+
+def test_window_start_bind_converts_each_object_once() -> None:
+    import datetime as dt
+
+    from sqlalchemy.dialects import sqlite
+
+    from autoresponse.suppress import _WindowStart
+
+    dialect = sqlite.dialect()
+    process = _WindowStart().dialect_impl(dialect).bind_processor(dialect)
+    assert process is not None
+    a = dt.datetime(2026, 11, 21, 8, 0, 5, tzinfo=dt.UTC)
+    b = dt.datetime(2026, 11, 21, 8, 0, 5, tzinfo=dt.UTC)  # equal, another object
+    first = process(a)
+    assert first == "2026-11-21 08:00:05.000000"
+    assert process(a) is first  # reused
+    assert process(b) is not first and process(b) == first  # converted again
+    assert process(a + dt.timedelta(seconds=1)) == "2026-11-21 08:00:06.000000"
+
+
 def test_disabled_sends_nothing(tmp_path: Path, db_url: str, store: Store) -> None:
     config = make_config(tmp_path, db_url, autoresponse={"enabled": False})
     _intake(config, store).process(build_mail(), ENV)
