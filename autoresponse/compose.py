@@ -94,13 +94,24 @@ def format_date(when: dt.datetime) -> str:
     return text
 
 
+_pid = os.getpid()  # getpid() is a system call on every call; a forked child resets it
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 def new_message_id(domain: str) -> str:
     """A fresh Message-ID without angle brackets (stored that way, like incoming ones).
 
     `email.utils.make_msgid(domain=...).strip("<>")` written out: the same three parts
     (time in 1/100 s, pid, 64 random bits), without the call and %-formatting.
     """
-    stamp = f"{int(time.time() * 100)}.{os.getpid()}.{random.getrandbits(64)}"
+    stamp = f"{int(time.time() * 100)}.{_pid}.{random.getrandbits(64)}"
     return f"{stamp}@{domain or 'ticketgate.invalid'}".rstrip("<>")
 
 
@@ -186,7 +197,7 @@ def _part(text: str, head_7bit: bytes, head_qp: bytes) -> tuple[bytes, bytes]:
     data = _simple_text(text)
     if data is None:
         return head_qp, _qp_other(text)
-    if max(map(len, data.split(b"\n"))) <= _QP_MAX_LINE:
+    if _short_lines(data):
         return head_7bit, data.replace(b"\n", b"\r\n") + b"\r\n"
     return head_qp, _qp_simple(data)
 
@@ -200,6 +211,20 @@ def _loop_value(value: str) -> str:
 # What the fast path of qp_body takes: printable ASCII ("=" included), tab and "\n".
 _QP_SIMPLE = bytes(range(0x20, 0x7f)) + b"\t\n"
 _QP_MAX_LINE = 76  # binascii's MAXLINESIZE: a line this long is not broken
+# A line break and more than 76 characters after it before the next.
+_LONG_LINE = re.compile(b"\n[^\n]{%d}" % (_QP_MAX_LINE + 1))
+
+
+def _short_lines(data: bytes) -> bool:
+    """Is no line of `data` ("\n"-separated) longer than 76 characters?
+
+    The same as `max(map(len, data.split(b"\n"))) <= 76`, without an object per line:
+    the search only stops at line breaks (the pattern starts with one).
+    """
+    first = data.find(b"\n")
+    if (first if first >= 0 else len(data)) > _QP_MAX_LINE:
+        return False
+    return _LONG_LINE.search(data) is None
 
 
 def qp_body(text: str) -> bytes:

@@ -251,6 +251,9 @@ def test_qp_body_fast_path_equals_b2a_qp(text: str) -> None:
 @given(st.lists(_ASCII_ALPHABET | _TEXT_ALPHABET, max_size=40).map("".join))
 @example("a" * 76 + "\n" + "b" * 76)  # 7bit at the limit
 @example("a" * 77)  # one over: quoted-printable
+@example("a" * 77 + "\n" + "b")  # the first line too long
+@example("a\n" + "b" * 76 + "\n" + "c" * 77)  # the last line too long
+@example("\n" * 3 + "d" * 77 + "\n")  # after empty lines
 def test_part_is_7bit_only_for_short_ascii_lines(text: str) -> None:
     head, body = compose_mod._part(text, b"7bit", b"qp")
     ref_head, ref_body = _ref_part("plain", text)
@@ -263,9 +266,26 @@ def test_message_id_is_make_msgid_without_brackets(monkeypatch: pytest.MonkeyPat
                                                    domain: str) -> None:
     monkeypatch.setattr(time, "time", lambda: 1795000000.123456)
     monkeypatch.setattr(os, "getpid", lambda: 4242)
+    monkeypatch.setattr(compose_mod, "_pid", 4242)  # kept, not asked for every time
     monkeypatch.setattr(random, "getrandbits", lambda k: 12345678901234567890 % (1 << k))
     expected = email.utils.make_msgid(domain=domain or "ticketgate.invalid").strip("<>")
     assert new_message_id(domain) == expected
+
+
+def test_message_ids_name_the_process_after_a_fork() -> None:
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child process)
+        os.write(write, new_message_id("helpdesk.example").encode())
+        os._exit(0)
+    os.close(write)
+    try:
+        os.waitpid(child, 0)
+        theirs = os.read(read, 1000).decode()
+    finally:
+        os.close(read)
+    assert theirs.split(".")[1] == str(child)
+    assert new_message_id("helpdesk.example").split(".")[1] == str(os.getpid())
 
 
 def test_message_ids_differ() -> None:
