@@ -55,16 +55,27 @@ EXCERPT_WIDTH = 74  # quoted with "> ": lines of at most 76 characters
 
 def excerpt(text: str, lines: int = EXCERPT_LINES) -> str:
     """The customer's text quoted with "> ", first lines only, long lines wrapped as a
-    mail program quotes them (so the answer's text part can go as it is: compose.py)."""
+    mail program quotes them (so the answer's text part can go as it is: compose.py).
+
+    Whole-string operations where they do: every answer pays for this, and each Python
+    step per line costs about what a `str` method costs for a kilobyte.
+    """
     head = text.strip()
+    if not head:
+        return ""
     # Only the first lines matter, and the text is often kilobytes: cut it after its
     # (lines + 1)-th "\n". Every line before that cut is split as in the whole text (a
     # "\r\n" cannot straddle it), and there are more than `lines` of them.
     parts = head.split("\n", lines + 1)
     if len(parts) > lines + 1:
         head = head[:len(head) - len(parts[-1])]
+        parts[-1] = ""  # the cut leaves an empty line after the last "\n" (splitlines: none)
+    if head.isascii() and not any(sep in head for sep in _ASCII_BREAKS):
+        found = parts[:-1] if parts[-1] == "" and len(parts) > 1 else parts  # as splitlines
+    else:
+        found = head.splitlines()
     kept: list[str] = []
-    for line in head.splitlines():
+    for line in found:
         line = line.rstrip()
         if len(line) > EXCERPT_WIDTH:
             kept += wrap(line, EXCERPT_WIDTH)
@@ -72,8 +83,19 @@ def excerpt(text: str, lines: int = EXCERPT_LINES) -> str:
             kept.append(line)
         if len(kept) > lines:
             break
-    quoted = "\n".join(f"> {ln}" if ln else ">" for ln in kept[:lines])
-    return quoted + ("\n> [...]" if len(kept) > lines else "")
+    shown = kept[:lines]
+    if not shown:
+        return "\n> [...]" if len(kept) > lines else ""
+    # "> " before every line, ">" alone for an empty one: between two "\n", "> " can only
+    # be an empty line. Adjacent ones need the second pass (the first consumes the "\n"
+    # they share).
+    quoted = ("\n> " + "\n> ".join(shown) + "\n").replace("\n> \n", "\n>\n") \
+        .replace("\n> \n", "\n>\n")[1:-1]
+    return quoted + "\n> [...]" if len(kept) > lines else quoted
+
+
+# What str.splitlines() breaks ASCII text at, but "\n".
+_ASCII_BREAKS = ("\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e")
 
 
 def wrap(line: str, width: int) -> list[str]:

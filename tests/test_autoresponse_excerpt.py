@@ -29,6 +29,10 @@ _PIECES = st.sampled_from(["a", "bc ", " ", "\n", "\n", "\r\n", "\r", "\x0b", "\
 @example("1\n2\n3\n", 3)
 @example("1\n2\n3\n4", 3)
 @example("1\n2\n3\r\n\n", 3)
+@example("a\n\n\n\nb\n\n\nc", 15)  # runs of empty lines, quoted ">" each
+@example("a\n\n\n\nb", 2)  # cut inside a run of empty lines
+@example(" \n\x0b\n ", 3)  # nothing but whitespace
+@example("a\x0cb\nc\x1dd", 5)  # ASCII breaks other than "\n"
 def test_excerpt_equals_splitting_the_whole_text(text: str, lines: int) -> None:
     assert excerpt(text, lines) == _reference(text, lines)
 
