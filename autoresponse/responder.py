@@ -42,8 +42,8 @@ class TicketPreview:
     number: str = ""
 
 
-@dataclass(frozen=True)
-class StoredMessage:
+@dataclass(slots=True)  # not frozen: made for every stored message and every draft, and
+class StoredMessage:    # a frozen __init__ costs a call per field (nobody changes it)
     """Everything the responder may need about a message that was just stored."""
 
     msg: ParsedMessage
