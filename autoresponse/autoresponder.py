@@ -26,7 +26,7 @@ from ticketstore.statements import STATEMENTS
 
 from . import rows
 from .compose import Outgoing, compose, new_message_id, valid_address
-from .draft import Draft, placeholder
+from .draft import Draft, placeholder, queue_name, ticket_number
 from .responder import StoredMessage, TicketPreview
 from .suppress import DATABASE_CHECKS, MESSAGE_CHECKS, SENT_SINCE, Check, suppression
 from .templates import DEFAULT_SET, EVENTS, Rendered, TemplateError
@@ -165,10 +165,10 @@ class AutoResponder:
     def after_store(self, conn: Connection, stored: StoredMessage) -> None:
         if stored.outcome is Outcome.CREATED:
             # What the next draft's placeholder must be as long as (numbers grow rarely).
-            self._number_size = len(stored.ticket.number)
+            self._number_size = len(ticket_number(stored.ticket))
         if BOUNCE in stored.classification.labels:
             self._record_bounce(conn, stored)
-        qcfg = self.config.queue(stored.ticket.queue.name)
+        qcfg = self.config.queue(queue_name(stored.ticket))
         event = self._customer_event(stored, qcfg)
         if event is not None:
             self._answer_customer(conn, stored, qcfg, event)
@@ -375,8 +375,8 @@ class AutoResponder:
         if verdict is not None:
             self._suppressed(conn, stored, "new-ticket", *verdict)
             return
-        self._queue(conn, stored, "new-ticket", draft.out, draft.message(stored.ticket.number),
-                    draft.template)
+        self._queue(conn, stored, "new-ticket", draft.out,
+                    draft.message(ticket_number(stored.ticket)), draft.template)
 
     def _record_bounce(self, conn: Connection, stored: StoredMessage) -> None:
         STATEMENTS(conn, "insert_event").execute(conn, dict(

@@ -214,3 +214,28 @@ def test_number_verbatim(tmp_path: Path, source: str, verbatim: bool) -> None:
 def test_shipped_templates_print_the_number_verbatim() -> None:
     templates = Templates(None)
     assert templates.number_verbatim("default", "new-ticket")
+
+
+def test_queue_name_and_number_of_snapshots_previews_and_session_tickets(
+    site: tuple[Config, Store],
+) -> None:
+    """What the answer reads past the ORM's descriptors is what the descriptors say."""
+    from autoresponse.draft import queue_name, ticket_number
+    from autoresponse.responder import QueueRef, TicketPreview
+    from ticketstore.models import Ticket
+    from ticketstore.statements import detached_ticket
+
+    config, store = site
+    intake = answering_intake(config, store)
+    number = intake.process(*_mail(0, "warm-up")).ticket_number
+    with store.factory() as s:
+        t = s.execute(select(Ticket).where(Ticket.number == number)).scalar_one()
+        assert "queue" not in vars(t)  # not loaded: read through the relationship
+        assert (queue_name(t), ticket_number(t)) == ("Support", number)
+        values = {c.key: getattr(t, c.key) for c in Ticket.__table__.columns}
+    snapshot = detached_ticket(values, "Sales")
+    assert (queue_name(snapshot), ticket_number(snapshot)) == ("Sales", number)
+    assert snapshot.queue.name == "Sales"
+    preview = TicketPreview("t", "new", 3, None, "a@b.example", "b.example", "",
+                            QueueRef("Billing"), number="42")
+    assert (queue_name(preview), ticket_number(preview)) == ("Billing", "42")
