@@ -75,7 +75,7 @@ def queue_name(t: Ticket | TicketPreview) -> str:
     queue = vars(t).get("queue") or t.queue
     try:
         return vars(queue)["name"]  # type: ignore[no-any-return]
-    except (TypeError, KeyError):  # a slotted QueueRef, or the name not loaded
+    except (TypeError, KeyError):  # a queue without an instance dict, or no name in it
         return queue.name
 
 

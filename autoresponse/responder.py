@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from ticketstore.models import Article, Ticket
 
 
-@dataclass(slots=True)
+@dataclass  # no slots: draft.queue_name reads the instance dict, as on a detached Queue
 class QueueRef:
     name: str
 
