@@ -26,6 +26,7 @@ import smtplib
 import socket
 import statistics
 import tempfile
+import textwrap
 import threading
 import time
 from email.message import EmailMessage
@@ -40,6 +41,7 @@ CONNECTIONS = 4
 
 
 def corpus(n: int) -> list[tuple[str, bytes]]:
+    """Small mails: one text part, one long paragraph (the answer's share is largest)."""
     out = []
     for i in range(n):
         m = EmailMessage()
@@ -49,6 +51,40 @@ def corpus(n: int) -> list[tuple[str, bytes]]:
         m["Subject"] = f"Question number {i} about my order"
         m["Message-ID"] = f"<bench-ar-{i}@c.example>"
         m.set_content("Hello,\n\n" + "my order did not arrive, please help. " * 20 + "\n")
+        out.append((sender, m.as_bytes()))
+    return out
+
+
+_PARAGRAPHS = (
+    "I ordered a replacement charger for my laptop on Monday and paid for next-day "
+    "delivery, but the tracking page still says that the label was created and "
+    "nothing else.",
+    "Could you check whether the parcel left your warehouse? If it is lost, please send "
+    "another one or refund the delivery fee; I need the charger for work next week.",
+    "The order number is in the subject line. I attach nothing, but I can send a photo "
+    "of the receipt if that helps.",
+)
+
+
+def typical_corpus(n: int) -> list[tuple[str, bytes]]:
+    """Mails as a mail program writes them: text and HTML alternatives, a signature."""
+    out = []
+    for i in range(n):
+        m = EmailMessage()
+        sender = f"customer{i}@c{i % 97}.example"
+        m["From"] = f"Customer {i} <{sender}>"
+        m["To"] = RCPT
+        m["Subject"] = f"Order {100000 + i}: charger not delivered"
+        m["Message-ID"] = f"<bench-ar-t{i}@c.example>"
+        m["Date"] = "Sun, 22 Nov 2026 10:00:00 +0000"
+        text = "\n\n".join(textwrap.fill(p, 72) for p in ("Hello,", *_PARAGRAPHS))
+        m.set_content(f"{text}\n\nBest regards,\nCustomer {i}\nPhone +1 555 0100 {i:04d}\n")
+        html = "".join(f'<p style="margin:0 0 12px 0;font-family:Calibri,sans-serif;'
+                       f'font-size:11pt">{p}</p>\n' for p in ("Hello,", *_PARAGRAPHS))
+        m.add_alternative(
+            f'<html><head><meta charset="utf-8"></head><body lang="EN-US">\n'
+            f'<div class="WordSection1">\n{html}<p>Best regards,<br>Customer {i}<br>'
+            f"Phone +1 555 0100 {i:04d}</p>\n</div></body></html>\n", subtype="html")
         out.append((sender, m.as_bytes()))
     return out
 
@@ -139,8 +175,12 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="bench autoresponse")
     parser.add_argument("--messages", type=int, default=400)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--mail", choices=("small", "typical"), default="small",
+                        help="small: the target's measure (a 1 KB one-part mail, where "
+                             "the answer weighs most); typical: text + HTML with a "
+                             "signature, for information")
     args = parser.parse_args(argv)
-    mails = corpus(args.messages)
+    mails = (corpus if args.mail == "small" else typical_corpus)(args.messages)
     rates: dict[str, list[float]] = {"off": [], "on": [], "on+send": []}
     cpus: dict[str, list[float]] = {k: [] for k in rates}
     run_once("off", mails[: CONNECTIONS * 10])  # warm-up: imports, template cache
@@ -152,8 +192,8 @@ def main(argv: list[str]) -> int:
             cpus[variant].append(cpu)
     off = statistics.median(rates["off"])
     off_cpu = statistics.median(cpus["off"])
-    print(f"{args.messages} messages x {args.repeat} rounds, {CONNECTIONS} LMTP connections, "
-          "SQLite")
+    print(f"{args.messages} {args.mail} messages ({len(mails[0][1])} bytes) x {args.repeat} "
+          f"rounds, {CONNECTIONS} LMTP connections, SQLite")
     for variant in rates:
         med, cpu = statistics.median(rates[variant]), statistics.median(cpus[variant])
         print(f"  {variant:<8} median {med:7.1f} msg/s  (runs: "
@@ -167,6 +207,9 @@ def main(argv: list[str]) -> int:
     print(f"  on, per round: cost {', '.join(f'{c:.1f}%' for c in paired)} "
           f"(median {statistics.median(paired):.1f}%)")
     on_cost = (1 - statistics.median(rates["on"]) / off) * 100
+    if args.mail != "small":
+        print(f"information only (the target is judged on --mail=small): {on_cost:.1f}%")
+        return 0
     ok = on_cost < 20.0
     print(f"target: auto-responses cost < 20% of intake throughput: "
           f"{'PASS' if ok else 'FAIL'} ({on_cost:.1f}%)")
