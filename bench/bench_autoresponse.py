@@ -15,6 +15,10 @@ Variants, alternated and repeated so both see the same machine state:
   on+send   enabled, and the outbox worker delivering to a local aiosmtpd sink meanwhile
             (the sink runs on the same cores, so this overstates the cost)
 CPU per message is that of the server's processes (master and workers).
+
+Mails (--mail): `small` (the default, and what the target is judged on) is a 1 KB mail
+with one long paragraph, where the answer weighs most against the intake; `typical` is
+a 2 KB text + HTML mail with a signature, reported for information.
 """
 
 from __future__ import annotations
