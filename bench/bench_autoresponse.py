@@ -44,16 +44,22 @@ from bench.bench_lmtp import RCPT, Server
 CONNECTIONS = 4
 
 
+def _mail(i: int, subject: str, message_id: str) -> tuple[str, EmailMessage]:
+    """Customer i's sender address and a mail from them (a customer each: all answered)."""
+    m = EmailMessage()
+    sender = f"customer{i}@c{i % 97}.example"
+    m["From"] = f"Customer {i} <{sender}>"
+    m["To"] = RCPT
+    m["Subject"] = subject
+    m["Message-ID"] = message_id
+    return sender, m
+
+
 def corpus(n: int) -> list[tuple[str, bytes]]:
     """Small mails: one text part, one long paragraph (the answer's share is largest)."""
     out = []
     for i in range(n):
-        m = EmailMessage()
-        sender = f"customer{i}@c{i % 97}.example"
-        m["From"] = f"Customer {i} <{sender}>"
-        m["To"] = RCPT
-        m["Subject"] = f"Question number {i} about my order"
-        m["Message-ID"] = f"<bench-ar-{i}@c.example>"
+        sender, m = _mail(i, f"Question number {i} about my order", f"<bench-ar-{i}@c.example>")
         m.set_content("Hello,\n\n" + "my order did not arrive, please help. " * 20 + "\n")
         out.append((sender, m.as_bytes()))
     return out
@@ -74,12 +80,8 @@ def typical_corpus(n: int) -> list[tuple[str, bytes]]:
     """Mails as a mail program writes them: text and HTML alternatives, a signature."""
     out = []
     for i in range(n):
-        m = EmailMessage()
-        sender = f"customer{i}@c{i % 97}.example"
-        m["From"] = f"Customer {i} <{sender}>"
-        m["To"] = RCPT
-        m["Subject"] = f"Order {100000 + i}: charger not delivered"
-        m["Message-ID"] = f"<bench-ar-t{i}@c.example>"
+        sender, m = _mail(i, f"Order {100000 + i}: charger not delivered",
+                          f"<bench-ar-t{i}@c.example>")
         m["Date"] = "Sun, 22 Nov 2026 10:00:00 +0000"
         text = "\n\n".join(textwrap.fill(p, 72) for p in ("Hello,", *_PARAGRAPHS))
         m.set_content(f"{text}\n\nBest regards,\nCustomer {i}\nPhone +1 555 0100 {i:04d}\n")
