@@ -18,7 +18,7 @@ from sqlalchemy import bindparam, func, literal_column, select
 
 from gateway import classify as c
 from gateway.addresses import split_plus
-from ticketstore.models import OutboxMessage, UTCDateTime
+from ticketstore.models import Memory, OutboxMessage, UTCDateTime, bind_memory
 from ticketstore.statements import STATEMENTS
 
 from .compose import valid_address
@@ -103,27 +103,14 @@ def _no_recipient(ctx: Check) -> str | None:
 
 
 class _WindowStart(UTCDateTime):
-    """UTCDateTime with a slot of its own for the last value bound: the window's start is
-    one object per second (`_window_start`), and converting it for the database cost
-    about a sixth of the answer's work inside the transaction. The check is identity."""
+    """The daily limit's window start: one object per second (`_window_start`), remembered
+    by its processor apart from the `now`s every write binds, so that converting it for
+    the database (about a sixth of the answer's work in the transaction) is done once."""
 
     cache_ok = True
 
-    def bind_processor(self, dialect: Any) -> Callable[[Any], Any] | None:
-        convert = super().bind_processor(dialect)
-        if convert is None:
-            return None
-        last: list[tuple[Any, Any]] = [(None, None)]
-
-        def process(value: Any) -> Any:
-            hit = last[0]  # one read: another thread may replace it meanwhile
-            if hit[0] is value:
-                return hit[1]
-            out = convert(value)
-            last[0] = (value, out)
-            return out
-
-        return process
+    def _memory(self, dialect: Any) -> Memory:
+        return bind_memory()
 
 
 # Prebuilt: this runs for every answered message, inside the intake's transaction. The

@@ -113,6 +113,15 @@ def test_a_ticket_stored_through_a_draft_is_the_ticket_stored_without(
         assert {c.key: getattr(t1, c.key) for c in Ticket.__table__.columns if c.key not in skip} \
             == {c.key: getattr(t2, c.key) for c in Ticket.__table__.columns if c.key not in skip}
         assert t1.created_at == t1.updated_at and t1.closed_at is None
+    # Reused, not worked out again: what the preview kept is what the ticket gets.
+    third = intake.prepare(raw.replace(b"q1@", b"q3@"), env)
+    assert third.ticket_base is not None
+    third.ticket_base["title"] = "as the preview had it"
+    with store.engine.begin() as conn:
+        d3 = intake.store(conn, third)
+    with store.factory() as s:
+        assert s.execute(select(Ticket.title).where(Ticket.number == d3.ticket_number)
+                         ).scalar_one() == "as the preview had it"
 
 
 def test_the_real_number_replaces_the_placeholder_everywhere(

@@ -1,7 +1,7 @@
 """An answer's own insert stores exactly what the generic insert stores.
 
-autoresponse/rows.py writes constants into the SQL and converts the answer's timestamp
-once. The row is written both ways here and read back raw (text SQL, no type
+autoresponse/rows.py writes constants into the SQL, and the answer's timestamp is
+converted once. The row is written both ways here and read back raw (text SQL, no type
 processing), on SQLite and PostgreSQL: every column must hold the same thing.
 """
 
@@ -62,7 +62,7 @@ def test_row_equals_the_generic_insert(store: Store, when: dt.datetime) -> None:
 
 
 def test_a_new_timestamp_is_converted_not_reused(store: Store) -> None:
-    """The one-slot memo of `_Instant` must never hand out the previous value."""
+    """UTCDateTime's memory must never hand out the previous value."""
     first = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     with store.engine.begin() as conn:
         tid = _ticket(conn)

@@ -8,6 +8,7 @@ answered, so a responder that never answers fails here too.
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -208,20 +209,31 @@ def test_daily_limit_survives_restart(tmp_path: Path, db_url: str, store: Store)
     assert checks == ["daily-limit", "daily-limit"]
 
 
-def test_daily_limit_window_is_24_hours(tmp_path: Path, db_url: str, store: Store) -> None:
+@pytest.mark.parametrize(("start", "first_gap", "second_gap"), [
+    # 23 h later the first answer counts; 2 h more and it has left the window.
+    ((8, 0, 0, 0), {"hours": 23}, {"hours": 2}),
+    # 24 h and 0.2 s later it is still within the window's whole second; 1 s more: gone.
+    ((8, 0, 0, 700_000), {"hours": 24, "milliseconds": 200}, {"seconds": 1}),
+], ids=["24 hours", "whole second"])
+def test_daily_limit_window(tmp_path: Path, db_url: str, store: Store,
+                            start: tuple[int, ...], first_gap: dict[str, int],
+                            second_gap: dict[str, int]) -> None:
     import datetime as dt
 
-    now = [dt.datetime(2026, 11, 22, 8, 0, tzinfo=dt.UTC)]
+    now = [dt.datetime(2026, 11, 22, *start, tzinfo=dt.UTC)]
     config = make_config(tmp_path, db_url, autoresponse={"max_per_day": 1})
     intake = Intake(config, store.factory, responder=AutoResponder(config),
                     clock=lambda: now[0])
     intake.sync_queues()
     intake.process(build_mail(subject="a", message_id="w1@c"), ENV)
-    now[0] += dt.timedelta(hours=23)
-    intake.process(build_mail(subject="b", message_id="w2@c"), ENV)
-    now[0] += dt.timedelta(hours=2)
+    now[0] += dt.timedelta(**first_gap)
+    intake.process(build_mail(subject="b", message_id="w2@c"), ENV)  # limited
+    now[0] += dt.timedelta(**second_gap)
     intake.process(build_mail(subject="c", message_id="w3@c"), ENV)
-    assert len(_outbox(store)) == 2
+    # The second mail is the one limited (the first still counts), not the third.
+    subjects = [re.search(rb"^Subject: \[Ticket#\d+\] (\w+)", row.message, re.M).group(1)
+                for row in _outbox(store)]
+    assert subjects == [b"a", b"c"]
     assert [e["check"] for e in _suppressed(store)] == ["daily-limit"]
 
 
@@ -239,27 +251,6 @@ def test_daily_limit_window_starts_at_the_whole_second_before() -> None:
     # ... and the next second gets its own.
     later = _window_start(now + dt.timedelta(microseconds=1))
     assert later == dt.datetime(2026, 11, 21, 8, 0, 6, tzinfo=dt.UTC)
-
-
-def test_daily_limit_counts_an_answer_made_24_hours_before_within_the_second(
-    tmp_path: Path, db_url: str, store: Store,
-) -> None:
-    import datetime as dt
-
-    now = [dt.datetime(2026, 11, 22, 8, 0, 0, 700_000, tzinfo=dt.UTC)]
-    config = make_config(tmp_path, db_url, autoresponse={"max_per_day": 1})
-    intake = Intake(config, store.factory, responder=AutoResponder(config),
-                    clock=lambda: now[0])
-    intake.sync_queues()
-    intake.process(build_mail(subject="a", message_id="s1@c"), ENV)
-    # 24 h and 0.2 s later: the first answer is within the window's whole second.
-    now[0] += dt.timedelta(hours=24, milliseconds=200)
-    intake.process(build_mail(subject="b", message_id="s2@c"), ENV)
-    # A second more, and it has left the window.
-    now[0] += dt.timedelta(seconds=1)
-    intake.process(build_mail(subject="c", message_id="s3@c"), ENV)
-    assert len(_outbox(store)) == 2
-    assert [e["check"] for e in _suppressed(store)] == ["daily-limit"]
 
 
 def test_window_start_bind_converts_each_object_once() -> None:

@@ -32,9 +32,15 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-# (dialect name, impl) -> [((a datetime bound, what it became), (the one before, ...))]
-_LAST_BOUND: dict[tuple[str, str], list[tuple[tuple[Any, Any], tuple[Any, Any]]]] = {}
+# [((a datetime bound, what it became), (the one before, what that became))]
+Memory = list[tuple[tuple[Any, Any], tuple[Any, Any]]]
+_LAST_BOUND: dict[tuple[str, str], Memory] = {}  # (dialect name, impl) -> shared memory
 _NOTHING = (object(), None)
+
+
+def bind_memory() -> Memory:
+    """An empty memory for UTCDateTime's processor (see `UTCDateTime._memory`)."""
+    return [(_NOTHING, _NOTHING)]
 
 
 class UTCDateTime(TypeDecorator[dt.datetime]):
@@ -50,14 +56,12 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
 
     def bind_processor(self, dialect: Any) -> Callable[[Any], Any] | None:
         """SQLAlchemy's processor, remembering its last two results: one write stamps the
-        ticket, article, events and outbox row with the same `now` object (the daily
-        limit's `now - 24 h` comes in between), and turning it into SQLite's text costs
-        about as much as the rest of a bound row."""
+        ticket, article, events and outbox row with the same `now` object, and turning it
+        into SQLite's text costs about as much as the rest of a bound row."""
         inner = super().bind_processor(dialect)
         if inner is None:
             return None
-        # Shared by every column's processor (SQLAlchemy makes one per column).
-        last = _LAST_BOUND.setdefault((dialect.name, repr(self.impl)), [(_NOTHING, _NOTHING)])
+        last = self._memory(dialect)
 
         def process(value: Any) -> Any:
             if value is None:  # NULL stays NULL, and keeps what is remembered
@@ -72,6 +76,16 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
             return out
 
         return process
+
+    def _memory(self, dialect: Any) -> Memory:
+        """Where a processor keeps what it remembers: shared by every column's processor
+        (SQLAlchemy makes one per column), since one value goes into several columns.
+        A subclass whose values recur on their own keeps its own (so they are not
+        pushed out by every `now`)."""
+        key = (dialect.name, repr(self.impl))
+        if key not in _LAST_BOUND:
+            _LAST_BOUND[key] = bind_memory()
+        return _LAST_BOUND[key]
 
     def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
         if value is not None and value.tzinfo is None:
