@@ -253,7 +253,9 @@ class AutoResponder:
         return ""
 
     def context(self, stored: StoredMessage, qcfg: QueueConfig, event: str,
-                number: str | None = None) -> dict[str, Any]:
+                number: str | None = None, quote: bool = True) -> dict[str, Any]:
+        """The template variables. `quote` False: the templates cannot read
+        `article.excerpt` (`Templates.reads_excerpt`), so it is left empty."""
         t, m = stored.ticket, stored.msg
         return {
             "event": event,
@@ -263,8 +265,8 @@ class AutoResponder:
                        "queue": t.queue.name, "state": t.state, "priority": t.priority},
             "customer": {"name": t.customer_name or "", "address": t.customer_address,
                          "domain": t.customer_domain, "id": t.customer_id or ""},
-            "article": {"subject": m.subject, "text": m.text, "excerpt": excerpt(m.text),
-                        "from": m.from_address},
+            "article": {"subject": m.subject, "text": m.text,
+                        "excerpt": excerpt(m.text) if quote else "", "from": m.from_address},
             "queue": {"name": t.queue.name, "address": self.from_address(qcfg)},
         }
 
@@ -277,7 +279,8 @@ class AutoResponder:
         if tset is None:
             tset = self.templates.choose_set(qcfg.templates, t.customer_id or "",
                                              t.customer_domain)
-        rendered = self.templates.render(tset, event, self.context(stored, qcfg, event, number))
+        rendered = self.templates.render(tset, event, self.context(
+            stored, qcfg, event, number, self.templates.reads_excerpt(tset, event)))
         sender = self.from_address(qcfg)
         tcfg = self.config.tickets
         return Outgoing(

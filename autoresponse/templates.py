@@ -97,12 +97,13 @@ class _Facts:
     Kept per template object: jinja2 compiles a new one when its file changes.
     """
 
-    __slots__ = ("analysed", "fallbacks", "fast", "rendered", "verbatim")
+    __slots__ = ("analysed", "excerpt", "fallbacks", "fast", "rendered", "verbatim")
 
     def __init__(self) -> None:
         self.analysed = False
         self.rendered = False  # by jinja2, before the analysis
         self.verbatim = False  # see `number_verbatim`
+        self.excerpt = True  # may it read `article.excerpt`? (see `reads_excerpt`)
         self.fast: SimpleTemplate | None = None  # None: jinja2 renders it
         self.fallbacks = 0  # renders the simple form left to jinja2 (for tests, debugging)
 
@@ -222,6 +223,8 @@ class Templates:
         if not facts.analysed:
             tree = _source_tree(self.env, tpl)
             facts.verbatim = tree is not None and _number_verbatim(tree)
+            facts.excerpt = tree is None or not _only_keys(tree, "article",
+                                                            _ARTICLE_BUT_EXCERPT)
             facts.fast = _simple(tpl, tree) if tree is not None else None
             facts.analysed = True
         return facts
@@ -237,6 +240,14 @@ class Templates:
         if html is not None and not html.analysed:
             self._analysed(hit.html)  # type: ignore[arg-type]
         return text.verbatim and (html is None or html.verbatim)
+
+    def reads_excerpt(self, template_set: str, event: str) -> bool:
+        """May this event's templates read `article.excerpt`? False only once both are
+        analysed and neither can: then the answer need not quote the customer's text
+        (which costs more than rendering a template that does not print it)."""
+        hit = self._entry(template_set, event)
+        return hit.text_facts.excerpt or (hit.html_facts is not None
+                                          and hit.html_facts.excerpt)
 
     def render(self, template_set: str, event: str, context: dict[str, Any]) -> Rendered:
         hit = self._entry(template_set, event)
@@ -366,6 +377,32 @@ def _number_verbatim(tree: nodes.Template) -> bool:
         return all(ok(child, node, parent) for child in node.iter_child_nodes())
 
     return ok(tree, None, None)
+
+
+def _only_keys(tree: nodes.Template, name: str, keys: frozenset[str]) -> bool:
+    """Does the template use `name` only as `name.<key>` or `name["<key>"]`, `<key>` one
+    of `keys`? Any other use (another key, `.items()`, a filter, a loop or a test given
+    `name` whole, a computed key, an assignment, another template that sees the same
+    context) could reach the rest of it."""
+    from jinja2 import nodes
+
+    if any(True for _ in tree.find_all(_capturing())):
+        return False
+    looked_up = set()
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        inner = node.node
+        if isinstance(inner, nodes.Name) and inner.name == name:
+            key = node.attr if isinstance(node, nodes.Getattr) else (
+                node.arg.value if isinstance(node.arg, nodes.Const) else None)
+            if key not in keys:
+                return False
+            looked_up.add(id(inner))
+    return not any(n.name == name and id(n) not in looked_up
+                   for n in tree.find_all(nodes.Name))
+
+
+# What a template may read of `article` and still not need its excerpt.
+_ARTICLE_BUT_EXCERPT = frozenset({"subject", "text", "from"})
 
 
 def _capturing() -> tuple[type, ...]:
