@@ -25,7 +25,7 @@ from ticketstore.models import utcnow
 from ticketstore.statements import STATEMENTS
 
 from . import rows
-from .compose import Outgoing, compose, new_message_id, valid_address
+from .compose import Outgoing, compose, compose_unchanged, new_message_id, valid_address
 from .draft import Draft, placeholder, queue_name, ticket_number
 from .responder import StoredMessage, TicketPreview
 from .suppress import DATABASE_CHECKS, MESSAGE_CHECKS, SENT_SINCE, Check, suppression
@@ -366,10 +366,10 @@ class AutoResponder:
             out, rendered = self._outgoing(stored, qcfg, "new-ticket", rcpt, m.from_name
                                            if rcpt == m.from_address.lower() else "", number,
                                            tset)
-            data = compose(out)
+            data, unchanged = compose_unchanged(out)
         except (TemplateError, ValueError):
             return None  # the transaction meets it again, and records it
-        return Draft.make(preview, number, out, rendered, data)
+        return Draft.make(preview, number, out, rendered, data, unchanged)
 
     def _send_draft(self, conn: Connection, stored: StoredMessage, draft: Draft) -> None:
         """Queue a fitting draft: only the daily limit needs the database."""

@@ -141,9 +141,18 @@ def compose(out: Outgoing) -> bytes:
     Every header value here is either ours, a validated address or message id, or passed
     through `clean_header_value` and RFC 2047 encoding.
     """
+    return compose_unchanged(out)[0]
+
+
+def compose_unchanged(out: Outgoing) -> tuple[bytes, bool]:
+    """`compose`, and whether the subject and every text part went in unchanged (an
+    ASCII subject that needed no cleaning, 7bit parts): then each of their lines is in
+    the bytes as it is, and so is whatever they contain (draft.py need not count)."""
+    subject = clean_header_value(out.subject, 900)
+    unchanged = subject == out.subject and subject.isascii()
     head = (f"From: {_from_address(out.from_name, out.from_address)}\r\n"
             f"To: {_address(out.to_name, out.to_address)}\r\n"
-            f"Subject: {_text_header(clean_header_value(out.subject, 900))}\r\n"
+            f"Subject: {_text_header(subject)}\r\n"
             f"Date: {format_date(out.date or dt.datetime.now(dt.UTC))}\r\n"
             f"Message-ID: <{out.message_id}>\r\n")
     refs = [r for r in out.references if _msgid_ok(r)]
@@ -159,8 +168,9 @@ def compose(out: Outgoing) -> bytes:
              f"{out.loop_header}: {_loop_value(out.loop_value or out.from_address)}\r\n"
              "MIME-Version: 1.0\r\n")
     text_head, text = _part(out.text, _PLAIN_7BIT, _PLAIN_QP)
+    unchanged = unchanged and text_head is _PLAIN_7BIT
     if out.html is None:
-        return head.encode("ascii") + text_head + b"\r\n" + text
+        return head.encode("ascii") + text_head + b"\r\n" + text, unchanged
     html_head, html = _part(out.html, _HTML_7BIT, _HTML_QP)
     # "=_" never occurs in quoted-printable ("=" starts only "=XX" and soft breaks), so
     # the boundary cannot collide with either part whatever its digits: they need not be
@@ -171,7 +181,7 @@ def compose(out: Outgoing) -> bytes:
         head.encode("ascii"), b"\r\nThis is a multi-part message in MIME format.\r\n",
         b"--", boundary, b"\r\n", text_head, b"\r\n", text,
         b"--", boundary, b"\r\n", html_head, b"\r\n", html,
-        b"--", boundary, b"--\r\n"))
+        b"--", boundary, b"--\r\n")), unchanged and html_head is _HTML_7BIT
 
 
 def boundary_token() -> str:

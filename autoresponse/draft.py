@@ -13,10 +13,12 @@ That is exact, not a guess, when:
     printable and header encoding treat every digit alike, so line breaks and escapes
     fall where they would have;
   - every placeholder the rendered parts and subject contain is in the composed bytes
-    (none was split by a soft line break or base64-encoded), checked here;
+    (none was split by a soft line break or base64-encoded): certain when they went in
+    unchanged (7bit parts, an ASCII subject), else counted here;
   - everything else the answer depends on is what the store decided (`fits`).
 Otherwise the store renders and composes as before. A copy of the random placeholder in
-the customer's own quoted text would be replaced too; nobody can know it in advance.
+the customer's own words (quoted text, their name) would be replaced too; nobody can
+know it in advance.
 """
 
 from __future__ import annotations
@@ -89,13 +91,16 @@ class Draft:
 
     @classmethod
     def make(cls, preview: TicketPreview, number: str, out: Outgoing, rendered: Rendered,
-             data: bytes) -> Draft | None:
-        """The draft, or None if a placeholder did not survive composing verbatim."""
-        expected = (rendered.text.count(number) + (rendered.html or "").count(number)
-                    + out.subject.count(number))
+             data: bytes, unchanged: bool = False) -> Draft | None:
+        """The draft, or None if a placeholder did not survive composing verbatim.
+        `unchanged`: the subject and parts went into `data` as they are
+        (`compose_unchanged`), so every placeholder did and nothing needs counting."""
         mark = number.encode("ascii")
-        if data.count(mark) != expected:
-            return None
+        if not unchanged:
+            expected = (rendered.text.count(number) + (rendered.html or "").count(number)
+                        + out.subject.count(number))
+            if data.count(mark) != expected:
+                return None
         return cls(ticket_key(preview), mark, out, data, rendered.template)
 
     def fits(self, ticket: Ticket) -> bool:

@@ -7,7 +7,13 @@ from email import message_from_bytes
 
 import pytest
 
-from autoresponse.compose import Outgoing, clean_header_value, compose, valid_address
+from autoresponse.compose import (
+    Outgoing,
+    clean_header_value,
+    compose,
+    compose_unchanged,
+    valid_address,
+)
 
 
 def _out(**kw: object) -> Outgoing:
@@ -79,3 +85,30 @@ def test_bad_message_ids_are_dropped() -> None:
 def test_clean_header_value() -> None:
     assert clean_header_value("a\r\n b\tc\x7f") == "a b c"
     assert len(clean_header_value("x" * 5000)) == 500
+
+
+UNCHANGED = [
+    ({}, True),
+    ({"html": "<p>Hi</p>\n"}, True),
+    ({"subject": "[Ticket#1] Grüße"}, False),  # RFC 2047
+    ({"subject": "[Ticket#1]  two  spaces"}, False),  # cleaned
+    ({"text": "x" * 77 + "\n"}, False),  # quoted-printable: a soft break
+    ({"text": "Grüße\n"}, False),
+    ({"html": "<p>" + "x" * 80 + "</p>\n"}, False),
+    ({"html": "<p>Grüße</p>\n"}, False),
+]
+
+
+@pytest.mark.parametrize(("change", "unchanged"), UNCHANGED)
+def test_compose_says_when_subject_and_parts_went_in_unchanged(
+    change: dict[str, str], unchanged: bool,
+) -> None:
+    """What a draft relies on to skip counting its placeholders (draft.py): said True
+    only when the subject and each part's every line are in the bytes as they are."""
+    out = _out(**change)
+    data, said = compose_unchanged(out)
+    assert said is unchanged
+    if said:
+        lines = [out.subject, *out.text.splitlines(), *(out.html or "").splitlines()]
+        for line in lines:
+            assert line.encode("ascii") in data
