@@ -123,20 +123,24 @@ SENT_SINCE = STATEMENTS.define("autoresponse/sent_since", lambda _d: select(
     OutboxMessage.kind.in_([literal_column(f"'{k}'") for k in CUSTOMER_KINDS]),
 ))
 _DAY = dt.timedelta(hours=24)
-_window: tuple[dt.datetime | None, dt.datetime | None] = (None, None)
+_window: tuple[tuple[object, ...], dt.datetime | None] = ((), None)
 
 
 def _window_start(now: dt.datetime) -> dt.datetime:
     """Where the daily limit's 24 hours begin: `now` - 24 h, down to the whole second
     (a window at most a second longer, never shorter), and the same object for every
-    answer within one second, so that `_WindowStart` converts it once."""
+    answer within one second, so that `_WindowStart` converts it once.
+
+    The second is recognised by its fields (as compose.format_date does): making the
+    whole-second datetime to compare with costs three times as much.
+    """
     global _window
-    second = now.replace(microsecond=0)
+    key = (now.second, now.minute, now.hour, now.day, now.month, now.year, now.tzinfo)
     last = _window  # one read: another thread may replace it meanwhile
-    if last[0] == second:
+    if last[0] == key:
         return last[1]  # type: ignore[return-value]
-    start = second - _DAY
-    _window = (second, start)
+    start = now.replace(microsecond=0) - _DAY
+    _window = (key, start)
     return start
 
 

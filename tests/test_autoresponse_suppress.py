@@ -251,6 +251,10 @@ def test_daily_limit_window_starts_at_the_whole_second_before() -> None:
     # ... and the next second gets its own.
     later = _window_start(now + dt.timedelta(microseconds=1))
     assert later == dt.datetime(2026, 11, 21, 8, 0, 6, tzinfo=dt.UTC)
+    # The same second of another minute, or the same clock in another zone, is not.
+    assert _window_start(now + dt.timedelta(minutes=1)) == start + dt.timedelta(minutes=1)
+    east = now.replace(tzinfo=dt.timezone(dt.timedelta(hours=1)))
+    assert _window_start(east) == dt.datetime(2026, 11, 21, 7, 0, 5, tzinfo=dt.UTC)
 
 
 def test_window_start_bind_converts_each_object_once() -> None:
