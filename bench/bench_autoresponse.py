@@ -1,20 +1,23 @@
 """What auto-responses cost the intake: LMTP throughput at 4 connections, on vs off.
 
 Target (issue 5): enabling auto-responses costs less than 20% of intake throughput at 4
-connections. Each round starts `ticketgate serve` (default settings: intake worker
-processes, SQLite) on a fresh database, bound to 127.0.0.1, and pushes the same corpus
-through 4 concurrent `smtplib.LMTP` clients in this process. Every message comes from a
-different customer, so every one is answered (the per-address daily limit would
-otherwise make "on" look cheaper).
+connections. Two `ticketgate serve` (default settings: intake worker processes,
+SQLite), one with `[autoresponse] enabled = false` (off) and one answering (on), run
+side by side on 127.0.0.1, each with 4 `smtplib.LMTP` connections from this process
+kept open. They take slices of --messages mails in turn, in ABBA order (off on, on
+off, ...), one at a time, so that each pair of neighbouring slices sees the same
+machine; each pair gives one cost, 1 - on/off, and the verdict is the median of
+--pairs of them. Rounds minutes apart, each on a fresh server, differed by more than
+the effect on this shared 2-core VM (docs/benchmarks.md, session 7).
 
-Variants, alternated and repeated so both see the same machine state:
-  off       [autoresponse] enabled = false
-  on        enabled: the answer drafted (checked, rendered, composed) before the store
-            and its outbox row written in the intake transaction; the smarthost accepts
-            TCP but never greets, so delivery waits (no delivery work is measured)
-  on+send   enabled, and the outbox worker delivering to a local aiosmtpd sink meanwhile
-            (the sink runs on the same cores, so this overstates the cost)
-CPU per message is that of the server's processes (master and workers).
+Every message comes from a different customer, so every one is answered (the
+per-address daily limit would otherwise make "on" look cheaper). In "on" the answer is
+drafted (checked, rendered, composed) before the store and its outbox row written in
+the intake transaction; the smarthost accepts TCP but never greets, so delivery waits
+(no delivery work is measured). For information, `on+send` runs a fresh answering
+server whose outbox worker delivers to a local aiosmtpd sink meanwhile (the sink runs
+on the same cores, so this overstates the cost). CPU per message is that of the
+server's processes (master and workers).
 
 Mails (--mail): `small` (the default, and what the target is judged on) is a 1 KB mail
 with one long paragraph, where the answer weighs most against the intake; `typical` is
@@ -228,7 +231,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="bench autoresponse")
     parser.add_argument("--messages", type=int, default=500,
                         help="messages per slice (each variant gets one slice per pair)")
-    parser.add_argument("--pairs", type=int, default=10,
+    parser.add_argument("--pairs", type=int, default=40,
                         help="off/on slice pairs, alternating which goes first")
     parser.add_argument("--send-rounds", type=int, default=1,
                         help="on+send runs (information only; 0 skips them)")
