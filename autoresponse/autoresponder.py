@@ -29,7 +29,7 @@ from .compose import Outgoing, compose, compose_unchanged, new_message_id, valid
 from .draft import Draft, placeholder, queue_name, ticket_number
 from .responder import StoredMessage, TicketPreview
 from .suppress import DATABASE_CHECKS, MESSAGE_CHECKS, SENT_SINCE, Check, suppression
-from .templates import DEFAULT_SET, EVENTS, Rendered, TemplateError
+from .templates import DEFAULT_SET, EVENTS, Lookup, Rendered, TemplateError
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -271,16 +271,17 @@ class AutoResponder:
         }
 
     def _outgoing(self, stored: StoredMessage, qcfg: QueueConfig, event: str, rcpt: str,
-                  rcpt_name: str, number: str, tset: str | None = None,
+                  rcpt_name: str, number: str, hit: Lookup | None = None,
                   ) -> tuple[Outgoing, Rendered]:
         """The answer's message, rendered for ticket `number` (TemplateError if broken),
-        from template set `tset` (by default, the one `choose_set` picks)."""
+        from the templates `hit` (by default, those of the set `choose_set` picks)."""
         t, m = stored.ticket, stored.msg
-        if tset is None:
-            tset = self.templates.choose_set(qcfg.templates, t.customer_id or "",
-                                             t.customer_domain)
-        rendered = self.templates.render(tset, event, self.context(
-            stored, qcfg, event, number, self.templates.reads_excerpt(tset, event)))
+        templates = self.templates
+        if hit is None:
+            hit = templates.lookup(templates.choose_set(
+                qcfg.templates, t.customer_id or "", t.customer_domain), event)
+        rendered = templates.render_of(hit, self.context(
+            stored, qcfg, event, number, templates.reads_excerpt_of(hit)))
         sender = self.from_address(qcfg)
         tcfg = self.config.tickets
         return Outgoing(
@@ -357,15 +358,17 @@ class AutoResponder:
                       self.system_addresses, self.noreply)
         if suppression(check, MESSAGE_CHECKS) is not None:
             return None
-        tset = self.templates.choose_set(qcfg.templates, preview.customer_id or "",
-                                         preview.customer_domain)
+        templates = self.templates
         try:
-            if not self.templates.number_verbatim(tset, "new-ticket"):
+            hit = templates.lookup(templates.choose_set(
+                qcfg.templates, preview.customer_id or "", preview.customer_domain),
+                "new-ticket")
+            if not templates.number_verbatim_of(hit):
                 return None
             number = placeholder(size)
             out, rendered = self._outgoing(stored, qcfg, "new-ticket", rcpt, m.from_name
                                            if rcpt == m.from_address.lower() else "", number,
-                                           tset)
+                                           hit)
             data, unchanged = compose_unchanged(out)
         except (TemplateError, ValueError):
             return None  # the transaction meets it again, and records it

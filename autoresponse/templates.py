@@ -108,7 +108,9 @@ class _Facts:
         self.fallbacks = 0  # renders the simple form left to jinja2 (for tests, debugging)
 
 
-class _Lookup(NamedTuple):
+class Lookup(NamedTuple):
+    """One event's templates in one set, as looked up (see `Templates.lookup`)."""
+
     at: float  # time.monotonic() of the lookup
     text: jinja2.Template
     html: jinja2.Template | None
@@ -125,7 +127,7 @@ class Templates:
                  overrides: dict[str, str] | None = None) -> None:
         self.language = language or FALLBACK_LANGUAGE
         self.overrides = {k.lower(): v for k, v in (overrides or {}).items()}
-        self._resolved: dict[tuple[str, str], _Lookup] = {}
+        self._resolved: dict[tuple[str, str], Lookup] = {}
         self._facts_of: weakref.WeakKeyDictionary[Any, _Facts] = weakref.WeakKeyDictionary()
         self.directory = directory if directory is not None and directory.is_dir() \
             else PACKAGED_DIR
@@ -188,7 +190,7 @@ class Templates:
                 self._analysed(tpl)
         return hit.text, hit.html
 
-    def _entry(self, template_set: str, event: str) -> _Lookup:
+    def _entry(self, template_set: str, event: str) -> Lookup:
         key = (template_set, event)
         now = time.monotonic()
         hit = self._resolved.get(key)
@@ -205,7 +207,7 @@ class Templates:
             html_tpl = self._find_name(html_name)
         # Each template's globals flattened once: jinja2 would copy them out of a ChainMap
         # into every render's context, which cost about a third of the rendering.
-        hit = self._resolved[key] = _Lookup(
+        hit = self._resolved[key] = Lookup(
             now, text_tpl, html_tpl, dict(text_tpl.globals),
             dict(html_tpl.globals) if html_tpl is not None else None,
             self._facts(text_tpl), self._facts(html_tpl) if html_tpl is not None else None)
@@ -229,9 +231,16 @@ class Templates:
             facts.analysed = True
         return facts
 
+    def lookup(self, template_set: str, event: str) -> Lookup:
+        """This event's templates, for the `*_of` methods: an answer that asks several
+        things of them looks them up once (each lookup reads the clock)."""
+        return self._entry(template_set, event)
+
     def number_verbatim(self, template_set: str, event: str) -> bool:
         """Do this event's templates print `ticket.number` only as it is (draft.py)?"""
-        hit = self._entry(template_set, event)
+        return self.number_verbatim_of(self._entry(template_set, event))
+
+    def number_verbatim_of(self, hit: Lookup) -> bool:
         # The lookup's facts are the templates' own (`_facts`), reached without the
         # weak dictionary: this is asked for every drafted answer.
         text, html = hit.text_facts, hit.html_facts
@@ -245,12 +254,17 @@ class Templates:
         """May this event's templates read `article.excerpt`? False only once both are
         analysed and neither can: then the answer need not quote the customer's text
         (which costs more than rendering a template that does not print it)."""
-        hit = self._entry(template_set, event)
+        return self.reads_excerpt_of(self._entry(template_set, event))
+
+    @staticmethod
+    def reads_excerpt_of(hit: Lookup) -> bool:
         return hit.text_facts.excerpt or (hit.html_facts is not None
                                           and hit.html_facts.excerpt)
 
     def render(self, template_set: str, event: str, context: dict[str, Any]) -> Rendered:
-        hit = self._entry(template_set, event)
+        return self.render_of(self._entry(template_set, event), context)
+
+    def render_of(self, hit: Lookup, context: dict[str, Any]) -> Rendered:
         text = self._render(hit.text, hit.text_facts, context, hit.text_globals)
         html = self._render(hit.html, hit.html_facts, context, hit.html_globals) \
             if hit.html is not None else None
