@@ -281,7 +281,7 @@ class AutoResponder:
             hit = templates.lookup(templates.choose_set(
                 qcfg.templates, t.customer_id or "", t.customer_domain), event)
         rendered = templates.render_of(hit, self.context(
-            stored, qcfg, event, number, templates.reads_excerpt_of(hit)))
+            stored, qcfg, event, number, templates.reads_excerpt(hit)))
         sender = self.from_address(qcfg)
         tcfg = self.config.tickets
         return Outgoing(
@@ -363,7 +363,7 @@ class AutoResponder:
             hit = templates.lookup(templates.choose_set(
                 qcfg.templates, preview.customer_id or "", preview.customer_domain),
                 "new-ticket")
-            if not templates.number_verbatim_of(hit):
+            if not templates.number_verbatim(hit):
                 return None
             number = placeholder(size)
             out, rendered = self._outgoing(stored, qcfg, "new-ticket", rcpt, m.from_name

@@ -232,15 +232,13 @@ class Templates:
         return facts
 
     def lookup(self, template_set: str, event: str) -> Lookup:
-        """This event's templates, for the `*_of` methods: an answer that asks several
-        things of them looks them up once (each lookup reads the clock)."""
+        """This event's templates, for `number_verbatim`, `reads_excerpt` and `render_of`:
+        an answer that asks several things of them looks them up once (each lookup reads
+        the clock)."""
         return self._entry(template_set, event)
 
-    def number_verbatim(self, template_set: str, event: str) -> bool:
-        """Do this event's templates print `ticket.number` only as it is (draft.py)?"""
-        return self.number_verbatim_of(self._entry(template_set, event))
-
-    def number_verbatim_of(self, hit: Lookup) -> bool:
+    def number_verbatim(self, hit: Lookup) -> bool:
+        """Do these templates print `ticket.number` only as it is (draft.py)?"""
         # The lookup's facts are the templates' own (`_facts`), reached without the
         # weak dictionary: this is asked for every drafted answer.
         text, html = hit.text_facts, hit.html_facts
@@ -250,14 +248,11 @@ class Templates:
             self._analysed(hit.html)  # type: ignore[arg-type]
         return text.verbatim and (html is None or html.verbatim)
 
-    def reads_excerpt(self, template_set: str, event: str) -> bool:
-        """May this event's templates read `article.excerpt`? False only once both are
-        analysed and neither can: then the answer need not quote the customer's text
-        (which costs more than rendering a template that does not print it)."""
-        return self.reads_excerpt_of(self._entry(template_set, event))
-
     @staticmethod
-    def reads_excerpt_of(hit: Lookup) -> bool:
+    def reads_excerpt(hit: Lookup) -> bool:
+        """May these templates read `article.excerpt`? False only once both are analysed
+        and neither can: then the answer need not quote the customer's text (which costs
+        more than rendering a template that does not print it)."""
         return hit.text_facts.excerpt or (hit.html_facts is not None
                                           and hit.html_facts.excerpt)
 
@@ -402,7 +397,7 @@ def _only_keys(tree: nodes.Template, name: str, keys: frozenset[str]) -> bool:
 
     if any(True for _ in tree.find_all(_capturing())):
         return False
-    looked_up = set()
+    looked_up: set[int] = set()
     for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
         inner = node.node
         if isinstance(inner, nodes.Name) and inner.name == name:

@@ -138,29 +138,38 @@ def server_config(enabled: bool, smarthost: str) -> str:
             f'[outbound]\nsmarthost = "{smarthost}"\nretry_base = 1.0\ntimeout = 600.0\n')
 
 
-def _send_all(port: int, chunks: list[list[tuple[str, bytes]]],
-              clients: list[smtplib.LMTP] | None = None) -> float:
-    """Send each chunk on its own connection (`clients`, or new ones), all at once;
-    the seconds from the common start until the last reply."""
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(len(chunks) + 1)
+def _connect(port: int) -> list[smtplib.LMTP]:
+    clients = []
+    for _ in range(CONNECTIONS):
+        lmtp = smtplib.LMTP("127.0.0.1", port, local_hostname="localhost", timeout=60)
+        lmtp.ehlo("localhost")
+        clients.append(lmtp)
+    return clients
 
-    def client(k: int, chunk: list[tuple[str, bytes]]) -> None:
+
+def _quit(clients: list[smtplib.LMTP]) -> None:
+    for lmtp in clients:
+        with contextlib.suppress(smtplib.SMTPException, OSError):
+            lmtp.quit()
+
+
+def _send_all(clients: list[smtplib.LMTP], mails: list[tuple[str, bytes]]) -> float:
+    """Send `mails`, a share on each open connection, all at once; the seconds from the
+    common start until the last reply."""
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(clients) + 1)
+
+    def client(lmtp: smtplib.LMTP, chunk: list[tuple[str, bytes]]) -> None:
         try:
-            lmtp = clients[k] if clients else smtplib.LMTP(
-                "127.0.0.1", port, local_hostname="localhost", timeout=60)
-            if not clients:
-                lmtp.ehlo("localhost")
             barrier.wait(30)
             for sender, raw in chunk:
                 lmtp.sendmail(sender, [RCPT], raw)
-            if not clients:
-                lmtp.quit()
         except BaseException as exc:  # reported after the run
             errors.append(exc)
             barrier.abort()
 
-    threads = [threading.Thread(target=client, args=(k, c)) for k, c in enumerate(chunks)]
+    threads = [threading.Thread(target=client, args=(lmtp, mails[k::len(clients)]))
+               for k, lmtp in enumerate(clients)]
     for t in threads:
         t.start()
     barrier.wait(30)
@@ -173,10 +182,6 @@ def _send_all(port: int, chunks: list[list[tuple[str, bytes]]],
     return elapsed
 
 
-def _split(mails: list[tuple[str, bytes]]) -> list[list[tuple[str, bytes]]]:
-    return [mails[i::CONNECTIONS] for i in range(CONNECTIONS)]
-
-
 class Live:
     """A server kept running with its 4 connections open, fed slice by slice."""
 
@@ -185,24 +190,17 @@ class Live:
         self.base = Path(tempfile.mkdtemp(prefix=f"bench-autoresponse-{variant}-"))
         self.server = Server("ticketgate", self.base,
                              server_config(variant != "off", smarthost))
-        self.clients: list[smtplib.LMTP] = []
-        for _ in range(CONNECTIONS):
-            lmtp = smtplib.LMTP("127.0.0.1", self.server.port, local_hostname="localhost",
-                                timeout=60)
-            lmtp.ehlo("localhost")
-            self.clients.append(lmtp)
+        self.clients = _connect(self.server.port)
 
     def send(self, mails: list[tuple[str, bytes]]) -> tuple[float, float]:
         """(messages per second, server CPU ms per message) for this slice."""
         c0 = self.server.cpu_seconds()
-        elapsed = _send_all(self.server.port, _split(mails), self.clients)
+        elapsed = _send_all(self.clients, mails)
         cpu = self.server.cpu_seconds() - c0
         return len(mails) / elapsed, cpu / len(mails) * 1000
 
     def close(self) -> None:
-        for lmtp in self.clients:
-            with contextlib.suppress(smtplib.SMTPException, OSError):
-                lmtp.quit()
+        _quit(self.clients)
         self.server.stop()
         shutil.rmtree(self.base, ignore_errors=True)
 
@@ -213,9 +211,11 @@ def run_send(mails: list[tuple[str, bytes]]) -> tuple[float, float]:
     sink = _Sink()
     server = Server("ticketgate", base, server_config(True, f"127.0.0.1:{sink.start()}"))
     try:
+        clients = _connect(server.port)
         c0 = server.cpu_seconds()
-        elapsed = _send_all(server.port, _split(mails))
+        elapsed = _send_all(clients, mails)
         cpu = server.cpu_seconds() - c0
+        _quit(clients)
     finally:
         server.stop()
         sink.stop()

@@ -22,6 +22,7 @@ from autoresponse.draft import Draft
 from autoresponse.templates import Templates
 from gateway.config import Config
 from gateway.envelope import Envelope, Outcome
+from gateway.intake import Intake
 from gateway.runtime import Store, open_store
 from tests.autoresponse_helpers import answering_intake, build_mail
 from tests.support import make_config
@@ -44,6 +45,14 @@ def _mail(i: int, subject: str, sender: str = "") -> tuple[bytes, Envelope]:
     return (build_mail(subject=subject, sender=f"Cliente Ñandú <{sender}>",
                        message_id=f"q{i}@customer.example", body=body),
             Envelope(sender, (SUPPORT,)))
+
+
+def _drafting(config: Config, store: Store) -> Intake:
+    """An answering intake that has issued one number: it drafts (the first new ticket
+    tells the number's length)."""
+    intake = answering_intake(config, store)
+    intake.process(*_mail(0, "warm-up"))
+    return intake
 
 
 def _fresh(data: bytes) -> bytes:
@@ -70,8 +79,7 @@ def test_a_drafted_answer_is_the_answer_made_in_the_transaction(
     site: tuple[Config, Store], subject: str,
 ) -> None:
     config, store = site
-    intake = answering_intake(config, store)
-    intake.process(*_mail(0, "warm-up"))  # the first new ticket tells the number's length
+    intake = _drafting(config, store)
     raw, env = _mail(1, subject)
     drafted = intake.prepare(raw, env)
     assert isinstance(drafted.draft, Draft)
@@ -95,8 +103,7 @@ def test_a_ticket_stored_through_a_draft_is_the_ticket_stored_without(
     from ticketstore.models import Ticket
 
     config, store = site
-    intake = answering_intake(config, store)
-    intake.process(*_mail(0, "warm-up"))
+    intake = _drafting(config, store)
     raw, env = _mail(1, "Impresora en llamas [urgent]")
     drafted = intake.prepare(raw, env)
     assert isinstance(drafted.draft, Draft) and drafted.ticket_base is not None
@@ -128,8 +135,7 @@ def test_the_real_number_replaces_the_placeholder_everywhere(
     site: tuple[Config, Store],
 ) -> None:
     config, store = site
-    intake = answering_intake(config, store)
-    intake.process(*_mail(0, "warm-up"))
+    intake = _drafting(config, store)
     raw, env = _mail(1, "Printer on fire")
     draft = intake.prepare(raw, env).draft
     assert isinstance(draft, Draft)
@@ -155,8 +161,7 @@ def test_no_draft_before_the_first_number_or_for_a_likely_follow_up(
 
 def test_a_draft_for_another_ticket_or_length_is_not_used(site: tuple[Config, Store]) -> None:
     config, store = site
-    intake = answering_intake(config, store)
-    intake.process(*_mail(0, "warm-up"))
+    intake = _drafting(config, store)
     draft = intake.prepare(*_mail(1, "Printer on fire")).draft
     assert isinstance(draft, Draft)
     number = intake.process(*_mail(1, "Printer on fire")).ticket_number
@@ -175,8 +180,7 @@ def test_a_draft_for_another_ticket_or_length_is_not_used(site: tuple[Config, St
 
 def test_the_daily_limit_still_applies_to_drafted_answers(site: tuple[Config, Store]) -> None:
     config, store = site
-    intake = answering_intake(config, store)
-    intake.process(*_mail(0, "warm-up"))
+    intake = _drafting(config, store)
     for i in range(1, 4):
         raw, env = _mail(i, f"question {i}", sender="same@customer.example")
         assert intake.prepare(raw, env).draft is not None
@@ -217,12 +221,13 @@ VERBATIM = {
 def test_number_verbatim(tmp_path: Path, source: str, verbatim: bool) -> None:
     (tmp_path / "default" / "en").mkdir(parents=True)
     (tmp_path / "default" / "en" / "new-ticket.txt").write_text(source, encoding="utf-8")
-    assert Templates(tmp_path).number_verbatim("default", "new-ticket") is verbatim
+    templates = Templates(tmp_path)
+    assert templates.number_verbatim(templates.lookup("default", "new-ticket")) is verbatim
 
 
 def test_shipped_templates_print_the_number_verbatim() -> None:
     templates = Templates(None)
-    assert templates.number_verbatim("default", "new-ticket")
+    assert templates.number_verbatim(templates.lookup("default", "new-ticket"))
 
 
 def test_queue_name_and_number_of_snapshots_previews_and_session_tickets(

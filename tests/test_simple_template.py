@@ -140,7 +140,7 @@ def test_templates_render_takes_the_fast_path_for_shipped_templates(language: st
 
 def test_shipped_number_verbatim_shares_the_analysis() -> None:
     templates = Templates(None)
-    assert templates.number_verbatim("default", "new-ticket")
+    assert templates.number_verbatim(templates.lookup("default", "new-ticket"))
     text_tpl, html_tpl = templates._entry("default", "new-ticket")[1:3]
     for tpl in (text_tpl, html_tpl):
         facts = templates._facts_of[tpl]
