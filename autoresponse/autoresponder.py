@@ -17,17 +17,18 @@ import logging
 import re
 from typing import TYPE_CHECKING, Any
 
-from gateway.addresses import split_plus
-from gateway.classify import BOUNCE, LOOP, bounced_message_ids, bounced_recipients
-from gateway.envelope import Outcome
-from gateway.subject import tag_subject
+from autoresponse.responder import TicketPreview
+from gateway.intake.outcome import Outcome
+from gateway.intake.ports import StoredMessage
+from gateway.intake.recipients import split_plus
+from gateway.mail.classify import BOUNCE, LOOP, bounced_message_ids, bounced_recipients
+from gateway.mail.subject import tag_subject
 from ticketstore.models import utcnow
 from ticketstore.statements import STATEMENTS
 
 from . import rows
 from .compose import Outgoing, compose, compose_unchanged, new_message_id, valid_address
 from .draft import Draft, placeholder, queue_name, ticket_number
-from .responder import StoredMessage, TicketPreview
 from .suppress import DATABASE_CHECKS, MESSAGE_CHECKS, SENT_SINCE, Check, suppression
 from .templates import DEFAULT_SET, EVENTS, Lookup, Rendered, TemplateError
 
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Connection
 
     from gateway.config import Config, QueueConfig
-    from gateway.intake import Prepared
+    from gateway.intake.core import Prepared
 
     from .templates import Templates
 
@@ -202,10 +203,6 @@ class AutoResponder:
 
     def _answer_customer(self, conn: Connection, stored: StoredMessage, qcfg: QueueConfig,
                          event: str) -> None:
-        draft = stored.draft
-        if isinstance(draft, Draft) and event == "new-ticket" and draft.fits(stored.ticket):
-            self._send_draft(conn, stored, draft)
-            return
         rcpt = self.recipient(stored)
         verdict = suppression(Check(conn, stored, self.config, rcpt,
                                     self.system_addresses, self.noreply))

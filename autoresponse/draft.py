@@ -29,10 +29,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from autoresponse.responder import TicketPreview
     from ticketstore.models import Ticket
 
     from .compose import Outgoing
-    from .responder import TicketPreview
     from .templates import Rendered
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .responder import Responder
+from gateway.intake.ports import Responder
 
 if TYPE_CHECKING:
     from gateway.config import Config

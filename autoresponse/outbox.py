@@ -31,8 +31,8 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.config import Config, OutboundConfig
-from gateway.server.writelock import WriterLock, writer_lock_for
 from ticketstore.models import Event, OutboxMessage, utcnow
+from ticketstore.writelock import WriterLock, writer_lock_for
 
 from .dkim_sign import DkimError, DkimSigner
 from .sent import record_sent

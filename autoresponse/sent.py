@@ -15,7 +15,7 @@ import hashlib
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from gateway.parse import parse_message
+from gateway.mail.parse import parse_message
 from ticketstore.models import OutboxMessage
 from ticketstore.statements import STATEMENTS
 

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import bindparam, func, literal_column, select
 
-from gateway import classify as c
-from gateway.addresses import split_plus
+from gateway.mail import classify as c
+from gateway.intake.recipients import split_plus
 from ticketstore.models import Memory, OutboxMessage, UTCDateTime, bind_memory
 from ticketstore.statements import STATEMENTS
 
@@ -27,8 +27,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Connection
 
     from gateway.config import Config
-
-    from .responder import StoredMessage
+    from gateway.intake.ports import StoredMessage
 
 # Outbox kinds that count towards the per-address daily limit (agent mail does not).
 CUSTOMER_KINDS = ("auto-reply", "follow-up", "reject", "new-ticket-rejected")

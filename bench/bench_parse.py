@@ -29,7 +29,7 @@ import mailparser
 
 from bench import int_option
 from bench.bench_lmtp import big_message, memory_check, new_message
-from gateway.parse import parse_message
+from gateway.mail.parse import parse_message
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "mail"
 

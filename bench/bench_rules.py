@@ -18,13 +18,13 @@ import time
 from email.message import EmailMessage
 from pathlib import Path
 
-from gateway.classify import classify
 from gateway.config import config_from_dict
-from gateway.envelope import Envelope
-from gateway.intake import Intake
-from gateway.parse import parse_message
+from gateway.intake.core import Intake
+from gateway.intake.ports import NullRouter
+from gateway.mail.classify import classify
+from gateway.mail.envelope import Envelope
+from gateway.mail.parse import parse_message
 from rules.reader import load_rules
-from rules.route import NullRouter
 from rules.router import RuleRouter
 
 QUEUES = ["Support", "Billing", "Sales", "Monitoring", "Junk"]

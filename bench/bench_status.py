@@ -173,7 +173,7 @@ class RunningServer:
     def __init__(self, db_url: str, base: Path) -> None:
         from gateway.config import config_from_dict
         from gateway.daemon import DaemonContext
-        from gateway.intake import Intake
+        from gateway.intake.core import Intake
         from gateway.runtime import open_store
         from gateway.status.server import StatusServer
 

@@ -14,10 +14,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.intake.core import Intake
 from ticketstore.models import utcnow
 
 from .config import Config
-from .intake import Intake
 from .runtime import Store
 
 # Background services started by `ticketgate serve`, in this order.

@@ -24,8 +24,9 @@ import os
 import re
 import smtplib
 
+from gateway.mail.envelope import Envelope
+
 from .config import Config
-from .envelope import Envelope
 from .sysexits import EX_NOUSER, EX_OK, EX_TEMPFAIL
 
 log = logging.getLogger("ticketgate.handoff")

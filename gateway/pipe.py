@@ -14,8 +14,9 @@ import sys
 import time
 from typing import BinaryIO
 
+from gateway.mail.envelope import Envelope
+
 from .config import Config
-from .envelope import Envelope
 from .sysexits import EX_DATAERR, EX_NOUSER, EX_OK, EX_TEMPFAIL
 
 log = logging.getLogger("ticketgate.pipe")

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from gateway.intake.core import Intake
 from ticketstore.db import ensure_schema, make_engine, make_sessionmaker
 
 from .config import Config, ConfigError, load_config
-from .intake import Intake
 from .sysexits import EX_CONFIG
 
 

@@ -16,7 +16,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from .envelope import Envelope
+from gateway.mail.envelope import Envelope
 
 
 @dataclass(frozen=True)

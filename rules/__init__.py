@@ -9,7 +9,8 @@ set raises `RulesError`.
 
 from __future__ import annotations
 
+from gateway.intake.ports import NullRouter, Route, Router
+
 from .errors import Problem, RulesError
-from .route import NullRouter, Route, Router
 
 __all__ = ["NullRouter", "Problem", "Route", "Router", "RulesError"]

@@ -33,7 +33,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_test(args: argparse.Namespace) -> int:
     """Dry run: explain every rule's verdict and the final route. Changes nothing."""
-    from gateway.envelope import Envelope
+    from gateway.mail.envelope import Envelope
 
     from .dryrun import dry_run
 

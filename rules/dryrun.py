@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.envelope import Outcome
+from gateway.intake.outcome import Outcome
 
 from .errors import Problem
 from .evaluate import Decision, evaluate
@@ -26,8 +26,8 @@ if TYPE_CHECKING:
     from sqlalchemy import Connection
 
     from gateway.config import Config
-    from gateway.envelope import Envelope
-    from gateway.intake import Intake, Prepared
+    from gateway.intake.core import Intake, Prepared
+    from gateway.mail.envelope import Envelope
 
 
 @dataclass
@@ -69,7 +69,7 @@ class DryRun:
 
 
 def dry_run(config: Config, raw: bytes, envelope: Envelope) -> DryRun:
-    from gateway.intake import Intake
+    from gateway.intake.core import Intake
 
     rules_dir = config.path(config.rules.dir)
     ruleset, problems = check_rules(rules_dir, config.queue_names, config.rules.max_match_chars)
@@ -179,7 +179,7 @@ def _auto_response(
     """Yes/no and why, from the auto-responder's own suppression checks."""
     from autoresponse import suppress
     from autoresponse.autoresponder import AutoResponder
-    from autoresponse.responder import StoredMessage
+    from gateway.intake.ports import StoredMessage
     from ticketstore.models import Article
 
     p = result.prepared

@@ -13,14 +13,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from gateway.intake.ports import Route
+
 from .model import Rule, RuleSet
-from .route import Route
 from .view import MessageView
 
 if TYPE_CHECKING:
-    from gateway.classify import Classification
-    from gateway.envelope import Envelope
-    from gateway.parse import ParsedMessage
+    from gateway.mail.classify import Classification
+    from gateway.mail.envelope import Envelope
+    from gateway.mail.parse import ParsedMessage
 
 MATCHED, NOT_MATCHED, SKIPPED = "matched", "not matched", "skipped"
 

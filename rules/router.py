@@ -15,16 +15,17 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gateway.intake.ports import Route
+
 from .errors import Problem, RulesError
 from .evaluate import route_only
 from .model import RuleSet
 from .reader import file_signature, load_rules
-from .route import Route
 
 if TYPE_CHECKING:
-    from gateway.classify import Classification
-    from gateway.envelope import Envelope
-    from gateway.parse import ParsedMessage
+    from gateway.mail.classify import Classification
+    from gateway.mail.envelope import Envelope
+    from gateway.mail.parse import ParsedMessage
 
 log = logging.getLogger("ticketgate.rules")
 

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 from .authresults import dkim_result
 
 if TYPE_CHECKING:
-    from gateway.classify import Classification
-    from gateway.envelope import Envelope
-    from gateway.parse import ParsedMessage
+    from gateway.mail.classify import Classification
+    from gateway.mail.envelope import Envelope
+    from gateway.mail.parse import ParsedMessage
 
 
 class MessageView:

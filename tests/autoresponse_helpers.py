@@ -20,7 +20,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 if TYPE_CHECKING:
     from gateway.config import Config
-    from gateway.intake import Intake
+    from gateway.intake.core import Intake
     from gateway.runtime import Store
 
 
@@ -185,7 +185,7 @@ def write_toml(path: Any, data: dict[str, Any]) -> None:
 def answering_intake(config: Config, store: Store) -> Intake:
     """The intake core with the auto-responder, its queues created."""
     from autoresponse.autoresponder import AutoResponder
-    from gateway.intake import Intake
+    from gateway.intake.core import Intake
 
     intake = Intake(config, store.factory, responder=AutoResponder(config))
     intake.sync_queues()

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from gateway.config import Config
-from gateway.intake import Intake
+from gateway.intake.core import Intake
 from gateway.runtime import Store, open_store
 from tests.support import integration_missing, make_config
 

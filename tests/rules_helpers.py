@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from email.message import EmailMessage
 
-from gateway.classify import classify
-from gateway.envelope import Envelope
-from gateway.parse import parse_message
+from gateway.mail.classify import classify
+from gateway.mail.envelope import Envelope
+from gateway.mail.parse import parse_message
 from rules.evaluate import Decision, evaluate, route_only
 from rules.model import RuleSet
 from rules.reader import parse_rule_text

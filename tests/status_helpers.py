@@ -18,8 +18,9 @@ from typing import Any
 
 from gateway.config import Config
 from gateway.daemon import DaemonContext
-from gateway.envelope import Disposition, Envelope
-from gateway.intake import Intake
+from gateway.intake.core import Intake
+from gateway.intake.outcome import Disposition
+from gateway.mail.envelope import Envelope
 from gateway.runtime import Store, open_store
 from tests.support import make_config
 

@@ -13,8 +13,9 @@ from sqlalchemy import select
 
 from autoresponse.outbox import Outbox
 from gateway.config import Config
-from gateway.envelope import Envelope, Outcome
-from gateway.intake import Intake
+from gateway.intake.core import Intake
+from gateway.intake.outcome import Outcome
+from gateway.mail.envelope import Envelope
 from gateway.runtime import Store, open_store
 from tests.autoresponse_helpers import Received, SmtpSink, answering_intake, build_mail
 from tests.support import make_config

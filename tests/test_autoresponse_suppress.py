@@ -15,13 +15,14 @@ import pytest
 from sqlalchemy import select
 
 from autoresponse.autoresponder import AutoResponder
-from gateway.classify import Classification
 from gateway.config import Config
-from gateway.envelope import Envelope, Outcome
-from gateway.intake import Intake
-from gateway.parse import ParsedMessage
+from gateway.intake.core import Intake
+from gateway.intake.outcome import Outcome
+from gateway.intake.ports import Route
+from gateway.mail.classify import Classification
+from gateway.mail.envelope import Envelope
+from gateway.mail.parse import ParsedMessage
 from gateway.runtime import Store
-from rules.route import Route
 from tests.autoresponse_helpers import build_mail
 from tests.support import make_config
 from ticketstore.models import Event, OutboxMessage
@@ -154,8 +155,8 @@ def test_suppressed(config: Config, store: Store, raw: bytes, envelope: Envelope
 
 def test_out_of_office_conventions_are_labelled() -> None:
     """Each vacation convention is classified out-of-office, not merely auto-submitted."""
-    from gateway.classify import OUT_OF_OFFICE, classify
-    from gateway.parse import parse_message
+    from gateway.mail.classify import OUT_OF_OFFICE, classify
+    from gateway.mail.parse import parse_message
 
     for case_id in ("ooo-exchange", "ooo-gmail", "ooo-zimbra", "ooo-vacation-program",
                     "ooo-x-autoreply"):

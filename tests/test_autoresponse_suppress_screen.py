@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from autoresponse import suppress
-from gateway import classify as c
+from gateway.mail import classify as c
 
 
 def _unscreened(ctx: Any) -> tuple[str, str] | None:

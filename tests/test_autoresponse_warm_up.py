@@ -8,9 +8,9 @@ import pytest
 
 from autoresponse import rows
 from autoresponse.autoresponder import AutoResponder
-from autoresponse.responder import NullResponder
 from autoresponse.suppress import SENT_SINCE
 from autoresponse.templates import EVENTS
+from gateway.intake.ports import NullResponder
 from gateway.runtime import Store
 from tests.support import make_config
 from ticketstore.statements import STATEMENTS

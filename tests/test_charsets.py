@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.charsets import codec_for, decode_bytes, decode_iso2022jp
+from gateway.mail.charsets import codec_for, decode_bytes, decode_iso2022jp
 
 EURO_QUOTES = "€ “quoted” – done…"
 

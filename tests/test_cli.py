@@ -16,8 +16,8 @@ from sqlalchemy import create_engine, inspect, text
 
 from gateway.cli import main
 from gateway.config import load_config
-from gateway.envelope import Envelope
-from gateway.intake import Intake
+from gateway.intake.core import Intake
+from gateway.mail.envelope import Envelope
 from gateway.runtime import open_store
 from tests.support import mail
 from tests.test_pipe import ticketgate, write_config

@@ -18,8 +18,8 @@ import pytest
 from autoresponse.autoresponder import AutoResponder
 from autoresponse.dkim_sign import DkimError, DkimSigner
 from autoresponse.outbox import Outbox
-from gateway.envelope import Envelope
-from gateway.intake import Intake
+from gateway.intake.core import Intake
+from gateway.mail.envelope import Envelope
 from gateway.runtime import Store, open_store
 from tests.autoresponse_helpers import SmtpSink, build_mail
 from tests.support import integration_missing, make_config

@@ -17,11 +17,12 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from gateway.envelope import Disposition, Envelope, Outcome
-from gateway.intake import Intake, Prepared
+from gateway.intake.core import Intake, Prepared
+from gateway.intake.outcome import Disposition, Outcome
+from gateway.mail.envelope import Envelope
 from gateway.server.groupcommit import GroupCommitter
-from gateway.server.writelock import WriterLock
 from tests.test_server_units import ENV, _mail
+from ticketstore.writelock import WriterLock
 
 
 class _Fatal(BaseException):

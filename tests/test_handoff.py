@@ -13,9 +13,9 @@ import pytest
 from sqlalchemy import select
 
 from gateway.config import Config
-from gateway.envelope import Envelope
 from gateway.handoff import combine, exit_code_for, lmtp_payload, try_handoff
-from gateway.intake import Intake
+from gateway.intake.core import Intake
+from gateway.mail.envelope import Envelope
 from gateway.sysexits import EX_NOUSER, EX_OK, EX_TEMPFAIL
 from tests.test_server_app import MESSAGE, RunningDaemon, daemon_config, short_socket_dir
 from ticketstore.models import Article, Event, Ticket
@@ -116,7 +116,7 @@ PIPE_WITHOUT_THE_STORE = """
 import sys
 from gateway.cli import main
 rc = main(sys.argv[1:])
-heavy = sorted(m for m in ("sqlalchemy", "mailparser", "gateway.intake") if m in sys.modules)
+heavy = sorted(m for m in ("sqlalchemy", "mailparser", "gateway.intake.core") if m in sys.modules)
 print("heavy:", ",".join(heavy))
 sys.exit(rc)
 """

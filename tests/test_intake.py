@@ -12,11 +12,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Connection, func, select
 
-from autoresponse.responder import StoredMessage
 from gateway.config import Config
-from gateway.envelope import Envelope, Outcome
-from gateway.intake import Intake, content_hash
-from gateway.parse import parse_message
+from gateway.intake.core import Intake, content_hash
+from gateway.intake.outcome import Outcome
+from gateway.intake.ports import StoredMessage
+from gateway.mail.envelope import Envelope
+from gateway.mail.parse import parse_message
 from gateway.runtime import Store, open_store
 from tests.support import MAIL, mail, make_config
 from ticketstore.db import upgrade

@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from gateway.config import ENGINES
-from gateway.intake import Intake
+from gateway.intake.core import Intake
 from gateway.spool import entries
 from tests.test_server_app import MESSAGE, RunningDaemon, daemon_config
 from ticketstore.db import make_engine, upgrade

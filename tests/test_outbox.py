@@ -16,8 +16,8 @@ from sqlalchemy import select
 from autoresponse.outbox import Outbox, backoff
 from gateway.cli import main as cli_main
 from gateway.config import Config
-from gateway.envelope import Envelope
-from gateway.intake import Intake
+from gateway.intake.core import Intake
+from gateway.mail.envelope import Envelope
 from gateway.runtime import Store, open_store
 from tests.autoresponse_helpers import SmtpSink, answering_intake, build_mail, write_toml
 from tests.support import DEFAULT_QUEUES, make_config
@@ -315,7 +315,7 @@ def test_outbox_writes_take_turns_with_the_intake_writers(tmp_path: Path, sqlite
                                                           sink: SmtpSink) -> None:
     """A writer holding the worker processes' lock file makes the outbox wait for it,
     instead of the lock's holder waiting in SQLite's busy handler for the outbox."""
-    from gateway.server.writelock import writer_lock_for
+    from ticketstore.writelock import writer_lock_for
 
     config = _config(tmp_path, sqlite_url, sink)
     store = open_store(config)

@@ -13,7 +13,7 @@ import hashlib
 
 import pytest
 
-from gateway.parse import decode_header_value, parse_message
+from gateway.mail.parse import decode_header_value, parse_message
 from tests.support import MAIL, mail
 
 NUM = "2026112210000013"

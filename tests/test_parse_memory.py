@@ -3,7 +3,7 @@ the generic (stdlib) path parses them.
 
 Issue 3: the server's peak while it receives a 25 MB message must stay under 4x the
 message above idle. The stdlib parser alone reached 7.5x (tracemalloc) on such a
-message; `gateway.rawmime` splits it on the raw bytes instead. Every structure test
+message; `gateway.mail.rawmime` splits it on the raw bytes instead. Every structure test
 parses the same message both ways (`split_above=0` and `split_above=None`) and
 compares every decoded field, and checks that the splitter really handled it (it
 falls back to the generic path silently for structures it does not reproduce).
@@ -26,10 +26,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from gateway.envelope import Envelope
-from gateway.intake import Intake, content_hash
-from gateway.parse import ParsedMessage, parse_message
-from gateway.rawmime import SMALL_PART, RawLeaf, split_message
+from gateway.intake.core import Intake, content_hash
+from gateway.mail.envelope import Envelope
+from gateway.mail.parse import ParsedMessage, parse_message
+from gateway.mail.rawmime import SMALL_PART, RawLeaf, split_message
 from gateway.runtime import Store
 from tests.support import MAIL
 from ticketstore.models import Article, Attachment
@@ -284,7 +284,7 @@ def test_delimiter_lines_in_a_row_make_no_empty_part() -> None:
 def test_large_attachments_are_stored_byte_for_byte_and_in_order(
     intake: Intake, store: Store
 ) -> None:
-    """On SQLite big attachments are written through blob I/O (gateway/intake.py)."""
+    """On SQLite big attachments are written through blob I/O (gateway/intake/core.py)."""
     rnd = random.Random(3)
     first, small, last = rnd.randbytes(1_500_000), b"tiny", rnd.randbytes((1 << 20) + 1)
     parts = b"".join(

@@ -341,7 +341,7 @@ def _pipe_imports(config: Path, name: str) -> set[str]:
                    extra_python=("-X", "importtime"))
     assert r.returncode == EX_OK
     modules = _imported(r.stderr)
-    assert "gateway.intake" in modules and "gateway.parse" in modules  # the check works
+    assert "gateway.intake.core" in modules and "gateway.mail.parse" in modules  # the check works
     assert "sqlalchemy" in modules
     return modules
 

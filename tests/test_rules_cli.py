@@ -10,7 +10,7 @@ from sqlalchemy import create_engine, func, select
 
 from gateway.cli import main
 from gateway.config import load_config
-from gateway.envelope import Envelope
+from gateway.mail.envelope import Envelope
 from gateway.runtime import build_intake, open_store
 from tests.rules_helpers import message
 from ticketstore.models import Article, Event, OutboxMessage, Ticket

@@ -7,8 +7,9 @@ from pathlib import Path
 from sqlalchemy import select
 
 from gateway.config import Config
-from gateway.envelope import Envelope, Outcome
-from gateway.intake import Intake
+from gateway.intake.core import Intake
+from gateway.intake.outcome import Outcome
+from gateway.mail.envelope import Envelope
 from gateway.runtime import Store
 from rules.loader import load_router
 from tests.rules_helpers import message

@@ -23,8 +23,8 @@ import pytest
 from sqlalchemy import create_engine, select
 
 from gateway.daemon import SERVICES, DaemonContext
-from gateway.envelope import Envelope
-from gateway.intake import Intake
+from gateway.intake.core import Intake
+from gateway.mail.envelope import Envelope
 from rules import watch
 from rules.errors import RulesError
 from rules.loader import load_router

@@ -14,8 +14,9 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from gateway.envelope import Envelope, Outcome
-from gateway.intake import Intake
+from gateway.intake.core import Intake
+from gateway.intake.outcome import Outcome
+from gateway.mail.envelope import Envelope
 from gateway.server import sdnotify
 from gateway.server.groupcommit import GroupCommitter
 from gateway.server.listeners import ListenAddress, ListenError, parse_listen

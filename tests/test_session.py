@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.envelope import Envelope
+from gateway.mail.envelope import Envelope
 from gateway.server import replies
 from gateway.server.session import MAX_BAD_COMMANDS, PAUSE_ABOVE, Session, _Syntax, parse_path
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
-from gateway.envelope import Envelope
+from gateway.mail.envelope import Envelope
 from gateway.spool import entries, failed_dir, quarantine
 from tests.support import mail
 from tests.test_pipe import write_config

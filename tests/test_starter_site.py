@@ -13,7 +13,8 @@ from sqlalchemy import select
 
 from gateway.cli import main as cli_main
 from gateway.config import load_config
-from gateway.envelope import Envelope, Outcome
+from gateway.intake.outcome import Outcome
+from gateway.mail.envelope import Envelope
 from gateway.runtime import build_intake, open_store
 from ticketstore.models import Ticket
 

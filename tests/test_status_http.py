@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import func, select
 
 from gateway.daemon import DaemonContext
-from gateway.envelope import Envelope
+from gateway.mail.envelope import Envelope
 from gateway.spool import quarantine
 from gateway.status import server as status_server
 from gateway.status.server import parse_listen

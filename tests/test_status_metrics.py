@@ -8,7 +8,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.envelope import Envelope
+from gateway.mail.envelope import Envelope
 from gateway.spool import quarantine
 from gateway.status.metrics import PROCESSING_SECONDS
 from tests.status_helpers import StatusService, deliver, make_context, message, status_config

@@ -10,13 +10,13 @@ import pytest
 from sqlalchemy import insert
 
 from gateway.config import Config
-from gateway.envelope import Envelope
-from gateway.intake import Intake
+from gateway.intake.core import Intake
+from gateway.intake.ports import NullRouter, Route
+from gateway.mail.envelope import Envelope
 from gateway.runtime import Store
 from gateway.spool import quarantine
 from gateway.status import queries
 from gateway.status.queries import MonthCache, Sources, read_only, snapshot
-from rules.route import NullRouter, Route
 from tests.status_helpers import deliver, message
 from ticketstore.models import Article, Event, OutboxMessage, Ticket
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.subject import find_numbers, strip_tags, tag_subject
+from gateway.mail.subject import find_numbers, strip_tags, tag_subject
 
 HOOK = "Ticket#"
 N = "2026112210000013"

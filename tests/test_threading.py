@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from gateway.envelope import Disposition, Envelope, Outcome
-from gateway.intake import Intake
+from gateway.intake.core import Intake
+from gateway.intake.outcome import Disposition, Outcome
+from gateway.mail.envelope import Envelope
 from gateway.runtime import open_store
 from tests.support import mail, make_config
 from ticketstore import numbers

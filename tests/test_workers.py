@@ -26,12 +26,12 @@ import pytest
 from sqlalchemy import func, select
 
 from gateway.server.workers import worker_count
-from gateway.server.writelock import WriterLock
 from tests.support import wait_until
 from tests.test_server_app import MESSAGE, short_socket_dir
 from tests.test_server_process import _config as process_config
 from ticketstore.db import make_engine
 from ticketstore.models import Ticket
+from ticketstore.writelock import WriterLock
 
 
 def _config(tmp_path: Path, sock: Path, strict: bool = False) -> str:
@@ -217,7 +217,7 @@ def test_worker_count() -> None:
 def test_the_writer_lock_excludes_other_processes(tmp_path: Path) -> None:
     path = tmp_path / "db-writer.lock"
     code = ("import sys, time; from pathlib import Path; "
-            "from gateway.server.writelock import WriterLock; "
+            "from ticketstore.writelock import WriterLock; "
             "lock = WriterLock(Path(sys.argv[1])); print('waiting', flush=True); "
             "t = time.monotonic(); lock.__enter__(); print(time.monotonic() - t)")
     with WriterLock(path):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from gateway.server.writelock import WriterLock
+from ticketstore.writelock import WriterLock
 
 
 def test_try_acquire_fails_while_another_open_file_holds_the_lock(tmp_path: Path) -> None:

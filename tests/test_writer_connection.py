@@ -9,8 +9,9 @@ import pytest
 from sqlalchemy import event, select, text
 from sqlalchemy import exc as sa_exc
 
-from gateway.envelope import Envelope, Outcome
-from gateway.intake import Intake
+from gateway.intake.core import Intake
+from gateway.intake.outcome import Outcome
+from gateway.mail.envelope import Envelope
 from gateway.server.groupcommit import GroupCommitter
 from tests.support import make_config
 from ticketstore.db import is_transient, make_engine, make_sessionmaker, upgrade

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.intake import TRACE_HEADERS, content_hash
+from gateway.intake.core import TRACE_HEADERS, content_hash
 
 FIXTURES = sorted((Path(__file__).parent / "fixtures" / "mail").glob("*.eml"))
 _HEADER_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:")

@@ -20,8 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway import parse
-from gateway.parse import ParsedMessage, parse_message
+from gateway.mail import parse
+from gateway.mail.parse import ParsedMessage, parse_message
 
 FIXTURES = sorted((Path(__file__).parent / "fixtures" / "mail").glob("*.eml"))
 

@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 from sqlalchemy import select, text
 
-from gateway.envelope import Envelope, Outcome
-from gateway.intake import Intake
+from gateway.intake.core import Intake
+from gateway.intake.outcome import Outcome
+from gateway.mail.envelope import Envelope
 from gateway.server.groupcommit import GroupCommitter
 from ticketstore.models import Article
 

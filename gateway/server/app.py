@@ -26,6 +26,7 @@ from gateway.config import Config, load_config
 from gateway.daemon import SERVICES, DaemonContext
 from gateway.runtime import build_intake, open_store
 from gateway.sysexits import EX_UNAVAILABLE
+from ticketstore.writelock import WriterLock, writer_lock_for
 
 from . import sdnotify
 from .activation import inherited_sockets
@@ -35,7 +36,6 @@ from .listeners import ListenAddress, ListenError, bind, parse_listen
 from .protocol import IntakeLMTP, IntakeSMTP
 from .session import Session
 from .workers import WorkerPool, worker_count
-from .writelock import WriterLock, writer_lock_for
 
 log = logging.getLogger("ticketgate.server")
 

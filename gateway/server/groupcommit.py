@@ -28,10 +28,10 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 from sqlalchemy import exc as sa_exc
 
-from gateway.envelope import Disposition, Envelope
-from gateway.intake import Intake, Prepared
-
-from .writelock import WriterLock
+from gateway.intake.core import Intake, Prepared
+from gateway.intake.outcome import Disposition
+from gateway.mail.envelope import Envelope
+from ticketstore.writelock import WriterLock
 
 log = logging.getLogger("ticketgate.groupcommit")
 

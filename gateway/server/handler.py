@@ -17,7 +17,7 @@ from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
 from gateway.daemon import DaemonContext
-from gateway.envelope import Envelope
+from gateway.mail.envelope import Envelope
 from gateway.spool import quarantine
 from gateway.status.metrics import PROCESSING_SECONDS
 

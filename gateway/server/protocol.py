@@ -18,7 +18,7 @@ from typing import Any
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP
 
-from gateway.envelope import Envelope
+from gateway.mail.envelope import Envelope
 
 from . import replies
 from .handler import DeliveryHandler

@@ -7,7 +7,7 @@ carries an exception text: a failing server says 451 and logs the detail.
 
 from __future__ import annotations
 
-from gateway.envelope import Disposition
+from gateway.intake.outcome import Disposition
 
 S250_SENDER_OK = "250 2.1.0 Sender OK"
 S250_RECIPIENT_OK = "250 2.1.5 Recipient OK"

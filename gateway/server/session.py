@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
-from gateway.envelope import Envelope
+from gateway.mail.envelope import Envelope
 
 from . import replies
 

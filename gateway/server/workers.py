@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.daemon import DaemonContext, RecentError
-from gateway.envelope import Outcome
+from gateway.intake.outcome import Outcome
 from gateway.status.metrics import PROCESSING_SECONDS
 
 from .listeners import ListenAddress

@@ -53,9 +53,9 @@ from typing import Any
 
 import mailparser
 
-from .charsets import decode_bytes
-from .htmltext import html_to_text
-from .rawmime import SMALL_PART, RawLeaf, Unsupported, split_message
+from gateway.mail.charsets import decode_bytes
+from gateway.mail.htmltext import html_to_text
+from gateway.mail.rawmime import SMALL_PART, RawLeaf, Unsupported, split_message
 
 log = logging.getLogger("ticketgate.parse")
 MSGID_RE = re.compile(r"<([^<>\s]+)>")

@@ -12,8 +12,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .envelope import Envelope
-from .parse import ParsedMessage
+from gateway.mail.envelope import Envelope
+from gateway.mail.parse import ParsedMessage
 
 AUTO_SUBMITTED = "auto-submitted"
 BULK = "bulk"

@@ -21,14 +21,20 @@ from sqlalchemy import Connection, Engine, func, insert, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
-from autoresponse.responder import (
-    NullResponder,
-    QueueRef,
-    Responder,
-    StoredMessage,
-    TicketPreview,
+from gateway.config import Config
+from gateway.intake.outcome import Disposition, Outcome
+from gateway.intake.ports import NullResponder, NullRouter, Responder, Route, Router, StoredMessage
+from gateway.intake.recipients import QueueMap
+from gateway.mail.classify import (
+    BOUNCE,
+    OUT_OF_OFFICE,
+    Classification,
+    bounced_message_ids,
+    classify,
 )
-from rules.route import NullRouter, Route, Router
+from gateway.mail.envelope import Envelope
+from gateway.mail.parse import ParsedMessage, parse_message
+from gateway.mail.subject import find_numbers, strip_tags
 from ticketstore import numbers
 from ticketstore.db import dialect_insert
 from ticketstore.models import Article, Attachment, Event, Queue, Ticket, utcnow
@@ -42,13 +48,6 @@ from ticketstore.statements import (
     ticket_snapshot,
     update_ticket,
 )
-
-from .addresses import QueueMap
-from .classify import BOUNCE, OUT_OF_OFFICE, Classification, bounced_message_ids, classify
-from .config import Config
-from .envelope import Disposition, Envelope, Outcome
-from .parse import ParsedMessage, parse_message
-from .subject import find_numbers, strip_tags
 
 log = logging.getLogger("ticketgate.intake")
 
@@ -146,14 +145,8 @@ class Prepared:
     content_hash: str
     queue: str  # from the recipients; a rule's queue wins for new tickets
     notes: tuple[str, ...] = field(default_factory=tuple)
-    # Ticket numbers in the subject (find_numbers): threading and the responder's draft
-    # both ask, and only the first needs to look.
+    # Ticket numbers in the subject (find_numbers).
     subject_numbers: tuple[str, ...] = ()
-    # The responder's answer made ahead for the ticket this message would create.
-    draft: object | None = None
-    # A new ticket's columns that depend on the message alone (`Intake._ticket_base`),
-    # kept when the draft's preview computed them so that the store does not again.
-    ticket_base: dict[str, Any] | None = None
 
 
 class Intake:
@@ -197,15 +190,8 @@ class Intake:
             + msg.to + msg.cc
         )
         queue = self.queues.queue_for(recipients) or self.config.tickets.default_queue
-        prepared = Prepared(raw, envelope, msg, classification, route, message_id, chash, queue,
-                            subject_numbers=tuple(find_numbers(msg.subject,
-                                                               self.config.tickets.hook)))
-        # A responder may make its answer ahead (Responder.draft); test doubles need not.
-        if getattr(self.responder, "drafts", False):
-            # Set on the instance nobody else has seen yet: `dataclasses.replace` copied
-            # every field again for each drafted message.
-            object.__setattr__(prepared, "draft", self._draft(prepared))
-        return prepared
+        return Prepared(raw, envelope, msg, classification, route, message_id, chash, queue,
+                        subject_numbers=tuple(find_numbers(msg.subject, self.config.tickets.hook)))
 
     @property
     def engine(self) -> Engine:
@@ -282,7 +268,7 @@ class Intake:
         self.responder.after_store(conn, StoredMessage(
             msg=p.msg, envelope=p.envelope, classification=p.classification, route=p.route,
             ticket=ticket, article=article, outcome=outcome, closed_policy=closed_policy,
-            queue_refused_new=refused_new, now=now, draft=p.draft,
+            queue_refused_new=refused_new, now=now,
         ))
         return Disposition(outcome, p.message_id, ticket.number, ticket.queue.name, article.id,
                            notes=p.route.matched)
@@ -392,8 +378,7 @@ class Intake:
                        linked_to: int | None = None, refused: bool = False,
                        ) -> dict[str, Any]:
         """A new ticket's columns but its queue id."""
-        base = p.ticket_base if p.ticket_base is not None and not refused \
-            else self._ticket_base(p, refused)
+        base = self._ticket_base(p, refused)
         return {**base, "number": number, "linked_ticket_id": linked_to, "created_at": now,
                 "updated_at": now, "closed_at": now if base["state"] == "closed" else None}
 
@@ -413,16 +398,6 @@ class Intake:
             tags=sorted(set(p.route.tags)),
             thread_key=p.route.thread_key,
         )
-
-    def _draft(self, p: Prepared) -> object | None:
-        """The responder's draft answer, made before the store and outside the writer's
-        lock, for the ticket this message would create (responder.py)."""
-        v = self._ticket_base(p)
-        object.__setattr__(p, "ticket_base", v)  # p is still the preparer's alone
-        preview = TicketPreview(
-            v["title"], v["state"], v["priority"], v["customer_name"], v["customer_address"],
-            v["customer_domain"], v["customer_id"], QueueRef(p.route.queue or p.queue))
-        return self.responder.draft(p, preview)
 
     @staticmethod
     def _follow_up_changes(

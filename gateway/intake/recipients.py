@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .config import Config
+from gateway.config import Config
 
 
 def split_plus(address: str) -> tuple[str, str]:

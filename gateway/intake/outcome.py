@@ -1,17 +1,9 @@
-"""What every entry point hands the intake core, and what it gets back."""
+"""What the intake core hands back to every entry point."""
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-
-
-@dataclass(frozen=True)
-class Envelope:
-    """SMTP envelope. mail_from is "" for the null sender `<>`, None when unknown."""
-
-    mail_from: str | None = None
-    rcpt_tos: tuple[str, ...] = ()
 
 
 class Outcome(enum.Enum):

@@ -1,0 +1,1 @@
+"""The intake core: raw bytes + envelope in, a Disposition out, one transaction."""

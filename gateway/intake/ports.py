@@ -1,0 +1,87 @@
+"""The core's ports: what the intake asks of a router and tells a responder.
+
+Plug-ins (rules/, autoresponse/) implement these; the core never imports them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from gateway.mail.classify import Classification
+from gateway.mail.envelope import Envelope
+from gateway.mail.parse import ParsedMessage
+
+from .outcome import Outcome
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
+    from ticketstore.models import Article, Ticket
+
+
+@dataclass(frozen=True)
+class Route:
+    """Fields left None were not set by any rule: the intake's defaults apply."""
+
+    queue: str | None = None
+    priority: int | None = None
+    state: str | None = None
+    tags: tuple[str, ...] = ()
+    customer: str | None = None
+    ignore: bool = False
+    no_auto_response: bool = False
+    thread_key: str | None = None
+    # Names of the rules that matched, in evaluation order (recorded on the ticket).
+    matched: tuple[str, ...] = ()
+
+
+class Router(Protocol):
+    def route(
+        self, msg: ParsedMessage, envelope: Envelope, classification: Classification
+    ) -> Route: ...
+
+
+class NullRouter:
+    """No rules loaded: every message gets the empty route."""
+
+    def route(
+        self, msg: ParsedMessage, envelope: Envelope, classification: Classification
+    ) -> Route:
+        return Route()
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """Everything the responder may need about a message that was just stored."""
+
+    msg: ParsedMessage
+    envelope: Envelope
+    classification: Classification
+    route: Route
+    ticket: Ticket
+    article: Article
+    outcome: Outcome
+    # "reopen" / "reject" / "new-ticket" when this was a follow-up to a closed ticket.
+    closed_policy: str | None
+    # True when the ticket went to a queue that accepts no new tickets.
+    queue_refused_new: bool
+    now: dt.datetime
+
+
+class Responder(Protocol):
+    def after_store(self, conn: Connection, stored: StoredMessage) -> None: ...
+
+    # Called once at server start, never by `ticketgate pipe`.
+    def warm_up(self, conn: Connection) -> None: ...
+
+
+class NullResponder:
+    """Auto-responses off: nothing is planned."""
+
+    def after_store(self, conn: Connection, stored: StoredMessage) -> None:
+        return None
+
+    def warm_up(self, conn: Connection) -> None:
+        return None
