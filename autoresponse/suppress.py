@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import bindparam, func, literal_column, select
 
-from gateway.mail import classify as c
 from gateway.intake.recipients import split_plus
+from gateway.mail import classify as c
 from ticketstore.models import Memory, OutboxMessage, UTCDateTime, bind_memory
 from ticketstore.statements import STATEMENTS
 
