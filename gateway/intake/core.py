@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, Engine, func, insert, select
-from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.config import Config
 from gateway.intake.outcome import Disposition, Outcome
 from gateway.intake.ports import NullResponder, NullRouter, Responder, Route, Router, StoredMessage
 from gateway.intake.recipients import QueueMap
+from gateway.intake.transaction import store_alone
 from gateway.mail.classify import (
     BOUNCE,
     OUT_OF_OFFICE,
@@ -274,21 +274,8 @@ class Intake:
                            notes=p.route.matched)
 
     def process(self, raw: bytes, envelope: Envelope) -> Disposition:
-        """Prepare and store one message in its own transaction (the pipe's path).
-
-        A unique-constraint race with a concurrent delivery of the same message is
-        retried once, and then shows up as a duplicate.
-        """
-        prepared = self.prepare(raw, envelope)
-        for attempt in (1, 2):
-            try:
-                with self.engine.begin() as conn:
-                    return self.store(conn, prepared)
-            except sa_exc.IntegrityError:
-                if attempt == 2:
-                    raise
-                log.debug("integrity race for %s, retrying", prepared.message_id)
-        raise AssertionError("unreachable")  # pragma: no cover
+        """Prepare and store one message in its own transaction (the pipe's path)."""
+        return store_alone(self.engine, self, self.prepare(raw, envelope))
 
     def record_size_rejected(self, size: int, envelope: Envelope) -> None:
         """Keep a trace of a message we refused for its size (it is not stored)."""
