@@ -16,8 +16,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from gateway.mail.parse import parse_message
-from ticketstore.models import OutboxMessage
-from ticketstore.statements import STATEMENTS
+from ticketstore.models import Article, Event, OutboxMessage
 
 from .autoresponder import KINDS
 
@@ -35,27 +34,25 @@ def record_sent(session: Session, row: OutboxMessage, data: bytes, now: dt.datet
     """
     if row.article_id is not None:
         return
-    conn = session.connection()
     article_id = None
     if row.ticket_id is not None:
         msg = parse_message(data)
-        article_id = STATEMENTS(conn, "insert_article").scalar(conn, {
-            "ticket_id": row.ticket_id, "direction": "out",
-            "kind": ARTICLE_KIND.get(row.kind, row.kind), "message_id": row.message_id,
-            "content_hash": hashlib.sha256(data).hexdigest(),
-            "in_reply_to": " ".join(f"<{i}>" for i in msg.in_reply_to),
-            "references": " ".join(f"<{i}>" for i in msg.references),
-            "from_address": msg.from_address, "from_name": msg.from_name,
-            "to": ", ".join(msg.to), "cc": "", "subject": msg.subject,
-            "body_text": msg.text, "body_html": msg.html, "raw": data, "size": len(data),
-            "envelope_sender": row.mail_from, "envelope_recipients": [row.rcpt_to],
-            "classification": [], "created_at": now,
-        })
+        article = Article(
+            ticket_id=row.ticket_id, direction="out", kind=ARTICLE_KIND.get(row.kind, row.kind),
+            message_id=row.message_id, content_hash=hashlib.sha256(data).hexdigest(),
+            in_reply_to=" ".join(f"<{i}>" for i in msg.in_reply_to),
+            references=" ".join(f"<{i}>" for i in msg.references),
+            from_address=msg.from_address, from_name=msg.from_name, to=", ".join(msg.to),
+            cc="", subject=msg.subject, body_text=msg.text, body_html=msg.html, raw=data,
+            size=len(data), envelope_sender=row.mail_from, envelope_recipients=[row.rcpt_to],
+            classification=[], created_at=now)
+        session.add(article)
+        session.flush()
+        article_id = article.id
         session.execute(update(OutboxMessage).where(OutboxMessage.id == row.id)
                         .values(article_id=article_id))
-    STATEMENTS(conn, "insert_event").execute(conn, {
-        "ticket_id": row.ticket_id, "article_id": article_id, "kind": "autoresponse-sent",
-        "created_at": now, "detail": {
+    session.add(Event(
+        ticket_id=row.ticket_id, article_id=article_id, kind="autoresponse-sent",
+        created_at=now, detail={
             "event": EVENT_OF_KIND.get(row.kind, row.kind), "template": row.template,
-            "to": row.rcpt_to, "message_id": row.message_id, "outbox_id": row.id},
-    })
+            "to": row.rcpt_to, "message_id": row.message_id, "outbox_id": row.id}))

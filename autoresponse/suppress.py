@@ -12,14 +12,13 @@ import datetime as dt
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from sqlalchemy import bindparam, func, literal_column, select
+from sqlalchemy import func, select
 
 from gateway.intake.recipients import split_plus
 from gateway.mail import classify as c
-from ticketstore.models import Memory, OutboxMessage, UTCDateTime, bind_memory
-from ticketstore.statements import STATEMENTS
+from ticketstore.models import OutboxMessage
 
 from .compose import valid_address
 
@@ -33,7 +32,7 @@ if TYPE_CHECKING:
 CUSTOMER_KINDS = ("auto-reply", "follow-up", "reject", "new-ticket-rejected")
 
 
-@dataclass  # not frozen: made twice per answer, and a frozen __init__ costs more
+@dataclass(frozen=True)
 class Check:
     conn: Connection
     stored: StoredMessage
@@ -53,7 +52,6 @@ def _label(label: str) -> Callable[[Check], str | None]:
         return label
 
     check.__name__ = f"label_{label}"
-    check.label = label  # type: ignore[attr-defined]  # for _screen
     return check
 
 
@@ -101,52 +99,22 @@ def _no_recipient(ctx: Check) -> str | None:
     return None if valid_address(ctx.recipient) else "no valid address to answer to"
 
 
-class _WindowStart(UTCDateTime):
-    """The daily limit's window start: one object per second (`_window_start`), remembered
-    by its processor apart from the `now`s every write binds, so that converting it for
-    the database (about a sixth of the answer's work in the transaction) is done once."""
-
-    cache_ok = True
-
-    def _memory(self, dialect: Any) -> Memory:
-        return bind_memory()
-
-
-# Prebuilt: this runs for every answered message, inside the intake's transaction. The
-# kinds are written into the SQL (they are our constants), so no bound constants have to
-# be merged into every call's parameters.
-SENT_SINCE = STATEMENTS.define("autoresponse/sent_since", lambda _d: select(
-    func.count(OutboxMessage.id)).where(
-    OutboxMessage.rcpt_to == bindparam("rcpt"),
-    OutboxMessage.created_at >= bindparam("since", type_=_WindowStart()),
-    OutboxMessage.kind.in_([literal_column(f"'{k}'") for k in CUSTOMER_KINDS]),
-))
 _DAY = dt.timedelta(hours=24)
-_window: tuple[tuple[object, ...], dt.datetime | None] = ((), None)
 
 
 def _window_start(now: dt.datetime) -> dt.datetime:
     """Where the daily limit's 24 hours begin: `now` - 24 h, down to the whole second
-    (a window at most a second longer, never shorter), and the same object for every
-    answer within one second, so that `_WindowStart` converts it once.
-
-    The second is recognised by its fields (as compose.format_date does): making the
-    whole-second datetime to compare with costs three times as much.
-    """
-    global _window
-    key = (now.second, now.minute, now.hour, now.day, now.month, now.year, now.tzinfo)
-    last = _window  # one read: another thread may replace it meanwhile
-    if last[0] == key:
-        return last[1]  # type: ignore[return-value]
-    start = now.replace(microsecond=0) - _DAY
-    _window = (key, start)
-    return start
+    (a window at most a second longer, never shorter)."""
+    return now.replace(microsecond=0) - _DAY
 
 
 def _daily_limit(ctx: Check) -> str | None:
     limit = ctx.config.autoresponse.max_per_day
-    sent = STATEMENTS(ctx.conn, SENT_SINCE).scalar(
-        ctx.conn, {"rcpt": ctx.recipient, "since": _window_start(ctx.stored.now)})
+    sent = ctx.conn.execute(select(func.count()).select_from(OutboxMessage).where(
+        OutboxMessage.rcpt_to == ctx.recipient,
+        OutboxMessage.created_at >= _window_start(ctx.stored.now),
+        OutboxMessage.kind.in_(CUSTOMER_KINDS),
+    )).scalar_one()
     if sent >= limit:
         return f"{sent} auto-responses to {ctx.recipient} in 24 h (max_per_day = {limit})"
     return None
@@ -171,45 +139,9 @@ CHECKS: tuple[tuple[str, Callable[[Check], str | None]], ...] = (
 )
 
 
-def _screen(checks: tuple[tuple[str, Callable[[Check], str | None]], ...]
-            ) -> tuple[frozenset[str], tuple[tuple[str, Callable[[Check], str | None]], ...]]:
-    """The labels of the leading run of label / null-sender checks, and the checks after it.
-
-    Most mail carries none of those labels and has a sender: then every check of that run
-    says None, and `suppression` can start after it without calling each one.
-    """
-    labels: set[str] = set()
-    for i, (_name, check) in enumerate(checks):
-        label = getattr(check, "label", None)
-        if label is not None:
-            labels.add(label)
-        elif check is not _envelope_null:
-            return frozenset(labels), checks[i:]
-    return frozenset(labels), ()
-
-
-_SCREEN_LABELS, _AFTER_SCREEN = _screen(CHECKS)
-# A draft (draft.py) runs the checks that need no database before the store; the store
-# then runs the rest. The daily limit is last, so the first reason is the same either way.
-MESSAGE_CHECKS = "message"
-DATABASE_CHECKS = "database"
-
-
-def suppression(ctx: Check, which: str = "all") -> tuple[str, str] | None:
-    """(check name, reason) of the first check that says no, or None: answer.
-
-    `which`: "all", MESSAGE_CHECKS (all but the last, the daily limit) or
-    DATABASE_CHECKS (the last).
-    """
-    checks = CHECKS
-    if ctx.stored.envelope.mail_from != "" and \
-            ctx.stored.classification.labels.isdisjoint(_SCREEN_LABELS):
-        checks = _AFTER_SCREEN
-    if which == MESSAGE_CHECKS:
-        checks = checks[:-1]
-    elif which == DATABASE_CHECKS:
-        checks = checks[-1:]
-    for name, check in checks:
+def suppression(ctx: Check) -> tuple[str, str] | None:
+    """(check name, reason) of the first check that says no, or None: answer."""
+    for name, check in CHECKS:
         reason = check(ctx)
         if reason:
             return name, reason

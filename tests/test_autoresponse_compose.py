@@ -8,10 +8,11 @@ from email import message_from_bytes
 import pytest
 
 from autoresponse.compose import (
+    MAX_LINE,
     Outgoing,
     clean_header_value,
     compose,
-    compose_unchanged,
+    new_message_id,
     valid_address,
 )
 
@@ -87,28 +88,88 @@ def test_clean_header_value() -> None:
     assert len(clean_header_value("x" * 5000)) == 500
 
 
-UNCHANGED = [
-    ({}, True),
-    ({"html": "<p>Hi</p>\n"}, True),
-    ({"subject": "[Ticket#1] Grüße"}, False),  # RFC 2047
-    ({"subject": "[Ticket#1]  two  spaces"}, False),  # cleaned
-    ({"text": "x" * 77 + "\n"}, False),  # quoted-printable: a soft break
-    ({"text": "Grüße\n"}, False),
-    ({"html": "<p>" + "x" * 80 + "</p>\n"}, False),
-    ({"html": "<p>Grüße</p>\n"}, False),
-]
+def test_a_loop_value_or_sender_name_with_line_breaks_adds_no_header() -> None:
+    evil = "Eve\r\nBcc: victim@evil.example"
+    raw = compose(_out(from_name=evil, loop_value=evil))
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    names = [line.split(b":", 1)[0].lower() for line in head.split(b"\r\n")
+             if line and line[:1] not in (b" ", b"\t")]
+    assert b"bcc" not in names and names.count(b"to") == 1
 
 
-@pytest.mark.parametrize(("change", "unchanged"), UNCHANGED)
-def test_compose_says_when_subject_and_parts_went_in_unchanged(
-    change: dict[str, str], unchanged: bool,
-) -> None:
-    """What a draft relies on to skip counting its placeholders (draft.py): said True
-    only when the subject and each part's every line are in the bytes as they are."""
-    out = _out(**change)
-    data, said = compose_unchanged(out)
-    assert said is unchanged
-    if said:
-        lines = [out.subject, *out.text.splitlines(), *(out.html or "").splitlines()]
-        for line in lines:
-            assert line.encode("ascii") in data
+@pytest.mark.parametrize("bad", ["a@b\r\nBcc: v@evil.example", "ñandú@customer.example"])
+def test_sender_and_recipient_must_be_plain_ascii_mailboxes(bad: str) -> None:
+    with pytest.raises(ValueError):
+        compose(_out(from_address=bad))
+    with pytest.raises(ValueError):
+        compose(_out(to_address=bad))
+
+
+def test_names_and_subject_in_any_language() -> None:
+    raw = compose(_out(to_name="Иван Петров", subject="[Ticket#1] 打印机着火了 " * 8,
+                       from_name='O\'Brien, "Support"'))
+    assert raw.isascii()
+    msg = message_from_bytes(raw, policy=email.policy.default)
+    assert msg["To"].addresses[0].display_name == "Иван Петров"
+    assert msg["From"].addresses[0].display_name == 'O\'Brien, "Support"'
+    assert msg["Subject"] == ("[Ticket#1] 打印机着火了 " * 8).strip()
+
+
+def test_a_long_message_id_is_repeated_as_it_is() -> None:
+    """Folding must not RFC 2047-encode an id too long for a line: the reply would not
+    thread (Exchange's ids are 80 characters and more)."""
+    long_id = "AM0PR01MB" + "7" * 60 + "@AM0PR01MB1234.eurprd01.prod.exchangelabs.com"
+    raw = compose(_out(in_reply_to=long_id, references=("c0@customer.example",)))
+    assert f"In-Reply-To: <{long_id}>\r\n".encode() in raw
+    msg = _parse(_out(in_reply_to=long_id, references=("c0@customer.example",)))
+    assert msg["References"] == f"<c0@customer.example> <{long_id}>"
+
+
+def test_references_keep_the_last_ones() -> None:
+    refs = tuple(f"r{i}@customer.example" for i in range(30))
+    msg = _parse(_out(references=refs, in_reply_to="r29@customer.example"))
+    assert msg["References"].split() == [f"<{r}>" for r in refs[-20:]]
+
+
+def _parts(raw: bytes) -> list[email.message.EmailMessage]:
+    msg = message_from_bytes(raw, policy=email.policy.default)
+    return [p for p in msg.walk() if not p.is_multipart()]  # type: ignore[misc]
+
+
+def _content(part: email.message.EmailMessage) -> str:
+    return str(part.get_content()).replace("\r\n", "\n")
+
+
+@pytest.mark.parametrize(("text", "cte"), [
+    ("Hi\n\tthere\n", "7bit"),
+    ("x" * 76 + "\n" + "y" * 76, "7bit"),  # at the limit
+    (".\nlone dot\n", "7bit"),
+    ("x" * 77, "quoted-printable"),  # one over
+    ("a\n" + "b" * 77 + "\n", "quoted-printable"),
+    ("Grüße\n", "quoted-printable"),
+    ("ctrl \x01 char\n", "quoted-printable"),
+])
+def test_a_part_is_7bit_only_for_short_printable_ascii_lines(text: str, cte: str) -> None:
+    for html in (None, "<pre>\n" + text + "\n</pre>"):
+        raw = compose(_out(text=text, html=html))
+        parts = _parts(raw)
+        assert [p["Content-Transfer-Encoding"] for p in parts] == [cte] * len(parts)
+        assert _content(parts[0]) == text.rstrip("\n") + "\n"
+        assert max(len(line) for line in raw.split(b"\r\n")) <= MAX_LINE
+
+
+def test_every_line_ends_in_crlf_and_stays_under_the_limits() -> None:
+    text = ("Grüße " * 40 + "\n") * 3 + "=" * 100 + "\n  \n"
+    raw = compose(_out(subject="[Ticket#1] " + "word " * 200 + "x" * 1200,
+                       to_name="Ana " * 100, text=text, html="<p>" + "x" * 300 + "</p>"))
+    assert b"\n" not in raw.replace(b"\r\n", b"")
+    head, body = raw.split(b"\r\n\r\n", 1)
+    assert max(len(line) for line in head.split(b"\r\n")) <= 998
+    assert max(len(line) for line in body.split(b"\r\n")) <= MAX_LINE
+    assert _content(_parts(raw)[0]) == text
+
+
+def test_message_ids_differ() -> None:
+    ids = {new_message_id("helpdesk.example") for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(i.endswith("@helpdesk.example") and "<" not in i for i in ids)

@@ -238,45 +238,6 @@ def test_daily_limit_window(tmp_path: Path, db_url: str, store: Store,
     assert [e["check"] for e in _suppressed(store)] == ["daily-limit"]
 
 
-def test_daily_limit_window_starts_at_the_whole_second_before() -> None:
-    import datetime as dt
-
-    from autoresponse.suppress import _window_start
-
-    now = dt.datetime(2026, 11, 22, 8, 0, 5, 999_999, tzinfo=dt.UTC)
-    start = _window_start(now)
-    # Never shorter than 24 hours, at most a second longer.
-    assert start == dt.datetime(2026, 11, 21, 8, 0, 5, tzinfo=dt.UTC)
-    # Answers within the same second share the object (its conversion is reused) ...
-    assert _window_start(now.replace(microsecond=1)) is start
-    # ... and the next second gets its own.
-    later = _window_start(now + dt.timedelta(microseconds=1))
-    assert later == dt.datetime(2026, 11, 21, 8, 0, 6, tzinfo=dt.UTC)
-    # The same second of another minute, or the same clock in another zone, is not.
-    assert _window_start(now + dt.timedelta(minutes=1)) == start + dt.timedelta(minutes=1)
-    east = now.replace(tzinfo=dt.timezone(dt.timedelta(hours=1)))
-    assert _window_start(east) == dt.datetime(2026, 11, 21, 7, 0, 5, tzinfo=dt.UTC)
-
-
-def test_window_start_bind_converts_each_object_once() -> None:
-    import datetime as dt
-
-    from sqlalchemy.dialects import sqlite
-
-    from autoresponse.suppress import _WindowStart
-
-    dialect = sqlite.dialect()
-    process = _WindowStart().dialect_impl(dialect).bind_processor(dialect)
-    assert process is not None
-    a = dt.datetime(2026, 11, 21, 8, 0, 5, tzinfo=dt.UTC)
-    b = dt.datetime(2026, 11, 21, 8, 0, 5, tzinfo=dt.UTC)  # equal, another object
-    first = process(a)
-    assert first == "2026-11-21 08:00:05.000000"
-    assert process(a) is first  # reused
-    assert process(b) is not first and process(b) == first  # converted again
-    assert process(a + dt.timedelta(seconds=1)) == "2026-11-21 08:00:06.000000"
-
-
 def test_disabled_sends_nothing(tmp_path: Path, db_url: str, store: Store) -> None:
     config = make_config(tmp_path, db_url, autoresponse={"enabled": False})
     _intake(config, store).process(build_mail(), ENV)

@@ -144,3 +144,37 @@ def test_shipped_templates_render_lines_short_enough_to_go_unencoded(language: s
     out = Templates(None, language).render("default", event, sample_context(language))
     for part in (out.text, out.html or ""):
         assert max(map(len, part.splitlines()), default=0) <= 76, part
+
+
+def test_an_edited_template_is_used_by_the_next_answer(tmp_path: Path) -> None:
+    """A running daemon picks up template edits without a reload."""
+    import os
+
+    _write(tmp_path, "default/en/new-ticket.txt", "one")
+    templates = Templates(tmp_path)
+    assert templates.render("default", "new-ticket", sample_context()).text == "one"
+    path = tmp_path / "default/en/new-ticket.txt"
+    path.write_text("two", encoding="utf-8")
+    mtime = path.stat().st_mtime + 10  # jinja2 notices a changed modification time
+    os.utime(path, (mtime, mtime))
+    assert templates.render("default", "new-ticket", sample_context()).text == "two"
+
+
+@pytest.mark.parametrize("source", [
+    "{{ ticket.__class__ }}",
+    "{{ ticket.items.__self__ }}",
+    "{{ customer.get.__globals__ }}",
+    "{{ ticket.__init__.__globals__ }}",
+])
+def test_sandbox_refuses_internals_of_the_values_passed(tmp_path: Path, source: str) -> None:
+    _write(tmp_path, "default/en/new-ticket.txt", source)
+    with pytest.raises(TemplateError, match=r"new-ticket\.txt"):
+        Templates(tmp_path).render("default", "new-ticket", sample_context())
+
+
+def test_a_template_may_use_jinja2s_own_features(tmp_path: Path) -> None:
+    _write(tmp_path, "default/en/new-ticket.txt",
+           "{% for k, v in ticket.items() if k == 'number' %}{{ k }}={{ v }}{% endfor %} "
+           "{{ customer.name|upper }} {{ ticket.get('nope', 'dflt') }}")
+    out = Templates(tmp_path).render("default", "new-ticket", sample_context())
+    assert out.text == "number=2026112210000017 ANA GARCÍA dflt"
