@@ -29,15 +29,13 @@ from ticketstore.models import Event, OutboxMessage
 
 from .compose import Outgoing, compose, new_message_id, valid_address
 from .suppress import Check, suppression
-from .templates import DEFAULT_SET, EVENTS, Rendered, TemplateError
+from .templates import DEFAULT_SET, EVENTS, Rendered, TemplateError, Templates
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
 
     from gateway.config import Config, QueueConfig
     from gateway.intake.ports import StoredMessage
-
-    from .templates import Templates
 
 log = logging.getLogger("ticketgate.autoresponse")
 
@@ -100,8 +98,6 @@ class AutoResponder(Responder):
     def templates(self) -> Templates:
         """Built on first use, so a store that answers nothing never loads jinja2."""
         if self._templates is None:
-            from .templates import Templates
-
             tcfg = self.config.templates
             self._templates = Templates(self.config.path(tcfg.dir), tcfg.language,
                                         tcfg.overrides)

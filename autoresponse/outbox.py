@@ -211,7 +211,7 @@ class Outbox:
         """A write transaction, taken in turn with the intake's writers (SQLite).
 
         The intake's worker processes queue for the database on a lock file
-        (gateway/server/writelock.py). A writer that skipped that queue would make the
+        (ticketstore/writelock.py). A writer that skipped that queue would make the
         lock's holder wait in SQLite's busy handler, which sleeps 1-10 ms at a time while
         every other worker waits behind it. Our own lock (own file descriptor), so it
         also excludes a writer of this process.

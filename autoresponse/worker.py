@@ -8,21 +8,47 @@ SMTP and the database are blocking, so each round runs in a thread; the event lo
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .outbox import Outbox
 
 if TYPE_CHECKING:
-    from gateway.daemon import DaemonContext
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from gateway.config import Config
 
 log = logging.getLogger("ticketgate.outbox")
 
 POLL_INTERVAL = 2.0
 
 
-async def run(ctx: DaemonContext, stopping: asyncio.Event,
+class _Store(Protocol):
+    @property
+    def factory(self) -> sessionmaker[Session]: ...
+
+
+class ServiceContext(Protocol):
+    """What the worker uses of the daemon's context (a service is given one)."""
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def store(self) -> _Store: ...
+
+    @property
+    def counters(self) -> collections.Counter[str]: ...
+
+    @property
+    def state(self) -> dict[str, Any]: ...
+
+    def record_error(self, source: str, message: str) -> None: ...
+
+
+async def run(ctx: ServiceContext, stopping: asyncio.Event,
               poll_interval: float = POLL_INTERVAL) -> None:
     outbox: Outbox | None = None
     while not stopping.is_set():

@@ -1,6 +1,6 @@
 """What auto-responses cost the intake: LMTP throughput at 4 connections, on vs off.
 
-Target (issue 5): enabling auto-responses costs less than 20% of intake throughput at 4
+Floor (issue 14): enabling auto-responses costs less than 40% of intake throughput at 4
 connections. Two `ticketgate serve` (default settings: intake worker processes,
 SQLite), one with `[autoresponse] enabled = false` (off) and one answering (on), run
 side by side on 127.0.0.1, each with 4 `smtplib.LMTP` connections from this process
@@ -12,8 +12,8 @@ the effect on this shared 2-core VM (docs/benchmarks.md, session 7).
 
 Every message comes from a different customer, so every one is answered (the
 per-address daily limit would otherwise make "on" look cheaper). In "on" the answer is
-drafted (checked, rendered, composed) before the store and its outbox row written in
-the intake transaction; the smarthost accepts TCP but never greets, so delivery waits
+checked, rendered, composed and written as an outbox row in the intake transaction,
+once the ticket is stored; the smarthost accepts TCP but never greets, so delivery waits
 (no delivery work is measured). For information, `on+send` runs a fresh answering
 server whose outbox worker delivers to a local aiosmtpd sink meanwhile (the sink runs
 on the same cores, so this overstates the cost). CPU per message is that of the
@@ -287,7 +287,7 @@ def main(argv: list[str]) -> int:
     if args.mail != "small":
         print(f"information only (the target is judged on --mail=small): median {cost:.1f}%")
         return 0
-    ok = cost < 20.0
-    print(f"target: auto-responses cost < 20% of intake throughput (median of the pairs): "
+    ok = cost < 40.0
+    print(f"target: auto-responses cost < 40% of intake throughput (median of the pairs): "
           f"{'PASS' if ok else 'FAIL'} ({cost:.1f}%)")
     return 0 if ok else 1

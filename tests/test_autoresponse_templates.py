@@ -30,6 +30,9 @@ def _write(base: Path, name: str, text: str) -> None:
     "{{ ticket.__class__ }}",
     "{{ company_name.format.__globals__ }}",
     "{% for x in ().__class__.__base__.__subclasses__() %}{{ x }}{% endfor %}",
+    "{{ ticket.items.__self__ }}",
+    "{{ customer.get.__globals__ }}",
+    "{{ ticket.__init__.__globals__ }}",
 ])
 def test_sandbox_blocks_python_internals(tmp_path: Path, evil: str) -> None:
     _write(tmp_path, "default/en/new-ticket.txt", evil)
@@ -158,18 +161,6 @@ def test_an_edited_template_is_used_by_the_next_answer(tmp_path: Path) -> None:
     mtime = path.stat().st_mtime + 10  # jinja2 notices a changed modification time
     os.utime(path, (mtime, mtime))
     assert templates.render("default", "new-ticket", sample_context()).text == "two"
-
-
-@pytest.mark.parametrize("source", [
-    "{{ ticket.__class__ }}",
-    "{{ ticket.items.__self__ }}",
-    "{{ customer.get.__globals__ }}",
-    "{{ ticket.__init__.__globals__ }}",
-])
-def test_sandbox_refuses_internals_of_the_values_passed(tmp_path: Path, source: str) -> None:
-    _write(tmp_path, "default/en/new-ticket.txt", source)
-    with pytest.raises(TemplateError, match=r"new-ticket\.txt"):
-        Templates(tmp_path).render("default", "new-ticket", sample_context())
 
 
 def test_a_template_may_use_jinja2s_own_features(tmp_path: Path) -> None:
