@@ -255,16 +255,17 @@ class AutoResponder(Responder):
         except ValueError as exc:
             self._suppressed(conn, stored, event, "compose-error", str(exc))
             return
-        conn.execute(insert(OutboxMessage).values(
-            ticket_id=stored.ticket.id, kind=KINDS[event], mail_from=out.from_address,
-            rcpt_to=out.to_address, message_id=out.message_id, message=data,
-            template=rendered.template, next_attempt_at=stored.now, created_at=stored.now))
+        conn.execute(insert(OutboxMessage), {
+            "ticket_id": stored.ticket.id, "kind": KINDS[event], "mail_from": out.from_address,
+            "rcpt_to": out.to_address, "message_id": out.message_id, "message": data,
+            "template": rendered.template, "next_attempt_at": stored.now,
+            "created_at": stored.now})
 
     def _event(self, conn: Connection, stored: StoredMessage, kind: str,
                detail: dict[str, Any]) -> None:
-        conn.execute(insert(Event).values(
-            ticket_id=stored.ticket.id, article_id=stored.article.id, kind=kind,
-            created_at=stored.now, detail=detail))
+        conn.execute(insert(Event), {
+            "ticket_id": stored.ticket.id, "article_id": stored.article.id, "kind": kind,
+            "created_at": stored.now, "detail": detail})
 
     def _record_bounce(self, conn: Connection, stored: StoredMessage) -> None:
         self._event(conn, stored, "bounce", {

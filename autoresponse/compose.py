@@ -12,10 +12,11 @@ import datetime as dt
 import email.policy
 import email.utils
 import re
+import secrets
 from dataclasses import dataclass
-from email.headerregistry import Address, HeaderRegistry, UnstructuredHeader
+from email.contentmanager import raw_data_manager
+from email.header import Header
 from email.message import EmailMessage, MIMEPart
-from typing import Any
 
 # What we accept as an address to send to: one mailbox, nothing that could be a list.
 # Used with fullmatch: `$` would also match before a final "\n", letting a bare line
@@ -28,23 +29,12 @@ MAX_REFERENCES = 20
 MAX_LINE = 76  # RFC 2045's limit for quoted-printable lines; 7bit parts keep to it too
 # Printable ASCII and tab: what a 7bit part may hold besides its line breaks.
 _PRINTABLE = re.compile(r"[\t\n -~]*")
-
-
-class _MessageIds(UnstructuredHeader):
-    """In-Reply-To and References: folded between the ids, one per line.
-
-    The email package folds them as unstructured text, which RFC 2047-encodes an id too
-    long for a line, and a reply that quotes it would no longer thread.
-    """
-
-    def fold(self, *, policy: Any) -> str:
-        return f"{self.name}: {f'{policy.linesep} '.join(str(self).split())}{policy.linesep}"
-
-
-_HEADERS = HeaderRegistry()
-_HEADERS.map_to_type("in-reply-to", _MessageIds)
-_HEADERS.map_to_type("references", _MessageIds)
-POLICY = email.policy.SMTP.clone(max_line_length=MAX_LINE, header_factory=_HEADERS)
+# The email package's compat32 policy: header values are kept as the strings (or
+# `Header`s) we give, folded at spaces and RFC 2047-encoded only when not ASCII, so a
+# long message id is repeated as it is. (`email.policy.default` parses every header
+# into an object, costing several times as much inside the intake's transaction, and
+# encodes a word too long for a line.) Every value is cleaned or validated here first.
+POLICY = email.policy.compat32.clone(linesep="\r\n", max_line_length=MAX_LINE)
 
 
 def clean_header_value(value: str, limit: int = 500) -> str:
@@ -56,12 +46,17 @@ def valid_address(address: str) -> bool:
     return bool(_ADDR_SPEC.fullmatch(address or ""))
 
 
-def _address(display: str, addr_spec: str) -> Address:
-    """A mailbox with its cleaned display name; ValueError for anything but one plain
-    ASCII `local@domain`."""
+def _address(display: str, addr_spec: str) -> str | Header:
+    """`Name <addr>`, the name quoted or RFC 2047-encoded as it needs; ValueError for
+    anything but one plain ASCII `local@domain`."""
     if not valid_address(addr_spec) or not addr_spec.isascii():
         raise ValueError(f"not a single mailbox: {addr_spec!r}")
-    return Address(display_name=clean_header_value(display, 200), addr_spec=addr_spec)
+    name = clean_header_value(display, 200)
+    if name.isascii():
+        return email.utils.formataddr((name, addr_spec))
+    mailbox = Header(name, "utf-8")
+    mailbox.append(f"<{addr_spec}>", "us-ascii")
+    return mailbox
 
 
 def new_message_id(domain: str) -> str:
@@ -94,7 +89,7 @@ def compose(out: Outgoing) -> bytes:
     msg["From"] = _address(out.from_name, out.from_address)
     msg["To"] = _address(out.to_name, out.to_address)
     msg["Subject"] = clean_header_value(out.subject, 900)
-    msg["Date"] = out.date or dt.datetime.now(dt.UTC)
+    msg["Date"] = email.utils.format_datetime(out.date or dt.datetime.now(dt.UTC))
     msg["Message-ID"] = f"<{out.message_id}>"
     refs = [r for r in out.references if _MSGID.fullmatch(r)]
     if _MSGID.fullmatch(out.in_reply_to):
@@ -111,7 +106,10 @@ def compose(out: Outgoing) -> bytes:
     if out.html is None:
         _set_text(msg, out.text, "plain")
     else:
-        msg.make_alternative()
+        # Our own boundary: the email package would compile a new regular expression
+        # for every message to check its random one. 96 random bits never occur in
+        # the parts by chance.
+        msg.make_alternative(boundary=f"=_tg_{secrets.token_hex(12)}")
         for text, subtype in ((out.text, "plain"), (out.html, "html")):
             part = MIMEPart(policy=POLICY)
             _set_text(part, text, subtype)
@@ -125,4 +123,5 @@ def _set_text(part: MIMEPart, text: str, subtype: str) -> None:
     plain = _PRINTABLE.fullmatch(text) is not None and \
         all(len(line) <= MAX_LINE for line in text.splitlines())
     part.set_content(text, subtype=subtype, charset="utf-8",
-                     cte="7bit" if plain else "quoted-printable")
+                     cte="7bit" if plain else "quoted-printable",
+                     content_manager=raw_data_manager)

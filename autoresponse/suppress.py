@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 
 from gateway.intake.recipients import split_plus
 from gateway.mail import classify as c
@@ -108,13 +108,19 @@ def _window_start(now: dt.datetime) -> dt.datetime:
     return now.replace(microsecond=0) - _DAY
 
 
+# Built once: SQLAlchemy then finds its compiled form by the statement's cache key,
+# worked out once per statement object.
+_SENT_SINCE = select(func.count()).select_from(OutboxMessage).where(
+    OutboxMessage.rcpt_to == bindparam("rcpt"),
+    OutboxMessage.created_at >= bindparam("since"),
+    OutboxMessage.kind.in_(CUSTOMER_KINDS),
+)
+
+
 def _daily_limit(ctx: Check) -> str | None:
     limit = ctx.config.autoresponse.max_per_day
-    sent = ctx.conn.execute(select(func.count()).select_from(OutboxMessage).where(
-        OutboxMessage.rcpt_to == ctx.recipient,
-        OutboxMessage.created_at >= _window_start(ctx.stored.now),
-        OutboxMessage.kind.in_(CUSTOMER_KINDS),
-    )).scalar_one()
+    sent = ctx.conn.execute(_SENT_SINCE, {
+        "rcpt": ctx.recipient, "since": _window_start(ctx.stored.now)}).scalar_one()
     if sent >= limit:
         return f"{sent} auto-responses to {ctx.recipient} in 24 h (max_per_day = {limit})"
     return None
