@@ -5,12 +5,9 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING
 
 from .conditions import Condition
-
-if TYPE_CHECKING:
-    from .prefilter import DomainIndex
+from .domain_index import DomainIndex
 
 # Actions that set one value; the first matching rule that sets one wins, unless a later
 # matching rule has `override = true`.
@@ -56,6 +53,4 @@ class RuleSet:
 
     @cached_property
     def domain_index(self) -> DomainIndex:
-        from .prefilter import DomainIndex
-
-        return DomainIndex.build(self.rules)
+        return DomainIndex.build([rule.conditions for rule in self.rules])

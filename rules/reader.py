@@ -16,18 +16,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .conditions import (
-    BUILDERS,
-    Condition,
-    HeaderMatches,
-    Matches,
-    ValueProblem,
-    build_condition,
-    is_condition_key,
-    sort_key,
-)
+from .conditions import Condition
 from .errors import Problem, RulesError
 from .model import STATES, Actions, Rule, RuleSet
+from .parse_conditions import BUILDERS, ValueProblem, build_condition, is_condition_key, sort_key
 
 ACTION_KEYS = ("queue", "priority", "state", "tags", "customer", "ignore", "no_auto_response",
                "thread_key", "stop", "override")
@@ -206,8 +198,7 @@ def _parse_rule(
         actions["tags"] = [actions["tags"]]
     if "tags" in actions:
         actions["tags"] = tuple(actions["tags"])
-    groups = frozenset(g for c in conditions if not c.negate
-                       and isinstance(c, Matches | HeaderMatches) for g in c.group_names)
+    groups = frozenset(g for c in conditions if not c.negate for g in c.group_names)
     for key in ("thread_key", "customer"):
         if isinstance(actions.get(key), str):
             message = _check_template(actions[key], groups)

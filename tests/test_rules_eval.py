@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rules.conditions import BUILDERS
 from rules.evaluate import MATCHED, NOT_MATCHED, SKIPPED
+from rules.parse_conditions import BUILDERS
 from tests.rules_helpers import QUEUES, decide, message, ruleset
 
 # condition key -> (value, a message it holds for, a message it does not hold for,
