@@ -13,7 +13,6 @@ from .domain_index import DomainIndex
 # matching rule has `override = true`.
 SCALAR_ACTIONS = ("queue", "priority", "state", "customer", "ignore", "no_auto_response",
                   "thread_key")
-STATES = ("new", "open", "pending", "closed")
 
 
 @dataclass(frozen=True)

@@ -25,14 +25,11 @@ from .conditions import (
     SenderDomain,
     Size,
 )
+from .errors import ValueProblem
 
 REGEX_FLAGS = regex.IGNORECASE | regex.MULTILINE | regex.V0
 LABELS = ("auto-submitted", "bulk", "list", "bounce", "out-of-office", "loop", "null-sender",
           "suppress-requested")
-
-
-class ValueProblem(ValueError):
-    """A condition value is wrong; the message is shown to the admin as is."""
 
 
 def _strings(value: Any) -> tuple[str, ...]:

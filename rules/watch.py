@@ -10,16 +10,35 @@ looked up on `ctx.intake` every time: a config reload swaps in a new intake.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from gateway.config import Config
+from gateway.intake.ports import Router
 
 from .router import ReloadingRouter
 
-if TYPE_CHECKING:
-    from gateway.daemon import DaemonContext
-
 log = logging.getLogger("ticketgate.rules")
+
+
+class _HasRouter(Protocol):
+    router: Router
+
+
+class DaemonContext(Protocol):
+    """What the watcher uses of the daemon's context (gateway.daemon.DaemonContext)."""
+
+    config: Config
+    intake: _HasRouter
+    reload_hooks: list[Callable[[], None]]
+    rules_changed: list[Callable[[], Awaitable[bool]]]
+    counters: collections.Counter[str]
+    state: dict[str, Any]
+
+    def record_error(self, source: str, message: str) -> None: ...
 
 
 def current_router(ctx: DaemonContext) -> ReloadingRouter | None:
