@@ -24,6 +24,7 @@ from .view import MessageView
 
 MATCHED, NOT_MATCHED, SKIPPED = "matched", "not matched", "skipped"
 
+
 @dataclasses.dataclass(frozen=True)
 class RuleTrace:
     """What happened to one rule: matched or not, and the condition that decided it."""
@@ -40,10 +41,12 @@ class RuleTrace:
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+
 @dataclasses.dataclass(frozen=True)
 class Decision:
     route: Route
     trace: tuple[RuleTrace, ...]
+
 
 def _fill(template: str, captures: Mapping[str, str], view: MessageView) -> str:
     values = {"from": view.from_address, "from_domain": view.from_domain, **captures}
@@ -53,6 +56,7 @@ def _fill(template: str, captures: Mapping[str, str], view: MessageView) -> str:
         if field is not None:
             out.append(str(values.get(field) or ""))
     return "".join(out).strip()
+
 
 def _match(rule: Rule, view: MessageView) -> tuple[list[tuple[Condition, Verdict]], bool]:
     """The verdicts up to the deciding one, and whether the rule matches."""
@@ -109,18 +113,7 @@ class _Builder:
         return applied, overruled
 
     def route(self) -> Route:
-        v = self.values
-        return Route(
-            queue=v.get("queue"),
-            priority=v.get("priority"),
-            state=v.get("state"),
-            tags=tuple(self.tags),
-            customer=v.get("customer"),
-            ignore=bool(v.get("ignore", False)),
-            no_auto_response=bool(v.get("no_auto_response", False)),
-            thread_key=v.get("thread_key"),
-            matched=tuple(self.matched),
-        )
+        return Route(**self.values, tags=tuple(self.tags), matched=tuple(self.matched))
 
 
 def _decide(ruleset: RuleSet, view: MessageView, explain: bool) -> Decision:

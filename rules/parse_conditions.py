@@ -86,14 +86,6 @@ def _folded(value: Any) -> tuple[str, ...]:
     return tuple(s.casefold() for s in _strings(value))
 
 
-def _contains(field: str) -> Builder:
-    return lambda k, n, v: Contains(k, n, field, _folded(v))
-
-
-def _matches(field: str) -> Builder:
-    return lambda k, n, v: Matches(k, n, field, _regexes(v))
-
-
 def _header_contains(key: str, neg: bool, v: Any) -> Condition:
     return AllOf(key, neg, _header_table(v, lambda f, x: Contains(key, False, f, _folded(x))))
 
@@ -102,19 +94,12 @@ def _header_matches(key: str, neg: bool, v: Any) -> Condition:
     return AllOf(key, neg, _header_table(v, lambda f, x: Matches(key, False, f, _regexes(x))))
 
 
-def _glob(field: str) -> Builder:
-    return lambda k, n, v: Glob(k, n, field, _lower(v))
-
-
-def _size(over: bool) -> Builder:
-    def build(key: str, neg: bool, v: Any) -> Condition:
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise ValueProblem("must be an integer (bytes)")
-        if v < 0:
-            raise ValueProblem("must not be negative")
-        return Size(key, neg, v, over)
-
-    return build
+def _bytes(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueProblem("must be an integer (bytes)")
+    if v < 0:
+        raise ValueProblem("must not be negative")
+    return v
 
 
 def _choices(v: Any, allowed: tuple[str, ...]) -> tuple[str, ...]:
@@ -130,25 +115,25 @@ Builder = Callable[[str, bool, Any], Condition]
 # Condition key (without "not_") -> builder; the order here is the order of evaluation
 # within a rule: a regex over the body runs only if the cheaper tests held.
 BUILDERS: dict[str, Builder] = {
-    "from": _glob("from"),
+    "from": lambda k, n, v: Glob(k, n, "from", _lower(v)),
     "from_domain": _domain,
-    "envelope_from": _glob("envelope_from"),
-    "recipient": _glob("recipient"),
-    "to": _glob("to"),
-    "cc": _glob("cc"),
+    "envelope_from": lambda k, n, v: Glob(k, n, "envelope_from", _lower(v)),
+    "recipient": lambda k, n, v: Glob(k, n, "recipient", _lower(v)),
+    "to": lambda k, n, v: Glob(k, n, "to", _lower(v)),
+    "cc": lambda k, n, v: Glob(k, n, "cc", _lower(v)),
     "classification": lambda k, n, v: Label(k, n, _choices(v, LABELS)),
     "dkim": lambda k, n, v: Dkim(k, n, _choices(v, DKIM_RESULTS)),
-    "size_over": _size(True),
-    "size_under": _size(False),
+    "size_over": lambda k, n, v: Size(k, n, _bytes(v), True),
+    "size_under": lambda k, n, v: Size(k, n, _bytes(v), False),
     "header_exists": lambda k, n, v: HeaderExists(k, n, _strings(v)),
     "header_contains": _header_contains,
     "header_matches": _header_matches,
-    "attachment_name": _glob("attachment_name"),
-    "attachment_type": _glob("attachment_type"),
-    "subject_contains": _contains("subject"),
-    "subject_matches": _matches("subject"),
-    "body_contains": _contains("body"),
-    "body_matches": _matches("body"),
+    "attachment_name": lambda k, n, v: Glob(k, n, "attachment_name", _lower(v)),
+    "attachment_type": lambda k, n, v: Glob(k, n, "attachment_type", _lower(v)),
+    "subject_contains": lambda k, n, v: Contains(k, n, "subject", _folded(v)),
+    "subject_matches": lambda k, n, v: Matches(k, n, "subject", _regexes(v)),
+    "body_contains": lambda k, n, v: Contains(k, n, "body", _folded(v)),
+    "body_matches": lambda k, n, v: Matches(k, n, "body", _regexes(v)),
 }
 ORDER = {k: i for i, k in enumerate(BUILDERS)}
 

@@ -28,7 +28,7 @@ class _HasRouter(Protocol):
     router: Router
 
 
-class DaemonContext(Protocol):
+class Context(Protocol):
     """What the watcher uses of the daemon's context (gateway.daemon.DaemonContext)."""
 
     config: Config
@@ -41,12 +41,12 @@ class DaemonContext(Protocol):
     def record_error(self, source: str, message: str) -> None: ...
 
 
-def current_router(ctx: DaemonContext) -> ReloadingRouter | None:
+def current_router(ctx: Context) -> ReloadingRouter | None:
     router = ctx.intake.router
     return router if isinstance(router, ReloadingRouter) else None
 
 
-def reload_and_publish(ctx: DaemonContext) -> bool:
+def reload_and_publish(ctx: Context) -> bool:
     """Reload the rules; True if the new ones are in force (or there is nothing to reload)."""
     router = current_router(ctx)
     if router is None:
@@ -59,7 +59,7 @@ def reload_and_publish(ctx: DaemonContext) -> bool:
     return not problems
 
 
-async def run(ctx: DaemonContext, stopping: asyncio.Event) -> None:
+async def run(ctx: Context, stopping: asyncio.Event) -> None:
     router = current_router(ctx)
     if router is not None:
         ctx.state["rules"] = router.status()
