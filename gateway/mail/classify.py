@@ -96,13 +96,14 @@ def _bounce(msg: ParsedMessage, env: Envelope, loop_header: str) -> str | None:
 
 
 def bounced_recipients(raw: bytes) -> frozenset[str]:
-    """Recipients a bounce reports as failed (permanent or temporary), via flufl.bounce."""
-    import email
+    """Recipients a bounce reports as failed (permanent or temporary), via flufl.bounce.
 
-    from flufl.bounce import all_failures
+    It reads the tree without big bodies (a returned attachment): they hold no report.
+    """
+    from flufl.bounce import all_failures  # slow to import, and needed for suspects only
 
     try:
-        temporary, permanent = all_failures(email.message_from_bytes(raw))
+        temporary, permanent = all_failures(MimeTree(raw).root)
     except Exception:  # a detector choking on a malformed message is no reason to fail
         return frozenset()
     return frozenset(

@@ -72,11 +72,7 @@ def _read(part: Message, tree: MimeTree, content: Content) -> list[Message]:
     elif part.get_content_maintype() != "text" or _is_attachment(part):
         content.attachments.append(_attachment(part, tree))
     else:
-        try:
-            charset = part.get_content_charset()
-        except Exception:
-            charset = None
-        body = decode_bytes(tree.payload(part), charset)
+        body = decode_bytes(tree.payload(part), part.get_content_charset())
         (content.html if ctype == "text/html" else content.text).append(body)
     return []
 
