@@ -19,6 +19,8 @@ import os
 import quopri
 import random
 import tracemalloc
+from collections.abc import Callable
+from typing import TypeVar
 
 import pytest
 from hypothesis import given, settings
@@ -32,6 +34,8 @@ from gateway.mail.parse import ParsedMessage, parse_message
 from gateway.runtime import Store
 from tests.support import MAIL
 from ticketstore.models import Article, Attachment
+
+T = TypeVar("T")
 
 
 def _b64(data: bytes, nl: bytes) -> bytes:
@@ -60,6 +64,15 @@ def _fields(m: ParsedMessage) -> dict[str, object]:
     return out
 
 
+def _with_peak(fn: Callable[[], T]) -> tuple[T, int]:
+    """fn's result and the peak of Python memory allocated while it ran (tracemalloc)."""
+    tracemalloc.start()
+    try:
+        return fn(), tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def _whole(raw: bytes) -> ParsedMessage:
     """`raw` parsed by the stdlib alone: no body is big enough to be left out."""
     return parse_message(raw, big_body=len(raw) + 1)
@@ -68,12 +81,7 @@ def _whole(raw: bytes) -> ParsedMessage:
 def _assert_cut_agrees(raw: bytes, factor: float = 2) -> ParsedMessage:
     """Parse with big bodies cut out: as the whole parse, and with a peak (tracemalloc)
     under `factor` times the message, where the whole parse takes 7-12x."""
-    tracemalloc.start()
-    try:
-        cut = parse_message(raw)
-        _current, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    cut, peak = _with_peak(lambda: parse_message(raw))
     whole = _whole(raw)
     assert _fields(cut) == _fields(whole)
     assert set(cut.defects) == set(whole.defects)
@@ -86,12 +94,7 @@ def _assert_cut_agrees(raw: bytes, factor: float = 2) -> ParsedMessage:
 
 def test_25_mb_base64_attachment_parses_within_twice_the_message_size() -> None:
     raw, data = _big_attachment_message(25_000_000)
-    tracemalloc.start()
-    try:
-        m = parse_message(raw)
-        _current, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    m, peak = _with_peak(lambda: parse_message(raw))
     (att,) = m.attachments
     assert att.filename == "big.bin" and att.content == data
     assert m.text == "See attached."
@@ -101,12 +104,7 @@ def test_25_mb_base64_attachment_parses_within_twice_the_message_size() -> None:
 
 def test_content_hash_does_not_copy_a_large_message() -> None:
     raw, _data = _big_attachment_message(8_000_000)
-    tracemalloc.start()
-    try:
-        digest = content_hash(raw)
-        _current, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    digest, peak = _with_peak(lambda: content_hash(raw))
     assert peak < len(raw) // 4  # before: two whole copies (2x)
     # The value is what it always was: header block and body, CRLF as LF.
     head, _sep, body = raw.replace(b"\r\n", b"\n").partition(b"\n\n")
