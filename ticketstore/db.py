@@ -60,16 +60,7 @@ def _sqlite_pragmas(engine: Engine, busy_timeout: float) -> None:
         # Writers take the lock up front; read-only users (status page) pass
         # execution_options(sqlite_begin="DEFERRED") so they never block intake.
         mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
-        sql = f"BEGIN {mode}"
-        # On the DBAPI cursor: exec_driver_sql's execution machinery cost ~60 µs, more
-        # than the statement, on every transaction. Errors take the path they took
-        # there (wrapped as SQLAlchemy's, a disconnect invalidates the connection).
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
-            cursor.execute(sql)
-        except Exception as exc:
-            conn._handle_dbapi_exception(exc, sql, (), cursor, None)
-        cursor.close()
+        conn.exec_driver_sql(f"BEGIN {mode}")
 
 
 def dialect_insert(dialect_name: str) -> Any:

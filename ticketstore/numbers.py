@@ -12,11 +12,13 @@ processes creating tickets at the same moment never get the same number.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 
 from sqlalchemy import Connection
 
-from .statements import STATEMENTS
+from .db import dialect_insert
+from .models import Counter
+
+COUNTERS = Counter.__table__
 
 
 def check_digit(digits: str) -> int:
@@ -24,7 +26,7 @@ def check_digit(digits: str) -> int:
 
     A sum already divisible by 10 gives 1, not 0, as in the OTRS DateChecksum scheme.
     """
-    total = sum(map(int, digits[0::2])) + 2 * sum(map(int, digits[1::2]))
+    total = sum(int(d) * (1 if i % 2 == 0 else 2) for i, d in enumerate(digits))
     digit = 10 - total % 10
     return 1 if digit == 10 else digit
 
@@ -35,7 +37,7 @@ def format_number(
     padded = str(counter).zfill(min_size)
     if generator == "autoincrement":
         return f"{system_id}{padded}"
-    base = f"{_ymd(day)}{system_id}{padded}"
+    base = f"{day:%Y%m%d}{system_id}{padded}"
     if generator == "date":
         return base
     if generator == "date-checksum":
@@ -52,14 +54,8 @@ def is_plausible(generator: str, number: str) -> bool:
     return True
 
 
-@functools.lru_cache(maxsize=8)
-def _ymd(day: dt.date) -> str:
-    """`day` as YYYYMMDD; strftime costs ~2 µs and every new ticket needs it twice."""
-    return f"{day:%Y%m%d}"
-
-
 def counter_scope(generator: str, day: dt.date) -> str:
-    return "global" if generator == "autoincrement" else _ymd(day)
+    return "global" if generator == "autoincrement" else f"{day:%Y%m%d}"
 
 
 def next_counter(conn: Connection, scope: str) -> int:
@@ -68,7 +64,11 @@ def next_counter(conn: Connection, scope: str) -> int:
     One upsert statement (`INSERT .. ON CONFLICT DO UPDATE .. RETURNING`, SQLite 3.35+
     and PostgreSQL): the row lock it takes serialises concurrent writers.
     """
-    return int(STATEMENTS(conn, "next_counter").scalar(conn, {"scope": scope}))
+    upsert = dialect_insert(conn.dialect.name)(COUNTERS).values(scope=scope, value=1)
+    return int(conn.execute(
+        upsert.on_conflict_do_update(index_elements=[COUNTERS.c.scope],
+                                     set_={"value": COUNTERS.c.value + 1})
+        .returning(COUNTERS.c.value)).scalar_one())
 
 
 def new_ticket_number(
