@@ -12,8 +12,10 @@ processes creating tickets at the same moment never get the same number.
 from __future__ import annotations
 
 import datetime as dt
+import functools
+from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, bindparam
 
 from .db import dialect_insert
 from .models import Counter
@@ -64,11 +66,17 @@ def next_counter(conn: Connection, scope: str) -> int:
     One upsert statement (`INSERT .. ON CONFLICT DO UPDATE .. RETURNING`, SQLite 3.35+
     and PostgreSQL): the row lock it takes serialises concurrent writers.
     """
-    upsert = dialect_insert(conn.dialect.name)(COUNTERS).values(scope=scope, value=1)
-    return int(conn.execute(
-        upsert.on_conflict_do_update(index_elements=[COUNTERS.c.scope],
-                                     set_={"value": COUNTERS.c.value + 1})
-        .returning(COUNTERS.c.value)).scalar_one())
+    return int(conn.execute(_increment(conn.dialect.name), {"scope": scope}).scalar_one())
+
+
+@functools.cache
+def _increment(dialect_name: str) -> Any:
+    """The upsert of `next_counter`, one statement object per dialect (see
+    gateway/intake/store.py on why statements are built once)."""
+    return (dialect_insert(dialect_name)(COUNTERS).values(scope=bindparam("scope"), value=1)
+            .on_conflict_do_update(index_elements=[COUNTERS.c.scope],
+                                   set_={"value": COUNTERS.c.value + 1})
+            .returning(COUNTERS.c.value))
 
 
 def new_ticket_number(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, bindparam, select
 
 from ticketstore.models import Article, Queue, Ticket
 
@@ -67,13 +67,14 @@ _A, _T, _Q = Article.__table__, Ticket.__table__, Queue.__table__
 _DUPLICATE = (
     select(_A.c.id, _T.c.number, _Q.c.name)
     .join(_T, _A.c.ticket_id == _T.c.id).join(_Q, _T.c.queue_id == _Q.c.id)
+    .where(_A.c.message_id == bindparam("message_id"), _A.c.content_hash == bindparam("hash"))
+    .limit(1)
 )
 
 
 def find_duplicate(conn: Connection, message_id: str, chash: str) -> Disposition | None:
     """The disposition of the stored copy of this message, or None if it is new."""
-    row = conn.execute(_DUPLICATE.where(_A.c.message_id == message_id,
-                                        _A.c.content_hash == chash).limit(1)).first()
+    row = conn.execute(_DUPLICATE, {"message_id": message_id, "hash": chash}).first()
     if row is None:
         return None
     article_id, number, queue = row

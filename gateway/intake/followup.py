@@ -11,7 +11,7 @@ Tried in this order, the first hit wins (DESIGN.md, "Threading"):
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, union_all
+from sqlalchemy import CompoundSelect, Connection, bindparam, union_all
 
 from gateway.config import TicketsConfig
 from gateway.mail.classify import BOUNCE, bounced_message_ids
@@ -30,6 +30,30 @@ MAX_MESSAGE_IDS = 50
 BODY_SEARCHED = 20000
 
 _T, _A, _O = Ticket.__table__, Article.__table__, OutboxMessage.__table__
+_BY_NUMBERS = SELECT_TICKETS.where(_T.c.number.in_(bindparam("numbers", expanding=True)))
+_BY_THREAD_KEY = (SELECT_TICKETS.where(_T.c.thread_key == bindparam("key"), _T.c.state != "closed")
+                  .order_by(_T.c.id.desc()).limit(1))
+
+
+def _tickets_of_messages(outgoing: bool) -> CompoundSelect:
+    """Tickets by stored Message-ID: of their articles (only outgoing ones if
+    `outgoing`), and of our answers still in the outbox.
+
+    An answer gets its outgoing article only once it is sent (autoresponse/sent.py), so
+    until then its outbox row is where its Message-ID is found.
+    """
+    ids = bindparam("ids", expanding=True)
+    articles = (SELECT_TICKETS.add_columns(_A.c.message_id.label("found"))
+                .join(_A, _A.c.ticket_id == _T.c.id).where(_A.c.message_id.in_(ids)))
+    if outgoing:
+        articles = articles.where(_A.c.direction == "out")
+    outbox = (SELECT_TICKETS.add_columns(_O.c.message_id.label("found"))
+              .join(_O, _O.c.ticket_id == _T.c.id).where(_O.c.message_id.in_(ids)))
+    return union_all(articles, outbox)
+
+
+_OF_MESSAGES = _tickets_of_messages(outgoing=False)
+_OF_OUTGOING = _tickets_of_messages(outgoing=True)
 
 
 def find_ticket(conn: Connection, config: TicketsConfig, p: Prepared) -> TicketSnapshot | None:
@@ -41,9 +65,7 @@ def find_ticket(conn: Connection, config: TicketsConfig, p: Prepared) -> TicketS
     if ticket is None and BOUNCE in p.classification.labels:
         ticket = _by_message_id(conn, tuple(bounced_message_ids(p.raw)), p, outgoing=True)
     if ticket is None and p.route.thread_key:
-        row = conn.execute(SELECT_TICKETS.where(
-            _T.c.thread_key == p.route.thread_key, _T.c.state != "closed",
-        ).order_by(_T.c.id.desc()).limit(1)).mappings().first()
+        row = conn.execute(_BY_THREAD_KEY, {"key": p.route.thread_key}).mappings().first()
         ticket = ticket_snapshot(row) if row is not None else None
     return ticket
 
@@ -56,27 +78,17 @@ def _by_number(conn: Connection, config: TicketsConfig, p: Prepared) -> TicketSn
         n for n in candidates if numbers.is_plausible(config.generator, n)))[:MAX_NUMBERS]
     if not plausible:
         return None
-    rows = conn.execute(SELECT_TICKETS.where(_T.c.number.in_(plausible))).mappings()
+    rows = conn.execute(_BY_NUMBERS, {"numbers": plausible}).mappings()
     by_number = {row["number"]: row for row in rows}
     return next((ticket_snapshot(by_number[n]) for n in plausible if n in by_number), None)
 
 
 def _by_message_id(conn: Connection, ids: tuple[str, ...], p: Prepared,
                    outgoing: bool = False) -> TicketSnapshot | None:
-    """The ticket of the first of `ids` that is a stored Message-ID (not `p`'s own).
-
-    An answer gets its outgoing article only once it is sent (autoresponse/sent.py), so
-    until then its outbox row is where its Message-ID is found.
-    """
+    """The ticket of the first of `ids` that is a stored Message-ID (not `p`'s own)."""
     wanted = [i for i in dict.fromkeys(ids) if i != p.message_id][:MAX_MESSAGE_IDS]
     if not wanted:
         return None
-    articles = (SELECT_TICKETS.add_columns(_A.c.message_id.label("found"))
-                .join(_A, _A.c.ticket_id == _T.c.id).where(_A.c.message_id.in_(wanted)))
-    if outgoing:
-        articles = articles.where(_A.c.direction == "out")
-    outbox = (SELECT_TICKETS.add_columns(_O.c.message_id.label("found"))
-              .join(_O, _O.c.ticket_id == _T.c.id).where(_O.c.message_id.in_(wanted)))
-    rows = conn.execute(union_all(articles, outbox)).mappings()
+    rows = conn.execute(_OF_OUTGOING if outgoing else _OF_MESSAGES, {"ids": wanted}).mappings()
     by_id = {row["found"]: row for row in rows}
     return next((ticket_snapshot(by_id[i]) for i in wanted if i in by_id), None)

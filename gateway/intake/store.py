@@ -10,7 +10,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, bindparam, func, insert, select, update
 
 from gateway.config import TicketsConfig
 from gateway.mail.classify import BOUNCE, OUT_OF_OFFICE
@@ -24,6 +24,15 @@ from .prepared import Prepared
 
 _T, _A, _ATT = Ticket.__table__, Article.__table__, Attachment.__table__
 _Q, _E = Queue.__table__, Event.__table__
+# The statements are built once: SQLAlchemy then finds their compiled form in its cache
+# without generating a cache key for a new statement object on every message.
+_INSERT_TICKET = insert(_T).returning(_T.c.id)
+_INSERT_ARTICLE = insert(_A).returning(_A.c.id)
+_INSERT_ATTACHMENT = insert(_ATT)
+_INSERT_EVENT = insert(_E)
+# SET takes the columns of the parameters given (all but `ticket_id`).
+_UPDATE_TICKET = update(_T).where(_T.c.id == bindparam("ticket_id"))
+_QUEUE_ID = select(_Q.c.id).where(_Q.c.name == bindparam("name"))
 
 # SQLite copies a bound blob twice (the bind, the record) before writing it: a larger
 # attachment is inserted as a zeroblob (its column is the last one, so SQLite does not
@@ -61,13 +70,13 @@ def insert_ticket(conn: Connection, config: TicketsConfig, p: Prepared, queue: s
                                        config.min_counter_size)
     values = ticket_values(config, p, number, now, refused, linked_to)
     values["queue_id"] = queue_id(conn, queue, now)
-    values["id"] = conn.execute(insert(_T).returning(_T.c.id), values).scalar_one()
+    values["id"] = conn.execute(_INSERT_TICKET, values).scalar_one()
     return ticket_snapshot(values, queue)
 
 
 def update_ticket(conn: Connection, ticket: TicketSnapshot, changes: dict[str, Any],
                   ) -> TicketSnapshot:
-    conn.execute(update(_T).where(_T.c.id == ticket.id).values(changes))
+    conn.execute(_UPDATE_TICKET, {"ticket_id": ticket.id, **changes})
     return dataclasses.replace(ticket, **changes)
 
 
@@ -107,7 +116,7 @@ def insert_article(conn: Connection, p: Prepared, ticket_id: int, now: dt.dateti
                    ) -> ArticleSnapshot:
     """The article and its attachments (in order: their ids order them)."""
     values = article_values(p, ticket_id, now)
-    values["id"] = conn.execute(insert(_A).returning(_A.c.id), values).scalar_one()
+    values["id"] = conn.execute(_INSERT_ARTICLE, values).scalar_one()
     rows = [dict(article_id=values["id"], filename=att.filename,
                  content_type=att.content_type, size=len(att.content), sha256=att.sha256,
                  content=att.content) for att in p.msg.attachments]
@@ -115,14 +124,14 @@ def insert_article(conn: Connection, p: Prepared, ticket_id: int, now: dt.dateti
         for row in rows:
             _insert_attachment_sqlite(conn, row)
     elif rows:
-        conn.execute(insert(_ATT), rows)
+        conn.execute(_INSERT_ATTACHMENT, rows)
     return ArticleSnapshot(**values)
 
 
 def _insert_attachment_sqlite(conn: Connection, row: dict[str, Any]) -> None:
     content: bytes = row["content"]
     if len(content) <= STREAM_ABOVE:
-        conn.execute(insert(_ATT), row)
+        conn.execute(_INSERT_ATTACHMENT, row)
         return
     values = dict(row, content=func.zeroblob(len(content)))
     att_id = conn.execute(insert(_ATT).values(values).returning(_ATT.c.id)).scalar_one()
@@ -140,15 +149,14 @@ def event_row(ticket_id: int | None, article_id: int | None, kind: str, now: dt.
 
 
 def insert_events(conn: Connection, rows: Sequence[dict[str, object]]) -> None:
-    conn.execute(insert(_E), list(rows))
+    conn.execute(_INSERT_EVENT, list(rows))
 
 
 def queue_id(conn: Connection, name: str, now: dt.datetime) -> int:
     """The id of queue `name`, created on first use (safe against a concurrent writer)."""
-    by_name = select(_Q.c.id).where(_Q.c.name == name)
-    qid = conn.execute(by_name).scalar_one_or_none()
+    qid = conn.execute(_QUEUE_ID, {"name": name}).scalar_one_or_none()
     if qid is None:
         conn.execute(dialect_insert(conn.dialect.name)(_Q).values(name=name, created_at=now)
                      .on_conflict_do_nothing())
-        qid = conn.execute(by_name).scalar_one()
+        qid = conn.execute(_QUEUE_ID, {"name": name}).scalar_one()
     return int(qid)
