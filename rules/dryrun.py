@@ -1,10 +1,11 @@
 """`rules test`: what would happen to a message, explained, without changing anything.
 
 The message goes through the same parse/classify/route steps as real mail (the intake's
-`prepare`, which touches no database). The ticket it would thread onto is looked up with
-the intake's own threading code, and the auto-response verdict comes from the
-auto-responder's own suppression table, inside a transaction that is rolled back. A
-database that does not exist yet is not created (the answer is then "new ticket").
+`prepare`, which touches no database). The ticket it would thread onto and what becomes
+of it are decided by the intake's own functions (`followup.find_ticket`, `policy.decide`),
+and the auto-response verdict comes from the auto-responder's own suppression table,
+inside a transaction that is rolled back. A database that does not exist yet is not
+created (the answer is then "new ticket").
 """
 
 from __future__ import annotations

@@ -8,10 +8,8 @@ PostgreSQL needs nothing special.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import importlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -136,10 +134,3 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (
         errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN, errno.ECONNREFUSED, errno.EROFS
     )
-
-
-@contextlib.contextmanager
-def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """One unit of work: commit on success, roll back on any error."""
-    with factory() as session, session.begin():
-        yield session
