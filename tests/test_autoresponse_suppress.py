@@ -258,25 +258,6 @@ def test_daily_limit_window_starts_at_the_whole_second_before() -> None:
     assert _window_start(east) == dt.datetime(2026, 11, 21, 7, 0, 5, tzinfo=dt.UTC)
 
 
-def test_window_start_bind_converts_each_object_once() -> None:
-    import datetime as dt
-
-    from sqlalchemy.dialects import sqlite
-
-    from autoresponse.suppress import _WindowStart
-
-    dialect = sqlite.dialect()
-    process = _WindowStart().dialect_impl(dialect).bind_processor(dialect)
-    assert process is not None
-    a = dt.datetime(2026, 11, 21, 8, 0, 5, tzinfo=dt.UTC)
-    b = dt.datetime(2026, 11, 21, 8, 0, 5, tzinfo=dt.UTC)  # equal, another object
-    first = process(a)
-    assert first == "2026-11-21 08:00:05.000000"
-    assert process(a) is first  # reused
-    assert process(b) is not first and process(b) == first  # converted again
-    assert process(a + dt.timedelta(seconds=1)) == "2026-11-21 08:00:06.000000"
-
-
 def test_disabled_sends_nothing(tmp_path: Path, db_url: str, store: Store) -> None:
     config = make_config(tmp_path, db_url, autoresponse={"enabled": False})
     _intake(config, store).process(build_mail(), ENV)

@@ -27,7 +27,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from gateway.intake.core import Intake, content_hash
+from gateway.intake.core import Intake
+from gateway.intake.dedupe import content_hash
 from gateway.mail.envelope import Envelope
 from gateway.mail.mimetree import BIG_BODY
 from gateway.mail.parse import ParsedMessage, parse_message
