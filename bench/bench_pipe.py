@@ -15,7 +15,13 @@ For each: N new tickets, then N follow-ups (In-Reply-To the first batch), after 
 warm-up runs. Reported: median and p90 wall time per message, and the ratio of the
 median to the `python -c pass` median. Figures go to docs/benchmarks.md ("pipe").
 
-    .venv/bin/python -m bench pipe [--quick] [--messages=20]
+Peer reference (issue 14's floor: hand-off <= 0.6x Roundup's time per message): with
+`--roundup=BINDIR` (a folder holding `roundup-admin` and `roundup-mailgw`, e.g. a venv
+with `pip install roundup`), a classic Roundup tracker on SQLite receives the same
+messages through `roundup-mailgw`, each run right after ticketgate's (interleaved), and
+each variant is also reported as a ratio of Roundup's median in the same rounds.
+
+    .venv/bin/python -m bench pipe [--quick] [--messages=20] [--roundup=BINDIR]
 """
 
 from __future__ import annotations
@@ -99,13 +105,50 @@ def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("TICKETGATE_")}
 
 
-def _run_pipes(cfg: Path, n: int) -> tuple[list[float], list[float]]:
+class Roundup:
+    """A throw-away classic Roundup tracker on SQLite, fed through `roundup-mailgw`.
+
+    Unknown senders may open issues (as ticketgate lets any customer), and outgoing
+    mail goes to a file (`[mail] debug`), as ticketgate's pipe sends nothing either.
+    """
+
+    def __init__(self, bindir: Path, home: Path) -> None:
+        self.mailgw = [str(bindir / "roundup-mailgw"), str(home)]
+        admin = [str(bindir / "roundup-admin"), "-i", str(home)]
+        subprocess.run([*admin, "install", "classic", "sqlite"], check=True,
+                       capture_output=True)
+        config = home / "config.ini"
+        head, mail, tail = config.read_text().partition("\n[mail]\n")
+        head = head.replace("#web = NO DEFAULT", "web = http://localhost/tracker/", 1)
+        tail = (tail.replace("#domain = NO DEFAULT", "domain = helpdesk.example", 1)
+                .replace("\ndebug = \n", f"\ndebug = {home}/mail.log\n", 1))
+        config.write_text(head + mail + tail)
+        schema = home / "schema.py"
+        schema.write_text(schema.read_text().replace(
+            "#db.security.addPermissionToRole('Anonymous', 'Email Access')",
+            "db.security.addPermissionToRole('Anonymous', 'Email Access')"))
+        subprocess.run([*admin, "initialise", "admin"], check=True, capture_output=True)
+        self.samples: list[float] = []
+
+    def deliver(self, raw: bytes) -> None:
+        self.samples.append(_time(self.mailgw, raw, _env()))
+
+
+def _run_pipes(cfg: Path, n: int, peer: Roundup | None = None
+               ) -> tuple[list[float], list[float]]:
+    """Time N new tickets then N follow-ups; `peer` takes each message right after."""
     env = _env()
     cmd = [*TICKETGATE, "-c", str(cfg), "pipe", "-f", "customer@kunde.example", "-r", RCPT]
     for w in range(2):  # warm-up: page cache, .pyc files, first-use schema
         _time(cmd, new_message(100_000 + w), env)
-    news = [_time(cmd, new_message(i), env) for i in range(n)]
-    follows = [_time(cmd, follow_up(i), env) for i in range(n)]
+    news: list[float] = []
+    follows: list[float] = []
+    for samples, make in ((news, new_message), (follows, follow_up)):
+        for i in range(n):
+            raw = make(i)
+            samples.append(_time(cmd, raw, env))
+            if peer is not None:
+                peer.deliver(raw)
     return news, follows
 
 
@@ -139,7 +182,8 @@ def _wait_socket(path: Path, proc: subprocess.Popen[bytes], timeout: float = 60)
     raise RuntimeError("serve did not open its LMTP socket")
 
 
-def _variant_handoff(work: Path, n: int) -> tuple[list[float], list[float], str]:
+def _variant_handoff(work: Path, n: int, peer: Roundup | None
+                     ) -> tuple[list[float], list[float], str]:
     folder = work / "handoff"
     folder.mkdir()
     sock = folder / "lmtp.sock"
@@ -150,7 +194,7 @@ def _variant_handoff(work: Path, n: int) -> tuple[list[float], list[float], str]
                             stderr=subprocess.DEVNULL, env=_env())
     try:
         _wait_socket(sock, proc)
-        news, follows = _run_pipes(cfg, n)
+        news, follows = _run_pipes(cfg, n, peer)
     finally:
         proc.terminate()
         try:
@@ -178,17 +222,23 @@ def main(argv: list[str]) -> int:
         label = 'python -c "import sqlalchemy.orm"'
         report(f"{label:42s} median {orm * 1000:7.1f} ms  "
                f"p90 {orm90 * 1000:7.1f} ms  ratio {orm / base:4.1f}")
+        bindir = next((Path(a.split("=", 1)[1]) for a in argv if a.startswith("--roundup=")),
+                      None)
+        peers: dict[str, Roundup] = {}
         variants: list[tuple[str, list[float], list[float], str]] = []
         for name, autoresponse in (("in-process, plain store", False),
                                    ("in-process, auto-responses on", True)):
             folder = work / name.replace(" ", "_").replace(",", "")
             folder.mkdir()
             cfg = _write_config(folder, autoresponse)
-            news, follows = _run_pipes(cfg, n)
+            peer = peers[name] = Roundup(bindir, folder / "roundup") if bindir else None
+            news, follows = _run_pipes(cfg, n, peer)
             variants.append((name, news, follows, _check_store(cfg, n)))
+        name = "hand-off to serve (LMTP socket)"
         try:
-            news, follows, check = _variant_handoff(work, n)
-            variants.append(("hand-off to serve (LMTP socket)", news, follows, check))
+            peer = peers[name] = Roundup(bindir, work / "roundup-handoff") if bindir else None
+            news, follows, check = _variant_handoff(work, n, peer)
+            variants.append((name, news, follows, check))
         except Exception as exc:  # the daemon is another area's; report, do not fail
             report(f"hand-off variant skipped: {type(exc).__name__}: {exc}")
         for name, news, follows, check in variants:
@@ -198,6 +248,11 @@ def main(argv: list[str]) -> int:
                 report(f"{label:42s} median {med * 1000:7.1f} ms  p90 {p90 * 1000:7.1f} ms"
                        f"  ratio {med / base:4.1f}")
             report(f"  store check: {check}")
+            if name in peers:
+                ours = statistics.median(news + follows)
+                theirs = statistics.median(peers[name].samples)
+                report(f"  roundup-mailgw, same messages interleaved: median "
+                       f"{theirs * 1000:7.1f} ms; ticketgate / roundup = {ours / theirs:.2f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

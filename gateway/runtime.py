@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import time
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
@@ -62,21 +61,6 @@ class JournalFormatter(logging.Formatter):
         return f"<{_SYSLOG_PRIORITY.get(record.levelno, 6)}>{text}"
 
 
-class StderrFormatter(logging.Formatter):
-    """`2026-11-22 10:00:00,123 INFO name: message`, the date formatted once a second
-    (strftime and localtime per record were a visible part of a message's CPU)."""
-
-    _second = -1
-    _stamp = ""
-
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        second = int(record.created)
-        if second != self._second:
-            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(record.created))
-            self._second = second
-        return f"{self._stamp},{int(record.msecs):03d}"
-
-
 def stderr_is_journal(env: dict[str, str] | None = None) -> bool:
     """systemd sets JOURNAL_STREAM to stderr's device:inode when stderr goes to journald."""
     value = (os.environ if env is None else env).get("JOURNAL_STREAM", "")
@@ -88,18 +72,11 @@ def stderr_is_journal(env: dict[str, str] | None = None) -> bool:
 
 
 def setup_logging(verbose: bool) -> None:
-    # Our formats use none of these record fields; collecting them (the caller's frame,
-    # thread and process names) was most of a log call's cost (the logging HOWTO's
-    # "Optimization" section names these switches).
-    logging._srcfile = None
-    logging.logThreads = False
-    logging.logProcesses = False
-    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     if stderr_is_journal():
         handler.setFormatter(JournalFormatter("%(name)s: %(message)s"))
     else:
-        handler.setFormatter(StderrFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
 
 

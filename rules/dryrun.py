@@ -1,10 +1,11 @@
 """`rules test`: what would happen to a message, explained, without changing anything.
 
 The message goes through the same parse/classify/route steps as real mail (the intake's
-`prepare`, which touches no database). The ticket it would thread onto is looked up with
-the intake's own threading code, and the auto-response verdict comes from the
-auto-responder's own suppression table, inside a transaction that is rolled back. A
-database that does not exist yet is not created (the answer is then "new ticket").
+`prepare`, which touches no database). The ticket it would thread onto and what becomes
+of it are decided by the intake's own functions (`followup.find_ticket`, `policy.decide`),
+and the auto-response verdict comes from the auto-responder's own suppression table,
+inside a transaction that is rolled back. A database that does not exist yet is not
+created (the answer is then "new ticket").
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ if TYPE_CHECKING:
     from sqlalchemy import Connection
 
     from gateway.config import Config
-    from gateway.intake.core import Intake, Prepared
+    from gateway.intake.prepared import Prepared
     from gateway.mail.envelope import Envelope
+    from ticketstore.snapshots import TicketSnapshot
 
 
 @dataclass
@@ -91,7 +93,7 @@ def dry_run(config: Config, raw: bytes, envelope: Envelope) -> DryRun:
                               "dropped, nothing stored")
         result.auto_response_why = "the message is ignored"
         return result
-    _with_database(config, intake, result)
+    _with_database(config, result)
     return result
 
 
@@ -102,12 +104,12 @@ def _setter(decision: Decision, field_: str) -> str:
     return "?"
 
 
-def _with_database(config: Config, intake: Intake, result: DryRun) -> None:
+def _with_database(config: Config, result: DryRun) -> None:
     """Look up the ticket and the auto-response verdict; read-only, rolled back."""
     url = config.database_url
     if (url.startswith("sqlite:///") and ":memory:" not in url
             and not Path(url.removeprefix("sqlite:///")).exists()):
-        _decide(config, intake, result, None, "there is no database yet")
+        _decide(config, result, None, "there is no database yet")
         return
     from sqlalchemy import inspect
 
@@ -116,71 +118,74 @@ def _with_database(config: Config, intake: Intake, result: DryRun) -> None:
     engine = make_engine(url, config.database.busy_timeout, 1)
     try:
         if not inspect(engine).has_table("tickets"):
-            _decide(config, intake, result, None, "the database has no schema yet")
+            _decide(config, result, None, "the database has no schema yet")
             return
         # A read-only look: a deferred transaction never waits for (or blocks) writers.
         with engine.connect().execution_options(sqlite_begin="DEFERRED") as conn:
             try:
-                _decide(config, intake, result, conn, "")
+                _decide(config, result, conn, "")
             finally:
                 conn.rollback()
     except Exception as exc:  # a dry run must still explain the rules
         result.notes.append(f"database lookup failed: {type(exc).__name__}: {exc}")
-        _decide(config, intake, result, None, "could not look up existing tickets")
+        _decide(config, result, None, "could not look up existing tickets")
     finally:
         engine.dispose()
 
 
-def _decide(
-    config: Config, intake: Intake, result: DryRun, conn: Connection | None, why_no_db: str
-) -> None:
-    from ticketstore.models import Queue, Ticket
+def _decide(config: Config, result: DryRun, conn: Connection | None, why_no_db: str) -> None:
+    """The intake's own follow-up lookup and closed-ticket policy, explained."""
+    from gateway.intake.followup import find_ticket
+    from gateway.intake.policy import decide, reopens
 
     p = result.prepared
-    hook = config.tickets.hook
-    existing = intake._find_ticket(conn, p) if conn is not None else None
-    new = f"new ticket in {result.queue}" + (f" ({why_no_db})" if why_no_db else "")
-    closed_policy = None
-    if existing is None:
-        outcome, ticket = Outcome.CREATED, None
-        result.ticket_note = new
+    found = find_ticket(conn, config.tickets, p) if conn is not None else None
+    d = decide(config, p, found)
+    if found is None:
+        result.ticket_note = f"new ticket in {d.queue}" + (f" ({why_no_db})" if why_no_db else "")
     else:
-        result.ticket = {"number": existing.number, "state": existing.state,
-                         "queue": existing.queue.name, "title": existing.title,
-                         "thread_key": existing.thread_key}
-        tag = f"[{hook}{existing.number}]"
-        outcome, ticket = Outcome.FOLLOW_UP, existing
-        result.ticket_note = f"follow-up to {tag} ({existing.state}) in {existing.queue.name}"
-        if existing.state == "closed":
-            closed_policy = config.queue(existing.queue.name).follow_up_closed
-            if closed_policy == "new-ticket":
-                outcome, ticket = Outcome.CREATED, None
-                result.ticket_note = f"new ticket in {result.queue}, linked to closed {tag}"
-            elif closed_policy == "reject":
-                outcome = Outcome.REJECTED
-                result.ticket_note = (f"follow-up to closed {tag} in {existing.queue.name}: "
-                                      "stored, then rejected (follow_up_closed = reject)")
-            else:
-                result.ticket_note = (f"follow-up to closed {tag} in {existing.queue.name}: "
-                                      "reopens it (follow_up_closed = reopen)")
-    if ticket is None:
-        ticket = Ticket(number="(new)", queue=Queue(name=result.queue),
-                        customer_id=p.route.customer or "",
-                        customer_domain=p.msg.from_domain)
-    refused = outcome is Outcome.CREATED and not config.queue(result.queue).accept_new
+        result.ticket = {"number": found.number, "state": found.state,
+                         "queue": found.queue.name, "title": found.title,
+                         "thread_key": found.thread_key}
+        tag = f"[{config.tickets.hook}{found.number}]"
+        where = f"{tag} ({found.state}) in {found.queue.name}"
+        if d.linked_to is not None:
+            result.ticket_note = f"new ticket in {d.queue}, linked to closed {tag}"
+        elif d.outcome is Outcome.REJECTED:
+            result.ticket_note = (f"follow-up to closed {tag} in {found.queue.name}: "
+                                  "stored, then rejected (follow_up_closed = reject)")
+        elif d.reopen:
+            result.ticket_note = (f"follow-up to closed {tag} in {found.queue.name}: "
+                                  "reopens it (follow_up_closed = reopen)")
+        elif found.state == "closed" and not reopens(p.classification):
+            result.ticket_note = (f"follow-up to {where}: a bounce or out-of-office reply, "
+                                  "so it does not reopen it")
+        else:
+            result.ticket_note = f"follow-up to {where}"
+    ticket = d.ticket or _unsaved_ticket(config, p, d.queue, d.refused_new)
     result.auto_response, result.auto_response_why = _auto_response(
-        config, result, conn, ticket, outcome, closed_policy, refused)
+        config, result, conn, ticket, d.outcome, d.closed_policy, d.refused_new)
+
+
+def _unsaved_ticket(config: Config, p: Prepared, queue: str, refused: bool) -> TicketSnapshot:
+    """The ticket the intake would open, numbered "(new)"."""
+    from gateway.intake.store import ticket_values
+    from ticketstore.snapshots import QueueSnapshot, TicketSnapshot
+
+    values = ticket_values(config.tickets, p, "(new)", dt.datetime.now(dt.UTC), refused)
+    return TicketSnapshot(id=0, queue_id=0, **values, queue=QueueSnapshot(0, queue))
 
 
 def _auto_response(
-    config: Config, result: DryRun, conn: Connection | None, ticket: Any, outcome: Outcome,
-    closed_policy: str | None, refused: bool,
+    config: Config, result: DryRun, conn: Connection | None, ticket: TicketSnapshot,
+    outcome: Outcome, closed_policy: str | None, refused: bool,
 ) -> tuple[bool, str]:
     """Yes/no and why, from the auto-responder's own suppression checks."""
     from autoresponse import suppress
     from autoresponse.autoresponder import AutoResponder
     from gateway.intake.ports import StoredMessage
-    from ticketstore.models import Article
+    from gateway.intake.store import article_values
+    from ticketstore.snapshots import ArticleSnapshot
 
     p = result.prepared
     if not config.autoresponse.enabled:
@@ -195,10 +200,11 @@ def _auto_response(
     else:
         return False, f"a follow-up, and queue {qcfg.name} has follow_up_ack = false"
     responder = AutoResponder(config)
+    now = dt.datetime.now(dt.UTC)
     stored = StoredMessage(
         msg=p.msg, envelope=p.envelope, classification=p.classification, route=p.route,
-        ticket=ticket, article=Article(), outcome=outcome, closed_policy=closed_policy,
-        queue_refused_new=refused, now=dt.datetime.now(dt.UTC),
+        ticket=ticket, article=ArticleSnapshot(id=0, **article_values(p, ticket.id, now)),
+        outcome=outcome, closed_policy=closed_policy, queue_refused_new=refused, now=now,
     )
     rcpt = responder.recipient(stored)
     check = suppress.Check(conn, stored, config, rcpt,  # type: ignore[arg-type]

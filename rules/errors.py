@@ -25,3 +25,7 @@ class RulesError(Exception):
     def __init__(self, problems: tuple[Problem, ...] | list[Problem]) -> None:
         self.problems = tuple(problems)
         super().__init__("invalid rule files:\n" + "\n".join(str(p) for p in self.problems))
+
+
+class ValueProblem(ValueError):
+    """One value in a rule is wrong; the message is shown to the admin after the key."""

@@ -8,24 +8,24 @@ sets a field wins unless a later matching rule says `override = true`; tags add 
 
 from __future__ import annotations
 
+import dataclasses
 import string
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gateway.intake.ports import Route
+from gateway.mail.classify import Classification
+from gateway.mail.envelope import Envelope
+from gateway.mail.parse import ParsedMessage
 
+from .conditions import Condition, Verdict
 from .model import Rule, RuleSet
 from .view import MessageView
 
-if TYPE_CHECKING:
-    from gateway.mail.classify import Classification
-    from gateway.mail.envelope import Envelope
-    from gateway.mail.parse import ParsedMessage
-
 MATCHED, NOT_MATCHED, SKIPPED = "matched", "not matched", "skipped"
 
-@dataclass(frozen=True)
+
+@dataclasses.dataclass(frozen=True)
 class RuleTrace:
     """What happened to one rule: matched or not, and the condition that decided it."""
 
@@ -39,14 +39,14 @@ class RuleTrace:
     overruled: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        return {"rule": self.rule, "file": self.file, "line": self.line,
-                "status": self.status, "reason": self.reason,
-                "applied": list(self.applied), "overruled": list(self.overruled)}
+        return dataclasses.asdict(self)
 
-@dataclass(frozen=True)
+
+@dataclasses.dataclass(frozen=True)
 class Decision:
     route: Route
     trace: tuple[RuleTrace, ...]
+
 
 def _fill(template: str, captures: Mapping[str, str], view: MessageView) -> str:
     values = {"from": view.from_address, "from_domain": view.from_domain, **captures}
@@ -57,31 +57,27 @@ def _fill(template: str, captures: Mapping[str, str], view: MessageView) -> str:
             out.append(str(values.get(field) or ""))
     return "".join(out).strip()
 
-def _check(rule: Rule, view: MessageView) -> tuple[bool, str, dict[str, str]]:
-    """Explained: (matched, why, captures); the reason is the deciding condition."""
-    captures: dict[str, str] = {}
-    reasons = []
+
+def _match(rule: Rule, view: MessageView) -> tuple[list[tuple[Condition, Verdict]], bool]:
+    """The verdicts up to the deciding one, and whether the rule matches."""
+    seen = []
     for cond in rule.conditions:
-        holds, why, caps = cond.evaluate(view)
-        if not holds:
-            return False, why, {}
-        captures.update(caps)
-        reasons.append(why)
-    if not reasons:
-        return True, "no conditions: matches every message", captures
-    return True, "; ".join(reasons), captures
+        verdict = cond.test(view)
+        seen.append((cond, verdict))
+        if not cond.holds(verdict):
+            return seen, False
+    return seen, True
 
 
-def _holds(rule: Rule, view: MessageView) -> dict[str, str] | None:
-    """The routing path: the captures if the rule matches, else None. No strings built."""
-    captures: dict[str, str] = {}
-    for cond in rule.conditions:  # Condition.holds, inlined: this loop is the hot path
-        raw, caps = cond.probe(view)
-        if raw is None or raw == cond.negate:
-            return None
-        if caps and not cond.negate:
-            captures.update(caps)
-    return captures
+def _captures(seen: list[tuple[Condition, Verdict]]) -> dict[str, str]:
+    """Named groups of the plain conditions' regex matches (a negated one matched nothing)."""
+    return {k: v for cond, verdict in seen if not cond.negate
+            for k, v in verdict.captures.items()}
+
+
+def _reason(seen: list[tuple[Condition, Verdict]]) -> str:
+    return ("; ".join(f"{cond.key}: {verdict.why()}" for cond, verdict in seen)
+            or "no conditions: matches every message")
 
 
 class _Builder:
@@ -117,66 +113,51 @@ class _Builder:
         return applied, overruled
 
     def route(self) -> Route:
-        v = self.values
-        return Route(
-            queue=v.get("queue"),
-            priority=v.get("priority"),
-            state=v.get("state"),
-            tags=tuple(self.tags),
-            customer=v.get("customer"),
-            ignore=bool(v.get("ignore", False)),
-            no_auto_response=bool(v.get("no_auto_response", False)),
-            thread_key=v.get("thread_key"),
-            matched=tuple(self.matched),
-        )
+        return Route(**self.values, tags=tuple(self.tags), matched=tuple(self.matched))
 
 
-NO_ROUTE = Route()
+def _decide(ruleset: RuleSet, view: MessageView, explain: bool) -> Decision:
+    """Routing (explain=False) tests only the rules the domain index leaves and builds no
+    trace; `rules test` tests every rule and says why each did or did not match."""
+    out = _Builder(view)
+    trace: list[RuleTrace] = []
+    rules = ruleset.rules
+    order = range(len(rules)) if explain else ruleset.domain_index.candidates(view.from_domain)
+    stopped_by: str | None = None
+    for i in order:
+        rule = rules[i]
+        if stopped_by is not None:
+            trace.append(RuleTrace(rule.name, rule.file, rule.line, SKIPPED,
+                                   f"not evaluated: rule '{stopped_by}' has stop = true"))
+            continue
+        seen, matched = _match(rule, view)
+        if not matched:
+            if explain:
+                trace.append(RuleTrace(rule.name, rule.file, rule.line, NOT_MATCHED,
+                                       _reason(seen[-1:])))
+            continue
+        applied, overruled = out.apply(rule, _captures(seen))
+        if explain:
+            trace.append(RuleTrace(rule.name, rule.file, rule.line, MATCHED, _reason(seen),
+                                   tuple(applied), tuple(overruled)))
+        if rule.actions.stop:
+            if not explain:
+                break
+            stopped_by = rule.name
+    return Decision(out.route(), tuple(trace))
 
 
 def route_only(
     ruleset: RuleSet, msg: ParsedMessage, envelope: Envelope, classification: Classification
 ) -> Route:
-    """The route without reasons: only the rules the domain index leaves are tested."""
-    if not ruleset.rules:  # a site without rule files: the defaults, nothing to look at
-        return NO_ROUTE
+    """The route, without reasons: what the intake asks for every message."""
     view = MessageView(msg, envelope, classification, ruleset.max_match_chars)
-    out = _Builder(view)
-    rules = ruleset.rules
-    for i in ruleset.domain_index.candidates(view.from_domain):
-        rule = rules[i]
-        captures = _holds(rule, view)
-        if captures is None:
-            continue
-        out.apply(rule, captures)
-        if rule.actions.stop:
-            break
-    return out.route()
+    return _decide(ruleset, view, explain=False).route
 
 
 def evaluate(
-    ruleset: RuleSet,
-    msg: ParsedMessage,
-    envelope: Envelope,
-    classification: Classification,
+    ruleset: RuleSet, msg: ParsedMessage, envelope: Envelope, classification: Classification
 ) -> Decision:
-    """The route and, for every rule, whether it matched and why."""
+    """The route and, for every rule, whether it matched and why (for `rules test`)."""
     view = MessageView(msg, envelope, classification, ruleset.max_match_chars)
-    out = _Builder(view)
-    trace: list[RuleTrace] = []
-    stopped_by: str | None = None
-    for rule in ruleset.rules:
-        if stopped_by is not None:
-            trace.append(RuleTrace(rule.name, rule.file, rule.line, SKIPPED,
-                                   f"not evaluated: rule '{stopped_by}' has stop = true"))
-            continue
-        ok, why, captures = _check(rule, view)
-        if not ok:
-            trace.append(RuleTrace(rule.name, rule.file, rule.line, NOT_MATCHED, why))
-            continue
-        applied, overruled = out.apply(rule, captures)
-        if rule.actions.stop:
-            stopped_by = rule.name
-        trace.append(RuleTrace(rule.name, rule.file, rule.line, MATCHED, why,
-                               tuple(applied), tuple(overruled)))
-    return Decision(out.route(), tuple(trace))
+    return _decide(ruleset, view, explain=True)

@@ -5,18 +5,14 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING
 
 from .conditions import Condition
-
-if TYPE_CHECKING:
-    from .prefilter import DomainIndex
+from .domain_index import DomainIndex
 
 # Actions that set one value; the first matching rule that sets one wins, unless a later
 # matching rule has `override = true`.
 SCALAR_ACTIONS = ("queue", "priority", "state", "customer", "ignore", "no_auto_response",
                   "thread_key")
-STATES = ("new", "open", "pending", "closed")
 
 
 @dataclass(frozen=True)
@@ -56,6 +52,4 @@ class RuleSet:
 
     @cached_property
     def domain_index(self) -> DomainIndex:
-        from .prefilter import DomainIndex
-
-        return DomainIndex.build(self.rules)
+        return DomainIndex.build([rule.conditions for rule in self.rules])

@@ -10,31 +10,18 @@ from __future__ import annotations
 
 import difflib
 import re
-import string
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .conditions import (
-    BUILDERS,
-    Condition,
-    HeaderMatches,
-    Matches,
-    ValueProblem,
-    build_condition,
-    is_condition_key,
-    sort_key,
-)
-from .errors import Problem, RulesError
-from .model import STATES, Actions, Rule, RuleSet
+from .conditions import Condition
+from .errors import Problem, RulesError, ValueProblem
+from .model import Actions, Rule, RuleSet
+from .parse_actions import ACTION_KEYS, check_template, parse_action, type_name
+from .parse_conditions import BUILDERS, build_condition, is_condition_key, sort_key
 
-ACTION_KEYS = ("queue", "priority", "state", "tags", "customer", "ignore", "no_auto_response",
-               "thread_key", "stop", "override")
-META_KEYS = ("name", "description")
-ALL_KEYS = (*META_KEYS, *ACTION_KEYS, *BUILDERS, *(f"not_{k}" for k in BUILDERS))
-# Placeholders a template may use besides the rule's named regex groups.
-BUILTIN_PLACEHOLDERS = ("from", "from_domain")
+ALL_KEYS = ("name", "description", *ACTION_KEYS, *BUILDERS, *(f"not_{k}" for k in BUILDERS))
 
 _RULE_HEADER = re.compile(r"^\s*\[\[\s*rule\s*\]\]")
 _TOML_LINE = re.compile(r"at line (\d+)")
@@ -104,24 +91,18 @@ class _Locator:
         return self.starts[n] + 1 if n < len(self.starts) else 1
 
     def key_line(self, n: int, key: str) -> int:
+        """The line of `key =` or `[rule.key]` in the n-th rule, else the rule's header."""
         if n >= len(self.starts):
             return self.top_key_line(key)
-        start = self.starts[n]
         end = self.starts[n + 1] if n + 1 < len(self.starts) else len(self.lines)
-        pat = re.compile(rf"""^\s*(?:["']?{re.escape(key)}["']?\s*[=.]|\[\s*rule\.{
-            re.escape(key)}\s*\])""")
-        for i in range(start, end):
-            if pat.match(self.lines[i]):
-                return i + 1
-        return start + 1
+        return self._find(key, rf"\[\s*rule\.{re.escape(key)}\s*\]", self.starts[n], end)
 
     def top_key_line(self, key: str) -> int:
-        pat = re.compile(rf"""^\s*(?:["']?{re.escape(key)}["']?\s*[=.]|\[+\s*{
-            re.escape(key)}\s*[\].])""")
-        for i, line in enumerate(self.lines):
-            if pat.match(line):
-                return i + 1
-        return 1
+        return self._find(key, rf"\[+\s*{re.escape(key)}\s*[\].]", 0, len(self.lines))
+
+    def _find(self, key: str, table: str, start: int, end: int) -> int:
+        pat = re.compile(rf"""^\s*(?:["']?{re.escape(key)}["']?\s*[=.]|{table})""")
+        return next((i + 1 for i in range(start, end) if pat.match(self.lines[i])), start + 1)
 
 
 def parse_rule_text(
@@ -152,11 +133,6 @@ def parse_rule_text(
     return rules, problems
 
 
-def _tname(value: Any) -> str:
-    return {list: "a list", dict: "a table", bool: "a boolean", str: "a string",
-            int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
-
-
 def _parse_rule(
     n: int, raw: Any, filename: str, loc: _Locator, queues: tuple[str, ...]
 ) -> tuple[Rule | None, list[Problem]]:
@@ -173,46 +149,34 @@ def _parse_rule(
                                 label, "needs a name (a non-empty string)"))
 
     def problem(key: str, message: str) -> None:
-        problems.append(Problem(filename, loc.key_line(n, key), label, f"{key}: {message}"))
+        problems.append(Problem(filename, loc.key_line(n, key), label, message))
 
     conditions: list[Condition] = []
     actions: dict[str, Any] = {}
     description = ""
     for key, value in raw.items():
-        if key == "name":
-            continue
-        if key == "description":
-            if not isinstance(value, str):
-                problem(key, f"must be a string, not {_tname(value)}")
-            else:
+        try:
+            if key == "description":
+                if not isinstance(value, str):
+                    raise ValueProblem(f"must be a string, not {type_name(value)}")
                 description = value
-        elif is_condition_key(key):
-            try:
+            elif is_condition_key(key):
                 conditions.append(build_condition(key, value))
-            except ValueProblem as exc:
-                problem(key, str(exc))
-        elif key in ACTION_KEYS:
-            message = _check_action(key, value, queues)
-            if message:
-                problem(key, message)
-            else:
-                actions[key] = value
-        else:
-            close = difflib.get_close_matches(key, ALL_KEYS, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            problems.append(Problem(filename, loc.key_line(n, key), label,
-                                    f"unknown key {key!r}{hint}"))
-    if isinstance(actions.get("tags"), str):
-        actions["tags"] = [actions["tags"]]
-    if "tags" in actions:
-        actions["tags"] = tuple(actions["tags"])
-    groups = frozenset(g for c in conditions if not c.negate
-                       and isinstance(c, Matches | HeaderMatches) for g in c.group_names)
+            elif key in ACTION_KEYS:
+                actions[key] = parse_action(key, value, queues)
+            elif key != "name":
+                close = difflib.get_close_matches(key, ALL_KEYS, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                problem(key, f"unknown key {key!r}{hint}")
+        except ValueProblem as exc:
+            problem(key, f"{key}: {exc}")
+    groups = frozenset(g for c in conditions if not c.negate for g in c.group_names)
     for key in ("thread_key", "customer"):
-        if isinstance(actions.get(key), str):
-            message = _check_template(actions[key], groups)
-            if message:
-                problem(key, message)
+        try:
+            if key in actions:
+                check_template(actions[key], groups)
+        except ValueProblem as exc:
+            problem(key, f"{key}: {exc}")
     if not problems and not (set(actions) - {"override"}):
         problems.append(Problem(filename, line, label,
                                 "has no actions (queue, priority, state, tags, customer, "
@@ -225,43 +189,3 @@ def _parse_rule(
         actions=Actions(**actions), description=description,
     )
     return rule, []
-
-
-def _check_action(key: str, value: Any, queues: tuple[str, ...]) -> str | None:
-    if key in ("ignore", "no_auto_response", "stop", "override"):
-        return None if isinstance(value, bool) else f"must be true or false, not {_tname(value)}"
-    if key == "priority":
-        if isinstance(value, bool) or not isinstance(value, int):
-            return f"must be an integer 1-5, not {_tname(value)}"
-        return None if 1 <= value <= 5 else f"must be between 1 and 5, not {value}"
-    if key == "tags":
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip()
-                                                  for v in value):
-            return "must be a list of non-empty strings"
-        return None
-    if not isinstance(value, str):
-        return f"must be a string, not {_tname(value)}"
-    if not value.strip():
-        return "must not be empty"
-    if key == "queue" and value not in queues:
-        return f"unknown queue {value!r} (configured: {', '.join(queues)})"
-    if key == "state" and value not in STATES:
-        return f"unknown state {value!r}; one of {', '.join(STATES)}"
-    return None
-
-
-def _check_template(template: str, groups: frozenset[str]) -> str | None:
-    try:
-        fields = [f for _lit, f, _spec, _conv in string.Formatter().parse(template)
-                  if f is not None]
-    except ValueError as exc:
-        return f"bad template {template!r}: {exc} (write {{{{ and }}}} for literal braces)"
-    allowed = groups | set(BUILTIN_PLACEHOLDERS)
-    for f in fields:
-        if f not in allowed:
-            known = ", ".join(sorted(allowed))
-            return (f"placeholder {{{f}}} is not a named group of this rule's *_matches "
-                    f"regexes (known: {known})")
-    return None

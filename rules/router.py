@@ -59,33 +59,28 @@ class ReloadingRouter(RuleRouter):
         self.errors: tuple[Problem, ...] = ()
         self.errors_at: dt.datetime | None = None
         self._lock = threading.Lock()  # one reload at a time (SIGHUP and the watcher)
-        # The files of the last rejected reload: not retried until they change again.
-        self._rejected_signature: tuple[tuple[str, int, int], ...] | None = None
         super().__init__(load_rules(directory, self.queues, max_match_chars))
-
-    def signature(self) -> tuple[tuple[str, int, int], ...]:
-        return file_signature(self.directory)
+        # The files last read, loaded or rejected: broken ones are not retried until they
+        # change again.
+        self._seen = self.ruleset.files
 
     def changed(self) -> bool:
-        """True when the files differ from those last read (loaded or rejected)."""
-        seen = self._rejected_signature
-        return self.signature() != (self.ruleset.files if seen is None else seen)
+        """True when the files differ from those last read."""
+        return file_signature(self.directory) != self._seen
 
     def reload(self) -> tuple[Problem, ...]:
         """Read the files again; on problems keep the current rules and return them."""
         with self._lock:
-            signature = self.signature()
+            self._seen = file_signature(self.directory)
             try:
                 new = load_rules(self.directory, self.queues, self.max_match_chars)
             except RulesError as exc:
                 self.errors, self.errors_at = exc.problems, self.clock()
-                self._rejected_signature = signature
                 log.error("rule reload failed, keeping the %d rules loaded before:\n%s",
                           len(self.ruleset.rules), exc)
                 return exc.problems
             self.ruleset = new
             self.errors, self.errors_at = (), None
-            self._rejected_signature = None
             log.info("rules reloaded: %d rules from %s", len(new.rules), self.directory)
             return ()
 

@@ -8,14 +8,12 @@ condition, and no regex in particular, ever works on more text than that.
 from __future__ import annotations
 
 from functools import cached_property
-from typing import TYPE_CHECKING
+
+from gateway.mail.classify import Classification
+from gateway.mail.envelope import Envelope
+from gateway.mail.parse import ParsedMessage
 
 from .authresults import dkim_result
-
-if TYPE_CHECKING:
-    from gateway.mail.classify import Classification
-    from gateway.mail.envelope import Envelope
-    from gateway.mail.parse import ParsedMessage
 
 
 class MessageView:
@@ -28,43 +26,24 @@ class MessageView:
     ) -> None:
         self.msg = msg
         self.envelope = envelope
-        self.classification = classification
+        self.labels = classification.labels
         self.limit = max_match_chars
-        self._headers: dict[str, tuple[str, ...]] = {}
-        self._folded: dict[str, tuple[str, ...]] = {}
+        self._texts: dict[tuple[str, bool], tuple[str, ...]] = {}
 
-    def bounded(self, text: str) -> str:
-        return text[: self.limit]
-
-    @cached_property
-    def subject(self) -> str:
-        return self.bounded(self.msg.subject)
-
-    @cached_property
-    def subject_folded(self) -> str:
-        return self.subject.casefold()
-
-    @cached_property
-    def body(self) -> str:
-        return self.bounded(self.msg.text)
-
-    @cached_property
-    def body_folded(self) -> str:
-        return self.body.casefold()
-
-    def header_values(self, name: str) -> tuple[str, ...]:
-        """Decoded values of header `name` (lower case), each cut to the limit."""
-        found = self._headers.get(name)
-        if found is None:
-            found = self._headers[name] = tuple(
-                self.bounded(v) for v in self.msg.headers.get(name, ()))
-        return found
-
-    def header_values_folded(self, name: str) -> tuple[str, ...]:
-        found = self._folded.get(name)
-        if found is None:
-            found = self._folded[name] = tuple(v.casefold() for v in self.header_values(name))
-        return found
+    def texts(self, field: str, folded: bool = False) -> tuple[str, ...]:
+        """The subject, the body or the values of a header ("header X-Name"), each cut to
+        the limit and case-folded if asked; worked out once per message."""
+        key = (field, folded)
+        if key not in self._texts:
+            if folded:
+                found = tuple(t.casefold() for t in self.texts(field))
+            elif field in ("subject", "body"):
+                found = ((self.msg.subject if field == "subject" else self.msg.text)[: self.limit],)
+            else:
+                name = field.removeprefix("header ").lower()
+                found = tuple(v[: self.limit] for v in self.msg.headers.get(name, ()))
+            self._texts[key] = found
+        return self._texts[key]
 
     @cached_property
     def from_address(self) -> str:
@@ -73,10 +52,6 @@ class MessageView:
     @cached_property
     def from_domain(self) -> str:
         return self.msg.from_domain.lower().rstrip(".")
-
-    @cached_property
-    def envelope_from(self) -> str:
-        return (self.envelope.mail_from or "").lower()
 
     @cached_property
     def recipients(self) -> tuple[str, ...]:
@@ -89,26 +64,24 @@ class MessageView:
         return tuple(dict.fromkeys([a for a in found if "@" in a] + list(self.msg.to)
                                    + list(self.msg.cc)))
 
-    def addresses(self, field: str) -> tuple[str, ...]:
+    def values(self, field: str) -> tuple[str, ...]:
+        """What an address or attachment glob is matched against (lower case)."""
         if field == "from":
             return (self.from_address,) if self.from_address else ()
         if field == "envelope_from":
-            return (self.envelope_from,) if self.envelope_from else ()
+            return (self.envelope.mail_from.lower(),) if self.envelope.mail_from else ()
+        if field == "recipient":
+            return self.recipients
         if field == "to":
             return self.msg.to
         if field == "cc":
             return self.msg.cc
-        if field == "recipient":
-            return self.recipients
-        raise KeyError(field)  # pragma: no cover - fields are fixed at load
+        attribute = {"attachment_name": "filename", "attachment_type": "content_type"}[field]
+        return tuple(getattr(a, attribute).lower() for a in self.msg.attachments)
 
-    @cached_property
+    @property
     def size(self) -> int:
         return len(self.msg.raw)
-
-    @cached_property
-    def labels(self) -> frozenset[str]:
-        return self.classification.labels
 
     @cached_property
     def dkim(self) -> str:

@@ -10,24 +10,43 @@ looked up on `ctx.intake` every time: a config reload swaps in a new intake.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from gateway.config import Config
+from gateway.intake.ports import Router
 
 from .router import ReloadingRouter
-
-if TYPE_CHECKING:
-    from gateway.daemon import DaemonContext
 
 log = logging.getLogger("ticketgate.rules")
 
 
-def current_router(ctx: DaemonContext) -> ReloadingRouter | None:
+class _HasRouter(Protocol):
+    router: Router
+
+
+class Context(Protocol):
+    """What the watcher uses of the daemon's context (gateway.daemon.DaemonContext)."""
+
+    config: Config
+    intake: _HasRouter
+    reload_hooks: list[Callable[[], None]]
+    rules_changed: list[Callable[[], Awaitable[bool]]]
+    counters: collections.Counter[str]
+    state: dict[str, Any]
+
+    def record_error(self, source: str, message: str) -> None: ...
+
+
+def current_router(ctx: Context) -> ReloadingRouter | None:
     router = ctx.intake.router
     return router if isinstance(router, ReloadingRouter) else None
 
 
-def reload_and_publish(ctx: DaemonContext) -> bool:
+def reload_and_publish(ctx: Context) -> bool:
     """Reload the rules; True if the new ones are in force (or there is nothing to reload)."""
     router = current_router(ctx)
     if router is None:
@@ -40,7 +59,7 @@ def reload_and_publish(ctx: DaemonContext) -> bool:
     return not problems
 
 
-async def run(ctx: DaemonContext, stopping: asyncio.Event) -> None:
+async def run(ctx: Context, stopping: asyncio.Event) -> None:
     router = current_router(ctx)
     if router is not None:
         ctx.state["rules"] = router.status()

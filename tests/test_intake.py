@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from sqlalchemy import Connection, func, select
 
 from gateway.config import Config
-from gateway.intake.core import Intake, content_hash
+from gateway.intake.core import Intake
+from gateway.intake.dedupe import content_hash
 from gateway.intake.outcome import Outcome
 from gateway.intake.ports import StoredMessage
 from gateway.mail.envelope import Envelope

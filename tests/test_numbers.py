@@ -39,6 +39,22 @@ def test_formats_of_each_generator() -> None:
     )
 
 
+def test_check_digits_weigh_1_2_1_2() -> None:
+    # 3*1 + 1*2 + 4*1 + 1*2 + 5*1 = 16: 4 brings it to 20.
+    assert numbers.check_digit("31415") == 4
+    assert numbers.check_digit("") == 1
+    assert numbers.check_digit("9") == 1 and numbers.check_digit("09") == 2
+
+
+def test_date_generators_count_per_day_and_autoincrement_globally() -> None:
+    day = dt.date(1999, 1, 2)
+    assert numbers.counter_scope("date", day) == "19990102"
+    assert numbers.counter_scope("date-checksum", day) == "19990102"
+    assert numbers.counter_scope("autoincrement", day) == "global"
+    assert numbers.format_number("date", "7", 1, day) == "19990102700001"
+    assert numbers.format_number("date", "7", 123456, day, min_size=3) == "199901027123456"
+
+
 @given(
     st.sampled_from(["date-checksum", "date", "autoincrement"]),
     st.from_regex(r"\A[0-9]{1,4}\Z"),

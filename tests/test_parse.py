@@ -8,12 +8,15 @@ forwards and broken structure.
 
 from __future__ import annotations
 
+import dataclasses
 import email
 import hashlib
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from gateway.mail.parse import decode_header_value, parse_message
+from gateway.mail.parse import ParsedMessage, decode_header_value, parse_message
 from tests.support import MAIL, mail
 
 NUM = "2026112210000013"
@@ -408,3 +411,98 @@ def test_from_address_is_never_taken_from_an_encoded_word(
 ) -> None:
     m = parse_message(b"From: " + header + b"\r\nSubject: x\r\n\r\nbody\r\n")
     assert (m.from_name, m.from_address) == (name, address)
+
+
+@pytest.mark.parametrize(("header", "mailboxes"), [
+    (b"a@b.example", [("", "a@b.example")]),
+    (b"Ana B. <A@B.Example>", [("Ana B.", "a@b.example")]),
+    (b"  Ana   B  <a@b.example>  ", [("Ana B", "a@b.example")]),
+    (b"Ana<a@b.example>, <c@d.example>", [("Ana", "a@b.example"), ("", "c@d.example")]),
+    (b"a@b.example (Ana B)", [("Ana B", "a@b.example")]),  # the old comment form names
+    (b"a@b.example (=?utf-8?q?J=C3=BCrgen?=)", [("J\u00fcrgen", "a@b.example")]),
+    (b"O'Neil <o@x.example>, group: a@b.example, c@d.example;",
+     [("O'Neil", "o@x.example"), ("", "a@b.example"), ("", "c@d.example")]),
+    (b"=?utf-8?q?a?= =?utf-8?q?b?= <ab@x.example>", [("ab", "ab@x.example")]),
+    (b"Jos\xc3\xa9 <j@x.example>", [("Jos\u00e9", "j@x.example")]),  # raw 8-bit UTF-8
+    (b"no address at all", []),
+])
+def test_address_forms(header: bytes, mailboxes: list[tuple[str, str]]) -> None:
+    m = parse_message(b"From: " + header + b"\nTo: " + header + b"\n\nbody\n")
+    assert (m.from_name, m.from_address) == (mailboxes[0] if mailboxes else ("", ""))
+    assert m.to == tuple(address for _name, address in mailboxes)
+
+
+def test_parsed_fields_are_pinned() -> None:
+    raw = (b"From: Ana  B. <Ana@Customer.Example>\r\nTo: support@helpdesk.example, "
+           b"Bo <bo@x.example>\r\nSubject: Re: [Ticket#1] hi\r\nMessage-ID: <m1@x>\r\n"
+           b"In-Reply-To: <p@x>\r\nContent-Type: text/plain; charset=\"UTF-8\"\r\n\r\n"
+           b"caf\xc3\xa9\r\n")
+    m = parse_message(raw)
+    assert dataclasses.asdict(m) | {"raw": b"", "headers": {}} == dataclasses.asdict(
+        ParsedMessage(raw=b"", message_id="m1@x", subject="Re: [Ticket#1] hi",
+                      from_name="Ana B.", from_address="ana@customer.example", reply_to=(),
+                      to=("support@helpdesk.example", "bo@x.example"), cc=(),
+                      in_reply_to=("p@x",), references=(), text="caf\u00e9\n", html="",
+                      attachments=(), headers={}, content_type="text/plain", defects=()))
+    assert m.headers["content-type"] == ('text/plain; charset="UTF-8"',)
+
+
+def _assert_storable(m: ParsedMessage) -> None:
+    """Every text field is valid UTF-8 without NUL: what any database takes."""
+    texts = [m.message_id, m.subject, m.from_name, m.from_address, m.text, m.html,
+             m.content_type, *m.reply_to, *m.to, *m.cc, *m.in_reply_to, *m.references,
+             *m.defects, *(a.filename for a in m.attachments),
+             *(a.content_type for a in m.attachments),
+             *(v for name, values in m.headers.items() for v in (name, *values))]
+    for text in texts:
+        text.encode("utf-8")  # no surrogate escapes
+        assert "\x00" not in text
+
+
+_MALFORMED = [
+    "Content-Type: message/rfc822\n\nFrom: a@b\nSubject: inner\n\nbody\n",
+    "Content-Type: message/delivery-status\n\nReporting-MTA: dns; x\n\nStatus: 5.0.0\n",
+    "Content-Type: Message/Partial; id=1\n\nbody\n",
+    "Content-Type: multipart/mixed\n\n--zz\nContent-Type: text/plain\n\nx\n--zz--\n",
+    "Content-Type: MULTIPART/alternative; boundary=zz\n\nno parts\n",
+    "From sender Sun Nov 22 10:00:00 2026\nSubject: x\n\nbody\n",
+    "Subject: x\nFrom sender Sun Nov 22\nTo: a@b\n\nbody\n",
+    " folded first\nSubject: x\n\nbody\n",
+    ": no name\nSubject: x\n\nbody\n",
+    "Subject: x\nnot a header line\nbody\n",
+    "Subject: x\nTo: a@b\n",
+    "",
+    "\n\nbody",
+    "Subject: x\r\n\rbody\r\n",
+    "Subject: x\x0bx\x0c\x1c\x85\u2028\n\nbody\x0b\x1c\n",
+    "Subject: =?utf-8?b?AA==?= \x00\nFrom: \x00<a\x00@b.example>\nMessage-ID: <\x00@x>\n\n\x00",
+    "Content-Type: text/plain; charset*=utf-8''x\n\n\xe9t\xe9\n",
+    "Content-Type: text/plain; charset=\u00e9\nContent-Disposition: attachment; "
+    "filename*=bogus''%FF%00\n\nx\n",
+    "Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: base64\n\nY2Fmw6k\n",
+]
+
+
+@pytest.mark.parametrize("text", _MALFORMED)
+@pytest.mark.parametrize("encoding", ["utf-8", "latin-1"])
+def test_malformed_shapes_parse_to_something_storable(text: str, encoding: str) -> None:
+    raw = text.encode(encoding, "replace")
+    m = parse_message(raw)
+    assert m.raw is raw
+    _assert_storable(m)
+
+
+_BITS = ["From: ", "To: ", "Subject: ", "Content-Type: ", "Content-Disposition: ",
+         "Content-Transfer-Encoding: ", "Message-ID: ", "References: ", " ", "\t", "\n",
+         "\r\n", "\r", "--b", "--b--", "multipart/mixed; boundary=b", "message/rfc822",
+         "text/plain; charset=", "utf-8", "iso-2022-jp", "bogus", "base64", "quoted-printable",
+         "attachment; filename*=utf-8''%C3%A9", "=?utf-8?q?", "=?x?b?", "?=", "<", ">", "@",
+         ",", '"', "(", ")", "a", "\u00e9", "\x00", "\x1b$B", "=E9", "QUJD"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(bits=st.lists(st.sampled_from(_BITS), max_size=60),
+       encoding=st.sampled_from(["utf-8", "latin-1", "shift_jis"]))
+def test_random_mail_parses_to_something_storable(bits: list[str], encoding: str) -> None:
+    m = parse_message("".join(bits).encode(encoding, "replace"))
+    _assert_storable(m)

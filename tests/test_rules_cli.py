@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import create_engine, func, select, update
 
 from gateway.cli import main
 from gateway.config import load_config
+from gateway.intake.outcome import Outcome
 from gateway.mail.envelope import Envelope
 from gateway.runtime import build_intake, open_store
+from rules.dryrun import dry_run
 from tests.rules_helpers import message
+from tests.support import make_config
 from ticketstore.models import Article, Event, OutboxMessage, Ticket
+
+NOW = dt.datetime(2026, 11, 22, 9, 30, tzinfo=dt.UTC)
 
 CONFIG = """
 [database]
@@ -158,3 +164,37 @@ def test_test_with_broken_rules_reports_them_and_exits_1(
     out = capsys.readouterr().out
     assert "problem: " in out and "20-bad.toml:3: rule 'x': subject_matches: bad regex" in out
     assert "queue:        Billing (set by rule 'billing')" in out
+
+
+@pytest.mark.parametrize(("queue", "headers", "note", "outcome", "state"), [
+    ("Support", {}, "reopens it (follow_up_closed = reopen)", Outcome.FOLLOW_UP, "open"),
+    ("Sales", {}, "stored, then rejected (follow_up_closed = reject)", Outcome.REJECTED,
+     "closed"),
+    ("Billing", {}, "new ticket in Support, linked to closed", Outcome.CREATED, "closed"),
+    ("Billing", {"X-Autoreply": "yes"}, "out-of-office reply, so it does not reopen it",
+     Outcome.FOLLOW_UP, "closed"),
+])
+def test_test_explains_a_closed_ticket_as_the_intake_then_stores_it(
+    tmp_path: Path, queue: str, headers: dict[str, str], note: str, outcome: Outcome,
+    state: str,
+) -> None:
+    """The dry run's verdict and the real delivery that follows it agree."""
+    config = make_config(tmp_path, f"sqlite:///{tmp_path / 'tg.db'}")
+    store = open_store(config)
+    intake = build_intake(config, store)
+    rcpt = f"{queue.lower()}@helpdesk.example"
+    first = intake.process(message(subject="printer"), Envelope("jane@customer.example", (rcpt,)))
+    with store.engine.begin() as conn:
+        conn.execute(update(Ticket).values(state="closed", closed_at=NOW))
+    reply = message(subject=f"Re: [Ticket#{first.ticket_number}] printer", body="again",
+                    headers=headers)
+    env = Envelope("jane@customer.example", ("support@helpdesk.example",))
+    assert note in dry_run(config, reply, env).ticket_note
+    d = intake.process(reply, env)
+    with store.engine.connect() as conn:
+        closed_one = conn.execute(select(Ticket.state).where(
+            Ticket.number == first.ticket_number)).scalar_one()
+    store.dispose()
+    assert d.outcome is outcome
+    assert (d.ticket_number == first.ticket_number) is (outcome is not Outcome.CREATED)
+    assert closed_one == state

@@ -10,42 +10,75 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rules.conditions import BUILDERS
 from rules.evaluate import MATCHED, NOT_MATCHED, SKIPPED
+from rules.parse_conditions import BUILDERS
 from tests.rules_helpers import QUEUES, decide, message, ruleset
 
 # condition key -> (value, a message it holds for, a message it does not hold for,
-#                   envelope sender, envelope recipients). Every condition is listed:
-# test_every_condition_has_a_working_negated_form fails when a new one is not.
+#                   what `rules test` says for each). A message spec may name the
+# envelope sender (_env) and recipients (_rcpt). Every condition is listed:
+# test_every_condition_is_covered_by_the_table fails when a new one is not.
 PDF = (("report.pdf", "application/pdf", b"%PDF-1.4"),)
-CASES: dict[str, tuple[Any, dict[str, Any], dict[str, Any]]] = {
-    "from": ("*@customer.example", {}, {"sender": "x@other.example"}),
-    "from_domain": ("customer.example", {}, {"sender": "x@sub.customer.example"}),
+CASES: dict[str, tuple[Any, dict[str, Any], dict[str, Any], str, str]] = {
+    "from": ("*@customer.example", {}, {"sender": "x@other.example"},
+             "from jane@customer.example matches '*@customer.example'",
+             "from x@other.example matches none of '*@customer.example'"),
+    "from_domain": ("customer.example", {}, {"sender": "x@sub.customer.example"},
+                    "sender domain customer.example matches 'customer.example'",
+                    "sender domain sub.customer.example matches none of 'customer.example'"),
     "envelope_from": ("bounce+*@customer.example",
-                      {"_env": "bounce+123@customer.example"}, {"_env": "x@customer.example"}),
+                      {"_env": "bounce+123@customer.example"}, {"_env": "x@customer.example"},
+                      "envelope from bounce+123@customer.example matches "
+                      "'bounce+*@customer.example'",
+                      "envelope from x@customer.example matches none of "
+                      "'bounce+*@customer.example'"),
     "recipient": ("billing@helpdesk.example",
                   {"_rcpt": ("billing@helpdesk.example",)},
-                  {"_rcpt": ("support@helpdesk.example",)}),
-    "to": ("sales@*", {"to": "Sales <sales@helpdesk.example>"}, {}),
-    "cc": ("boss@customer.example", {"headers": {"Cc": "boss@customer.example"}}, {}),
+                  {"_rcpt": ("support@helpdesk.example",)},
+                  "recipient billing@helpdesk.example matches 'billing@helpdesk.example'",
+                  "recipient support@helpdesk.example matches none of "
+                  "'billing@helpdesk.example'"),
+    "to": ("sales@*", {"to": "Sales <sales@helpdesk.example>"}, {},
+           "to sales@helpdesk.example matches 'sales@*'",
+           "to support@helpdesk.example matches none of 'sales@*'"),
+    "cc": ("boss@customer.example", {"headers": {"Cc": "boss@customer.example"}}, {},
+           "cc boss@customer.example matches 'boss@customer.example'",
+           "cc (none) matches none of 'boss@customer.example'"),
     "classification": ("out-of-office",
                        {"subject": "Out of office", "headers": {"Auto-Submitted": "auto-replied"}},
-                       {}),
+                       {}, "classified out-of-office (labels: ",
+                       "not classified out-of-office (labels: none)"),
     "dkim": ("pass", {"headers": {"Authentication-Results": "mx.helpdesk.example; dkim=pass"}},
-             {"headers": {"Authentication-Results": "mx.helpdesk.example; dkim=fail"}}),
-    "size_over": (5000, {"body": "x" * 6000}, {}),
-    "size_under": (5000, {}, {"body": "x" * 6000}),
-    "header_exists": ("X-Mailer", {"headers": {"X-Mailer": "mutt"}}, {}),
+             {"headers": {"Authentication-Results": "mx.helpdesk.example; dkim=fail"}},
+             "dkim result pass is pass", "dkim result fail is not pass"),
+    "size_over": (5000, {"body": "x" * 6000}, {}, "bytes is over 5000", "bytes is not over 5000"),
+    "size_under": (5000, {}, {"body": "x" * 6000}, "bytes is under 5000",
+                   "bytes is not under 5000"),
+    "header_exists": ("X-Mailer", {"headers": {"X-Mailer": "mutt"}}, {},
+                      "header X-Mailer exists", "none of the headers 'X-Mailer' exists"),
     "header_contains": ({"X-Priority": "1"}, {"headers": {"X-Priority": "1 (Highest)"}},
-                        {"headers": {"X-Priority": "3"}}),
+                        {"headers": {"X-Priority": "3"}},
+                        "header X-Priority contains '1'",
+                        "header X-Priority contains none of '1'"),
     "header_matches": ({"X-Ticket": r"^T-\d+$"}, {"headers": {"X-Ticket": "T-42"}},
-                       {"headers": {"X-Ticket": "T-x"}}),
-    "attachment_name": ("*.pdf", {"attachments": PDF}, {}),
-    "attachment_type": ("application/*", {"attachments": PDF}, {}),
-    "subject_contains": ("urgent", {"subject": "URGENT: down"}, {}),
-    "subject_matches": (r"order \d{5}", {"subject": "Order 12345"}, {"subject": "Order 12"}),
-    "body_contains": ("refund", {"body": "I want a Refund."}, {}),
-    "body_matches": (r"^case:\s*\d+", {"body": "hello\ncase: 7\n"}, {"body": "no case: 7"}),
+                       {"headers": {"X-Ticket": "T-x"}},
+                       r"header X-Ticket matches /^T-\d+$/",
+                       r"header X-Ticket matches none of /^T-\d+$/"),
+    "attachment_name": ("*.pdf", {"attachments": PDF}, {},
+                        "attachment name report.pdf matches '*.pdf'",
+                        "attachment name (none) matches none of '*.pdf'"),
+    "attachment_type": ("application/*", {"attachments": PDF}, {},
+                        "attachment type application/pdf matches 'application/*'",
+                        "attachment type (none) matches none of 'application/*'"),
+    "subject_contains": ("urgent", {"subject": "URGENT: down"}, {},
+                         "subject contains 'urgent'", "subject contains none of 'urgent'"),
+    "subject_matches": (r"order \d{5}", {"subject": "Order 12345"}, {"subject": "Order 12"},
+                        r"subject matches /order \d{5}/",
+                        r"subject matches none of /order \d{5}/"),
+    "body_contains": ("refund", {"body": "I want a Refund."}, {},
+                      "body contains 'refund'", "body contains none of 'refund'"),
+    "body_matches": (r"^case:\s*\d+", {"body": "hello\ncase: 7\n"}, {"body": "no case: 7"},
+                     r"body matches /^case:\s*\d+/", r"body matches none of /^case:\s*\d+/"),
 }
 
 
@@ -69,14 +102,19 @@ def test_every_condition_is_covered_by_the_table() -> None:
 
 
 @pytest.mark.parametrize("key", sorted(CASES))
-def test_every_condition_has_a_working_negated_form(key: str) -> None:
-    value, yes, no = CASES[key]
+def test_every_condition_routes_and_explains_in_both_forms(key: str) -> None:
+    value, yes, no, why_yes, why_no = CASES[key]
     plain = ruleset(f"[[rule]]\nname = 'r'\n{key} = {_toml_value(value)}\ntags = ['hit']\n")
     negated = ruleset(f"[[rule]]\nname = 'r'\nnot_{key} = {_toml_value(value)}\ntags = ['hit']\n")
-    for spec, expected in ((yes, True), (no, False)):
+    for spec, expected, why in ((yes, True, why_yes), (no, False, why_no)):
         raw, env, rcpt = _build(spec)
-        assert (decide(plain, raw, env, rcpt).route.matched == ("r",)) is expected, (key, spec)
-        assert (decide(negated, raw, env, rcpt).route.matched == ("r",)) is not expected
+        for rs, form, holds in ((plain, key, expected), (negated, f"not_{key}", not expected)):
+            d = decide(rs, raw, env, rcpt)
+            assert (d.route.matched == ("r",)) is holds, (form, spec)
+            assert d.trace[0].status == (MATCHED if holds else NOT_MATCHED)
+            # The negated form explains what the plain test saw.
+            assert d.trace[0].reason.startswith(f"{form}: "), d.trace[0].reason
+            assert why in d.trace[0].reason, (form, d.trace[0].reason)
 
 
 def test_sender_domain_exact_or_with_subdomains() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import errno
 import sqlite3
@@ -22,6 +23,7 @@ from ticketstore.db import (
     upgrade,
 )
 from ticketstore.models import Article, Queue, Ticket
+from ticketstore.snapshots import ArticleSnapshot, TicketSnapshot
 
 NOW = dt.datetime(2026, 11, 22, 9, 30, tzinfo=dt.UTC)
 ALL_BYTES = (bytes(range(256)) * 4 + b"\x00\r\n\r\n\x00" + "日本".encode("cp932")
@@ -179,3 +181,11 @@ def test_sqlite_writer_waits_then_fails_transiently(tmp_path: Path) -> None:
 )
 def test_is_transient(exc: BaseException, transient: bool) -> None:
     assert is_transient(exc) is transient
+
+
+def test_snapshots_carry_every_column_under_its_name() -> None:
+    """The responder reads snapshots as it would read the models."""
+    ticket_fields = [f.name for f in dataclasses.fields(TicketSnapshot)]
+    assert ticket_fields == [c.key for c in Ticket.__table__.columns] + ["queue"]
+    assert [f.name for f in dataclasses.fields(ArticleSnapshot)] == [
+        c.key for c in Article.__table__.columns]

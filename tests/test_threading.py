@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, select
 
 from gateway.intake.core import Intake
 from gateway.intake.outcome import Disposition, Outcome
+from gateway.intake.ports import StoredMessage
 from gateway.mail.envelope import Envelope
 from gateway.runtime import open_store
 from tests.support import mail, make_config
@@ -323,6 +324,28 @@ def test_closed_ticket_reopens_by_default(opened: Intake) -> None:
     t = ticket(opened, N)
     assert (t.state, t.closed_at) == ("open", None)
     assert events(opened, N) == ["created", "reopened", "follow-up"]
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.stored: list[StoredMessage] = []
+
+    def after_store(self, conn: Connection, stored: StoredMessage) -> None:
+        self.stored.append(stored)
+
+
+def test_the_responder_sees_the_ticket_as_written(opened: Intake) -> None:
+    """Snapshots carry the row after this message's changes: reopened, updated now."""
+    set_state(opened, N, "closed")
+    recorder = _Recorder()
+    opened.responder = recorder  # type: ignore[assignment]
+    d = deliver(opened, "reply_gmail.eml")
+    (stored,) = recorder.stored
+    assert (stored.ticket.number, stored.ticket.state, stored.ticket.closed_at) == (N, "open", None)
+    assert (stored.ticket.queue.name, stored.ticket.updated_at) == ("Support", NOW)
+    assert stored.closed_policy == "reopen" and stored.outcome is Outcome.FOLLOW_UP
+    assert (stored.article.id, stored.article.ticket_id) == (d.article_id, stored.ticket.id)
+    assert stored.article.raw == mail("reply_gmail.eml")
 
 
 def test_vacation_notice_does_not_reopen(opened: Intake) -> None:

@@ -8,10 +8,8 @@ PostgreSQL needs nothing special.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import importlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,16 +58,7 @@ def _sqlite_pragmas(engine: Engine, busy_timeout: float) -> None:
         # Writers take the lock up front; read-only users (status page) pass
         # execution_options(sqlite_begin="DEFERRED") so they never block intake.
         mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
-        sql = f"BEGIN {mode}"
-        # On the DBAPI cursor: exec_driver_sql's execution machinery cost ~60 µs, more
-        # than the statement, on every transaction. Errors take the path they took
-        # there (wrapped as SQLAlchemy's, a disconnect invalidates the connection).
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
-            cursor.execute(sql)
-        except Exception as exc:
-            conn._handle_dbapi_exception(exc, sql, (), cursor, None)
-        cursor.close()
+        conn.exec_driver_sql(f"BEGIN {mode}")
 
 
 def dialect_insert(dialect_name: str) -> Any:
@@ -145,10 +134,3 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (
         errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN, errno.ECONNREFUSED, errno.EROFS
     )
-
-
-@contextlib.contextmanager
-def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """One unit of work: commit on success, roll back on any error."""
-    with factory() as session, session.begin():
-        yield session

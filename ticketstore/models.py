@@ -7,7 +7,6 @@ The schema is shared by every part of ticketgate; Alembic migrations in
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import (
@@ -32,17 +31,6 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-# [((a datetime bound, what it became), (the one before, what that became))]
-Memory = list[tuple[tuple[Any, Any], tuple[Any, Any]]]
-_LAST_BOUND: dict[tuple[str, str], Memory] = {}  # (dialect name, impl) -> shared memory
-_NOTHING = (object(), None)
-
-
-def bind_memory() -> Memory:
-    """An empty memory for UTCDateTime's processor (see `UTCDateTime._memory`)."""
-    return [(_NOTHING, _NOTHING)]
-
-
 class UTCDateTime(TypeDecorator[dt.datetime]):
     """Timezone-aware UTC on every backend (SQLite drops tzinfo on its own)."""
 
@@ -53,39 +41,6 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         if value is not None and value.tzinfo is None:
             raise ValueError("naive datetime given to a UTC column")
         return value.astimezone(dt.UTC) if value is not None else None
-
-    def bind_processor(self, dialect: Any) -> Callable[[Any], Any] | None:
-        """SQLAlchemy's processor, remembering its last two results: one write stamps the
-        ticket, article, events and outbox row with the same `now` object, and turning it
-        into SQLite's text costs about as much as the rest of a bound row."""
-        inner = super().bind_processor(dialect)
-        if inner is None:
-            return None
-        last = self._memory(dialect)
-
-        def process(value: Any) -> Any:
-            if value is None:  # NULL stays NULL, and keeps what is remembered
-                return None
-            newer, older = last[0]  # one read: another thread may replace it meanwhile
-            if newer[0] is value:
-                return newer[1]
-            if older[0] is value:
-                return older[1]
-            out = inner(value)
-            last[0] = ((value, out), newer)
-            return out
-
-        return process
-
-    def _memory(self, dialect: Any) -> Memory:
-        """Where a processor keeps what it remembers: shared by every column's processor
-        (SQLAlchemy makes one per column), since one value goes into several columns.
-        A subclass whose values recur on their own keeps its own (so they are not
-        pushed out by every `now`)."""
-        key = (dialect.name, repr(self.impl))
-        if key not in _LAST_BOUND:
-            _LAST_BOUND[key] = bind_memory()
-        return _LAST_BOUND[key]
 
     def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
         if value is not None and value.tzinfo is None:
@@ -152,7 +107,7 @@ class Article(Base):
     # email | auto-reply | notification | reject | bounce | out-of-office
     kind: Mapped[str] = mapped_column(String(32), default="email")
     message_id: Mapped[str] = mapped_column(String(998), index=True)
-    # sha256 over the message minus the trace headers MTAs prepend (see intake.content_hash).
+    # sha256 over the message minus the trace headers MTAs prepend (see gateway/intake/dedupe.py).
     content_hash: Mapped[str] = mapped_column(String(64))
     in_reply_to: Mapped[str] = mapped_column(Text, default="")
     references: Mapped[str] = mapped_column(Text, default="")
@@ -258,3 +213,12 @@ class OutboxMessage(Base):
         Index("ix_outbox_state_next", "state", "next_attempt_at"),
         Index("ix_outbox_rcpt_created", "rcpt_to", "created_at"),
     )
+
+
+# Left only for autoresponse/suppress.py until its rewrite is merged (issue 14): the lead
+# deletes these two names then. UTCDateTime no longer remembers anything.
+Memory = list[Any]
+
+
+def bind_memory() -> Memory:
+    return []

@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, bindparam
 
-from .statements import STATEMENTS
+from .db import dialect_insert
+from .models import Counter
+
+COUNTERS = Counter.__table__
 
 
 def check_digit(digits: str) -> int:
@@ -24,7 +28,7 @@ def check_digit(digits: str) -> int:
 
     A sum already divisible by 10 gives 1, not 0, as in the OTRS DateChecksum scheme.
     """
-    total = sum(map(int, digits[0::2])) + 2 * sum(map(int, digits[1::2]))
+    total = sum(int(d) * (1 if i % 2 == 0 else 2) for i, d in enumerate(digits))
     digit = 10 - total % 10
     return 1 if digit == 10 else digit
 
@@ -35,7 +39,7 @@ def format_number(
     padded = str(counter).zfill(min_size)
     if generator == "autoincrement":
         return f"{system_id}{padded}"
-    base = f"{_ymd(day)}{system_id}{padded}"
+    base = f"{day:%Y%m%d}{system_id}{padded}"
     if generator == "date":
         return base
     if generator == "date-checksum":
@@ -52,14 +56,8 @@ def is_plausible(generator: str, number: str) -> bool:
     return True
 
 
-@functools.lru_cache(maxsize=8)
-def _ymd(day: dt.date) -> str:
-    """`day` as YYYYMMDD; strftime costs ~2 µs and every new ticket needs it twice."""
-    return f"{day:%Y%m%d}"
-
-
 def counter_scope(generator: str, day: dt.date) -> str:
-    return "global" if generator == "autoincrement" else _ymd(day)
+    return "global" if generator == "autoincrement" else f"{day:%Y%m%d}"
 
 
 def next_counter(conn: Connection, scope: str) -> int:
@@ -68,7 +66,17 @@ def next_counter(conn: Connection, scope: str) -> int:
     One upsert statement (`INSERT .. ON CONFLICT DO UPDATE .. RETURNING`, SQLite 3.35+
     and PostgreSQL): the row lock it takes serialises concurrent writers.
     """
-    return int(STATEMENTS(conn, "next_counter").scalar(conn, {"scope": scope}))
+    return int(conn.execute(_increment(conn.dialect.name), {"scope": scope}).scalar_one())
+
+
+@functools.cache
+def _increment(dialect_name: str) -> Any:
+    """The upsert of `next_counter`, one statement object per dialect (see
+    gateway/intake/store.py on why statements are built once)."""
+    return (dialect_insert(dialect_name)(COUNTERS).values(scope=bindparam("scope"), value=1)
+            .on_conflict_do_update(index_elements=[COUNTERS.c.scope],
+                                   set_={"value": COUNTERS.c.value + 1})
+            .returning(COUNTERS.c.value))
 
 
 def new_ticket_number(

@@ -18,7 +18,7 @@ from .outcome import Outcome
 if TYPE_CHECKING:
     from sqlalchemy import Connection
 
-    from ticketstore.models import Article, Ticket
+    from ticketstore.snapshots import ArticleSnapshot, TicketSnapshot
 
 
 @dataclass(frozen=True)
@@ -60,8 +60,8 @@ class StoredMessage:
     envelope: Envelope
     classification: Classification
     route: Route
-    ticket: Ticket
-    article: Article
+    ticket: TicketSnapshot
+    article: ArticleSnapshot
     outcome: Outcome
     # "reopen" / "reject" / "new-ticket" when this was a follow-up to a closed ticket.
     closed_policy: str | None

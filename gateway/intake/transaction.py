@@ -10,21 +10,26 @@ the message is stored again alone, where it then shows up as a duplicate.
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy import exc as sa_exc
 
-if TYPE_CHECKING:
-    from .core import Intake, Prepared
-    from .outcome import Disposition
+from .outcome import Disposition
+from .prepared import Prepared
+
+
+class Stores(Protocol):
+    """What is stored with: `gateway.intake.core.Intake`."""
+
+    def store(self, conn: Connection, p: Prepared) -> Disposition: ...
 
 
 class RetryAlone(Exception):
     """The message lost a unique-constraint race inside a batch: store it alone after."""
 
 
-def store_alone(engine: Engine, intake: Intake, prepared: Prepared) -> Disposition:
+def store_alone(engine: Engine, intake: Stores, prepared: Prepared) -> Disposition:
     """Store one message in its own transaction, retrying a lost race once."""
     for attempt in (1, 2):
         try:
@@ -36,7 +41,7 @@ def store_alone(engine: Engine, intake: Intake, prepared: Prepared) -> Dispositi
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def store_in_batch(conn: Connection, intake: Intake, prepared: Prepared,
+def store_in_batch(conn: Connection, intake: Stores, prepared: Prepared,
                    savepoint: bool = True) -> Disposition:
     """Store one message of a batch inside `conn`'s transaction.
 

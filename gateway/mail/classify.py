@@ -11,9 +11,13 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from email.message import Message
+from email.parser import BytesHeaderParser
 
 from gateway.mail.envelope import Envelope
-from gateway.mail.parse import ParsedMessage
+from gateway.mail.headers import message_ids
+from gateway.mail.message import ParsedMessage
+from gateway.mail.mimetree import MimeTree
 
 AUTO_SUBMITTED = "auto-submitted"
 BULK = "bulk"
@@ -92,13 +96,14 @@ def _bounce(msg: ParsedMessage, env: Envelope, loop_header: str) -> str | None:
 
 
 def bounced_recipients(raw: bytes) -> frozenset[str]:
-    """Recipients a bounce reports as failed (permanent or temporary), via flufl.bounce."""
-    import email
+    """Recipients a bounce reports as failed (permanent or temporary), via flufl.bounce.
 
-    from flufl.bounce import all_failures
+    It reads the tree without big bodies (a returned attachment): they hold no report.
+    """
+    from flufl.bounce import all_failures  # slow to import, and needed for suspects only
 
     try:
-        temporary, permanent = all_failures(email.message_from_bytes(raw))
+        temporary, permanent = all_failures(MimeTree(raw).root)
     except Exception:  # a detector choking on a malformed message is no reason to fail
         return frozenset()
     return frozenset(
@@ -107,42 +112,28 @@ def bounced_recipients(raw: bytes) -> frozenset[str]:
     )
 
 
-_MSGID = re.compile(r"<([^<>\s]+)>")
-
-
 def bounced_message_ids(raw: bytes) -> tuple[str, ...]:
     """Message-IDs of the message a bounce returns (its message/rfc822 or
     text/rfc822-headers part): Message-ID first, then In-Reply-To and References."""
-    import email
-    import email.message
-
     ids: list[str] = []
+    tree = MimeTree(raw)
     try:
-        root = email.message_from_bytes(raw)
-        parts = list(root.walk())
-    except Exception:
+        parts = list(tree.root.walk())
+    except RecursionError:
         return ()
     for part in parts[:200]:
         ctype = part.get_content_type()
-        headers: email.message.Message | None = None
+        headers: Message | None = None
         if ctype in ("message/rfc822", "message/global"):
             payload = part.get_payload()
             if isinstance(payload, list) and payload:
                 headers = payload[0]
         elif ctype in ("text/rfc822-headers", "message/global-headers"):
-            try:
-                body = part.get_payload(decode=True) or b""
-                headers = email.message_from_bytes(body.split(b"\n\n", 1)[0] + b"\n\n")
-            except Exception:
-                headers = None
-        if headers is None:
-            continue
-        for name in ("Message-ID", "In-Reply-To", "References"):
-            for value in headers.get_all(name, []) or []:
-                for mid in _MSGID.findall(str(value)):
-                    if mid not in ids:
-                        ids.append(mid)
-    return tuple(ids[:50])
+            headers = BytesHeaderParser().parsebytes(tree.payload(part))
+        if headers is not None:
+            for name in ("Message-ID", "In-Reply-To", "References"):
+                ids += message_ids(headers.get_all(name, []))
+    return tuple(dict.fromkeys(ids))[:50]
 
 
 def _out_of_office(msg: ParsedMessage, env: Envelope, loop_header: str) -> str | None:

@@ -68,13 +68,8 @@ def find_numbers(subject: str, hook: str) -> list[str]:
     return seen
 
 
-@lru_cache(maxsize=256)
 def strip_tags(subject: str, hook: str) -> str:
-    """Subject without ticket tags and leading reply/forward prefixes (for titles).
-
-    Cached: a new ticket's subject is stripped for its title, and again for the answer
-    drafted before the store, the ticket itself and the answer's subject.
-    """
+    """Subject without ticket tags and leading reply/forward prefixes (for titles)."""
     text = subject
     for _ in range(_MAX_ROUNDS):
         previous = text

@@ -9,10 +9,10 @@ does not use the index: it explains every rule.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .conditions import SenderDomain
-from .model import Rule
+from .conditions import Condition, SenderDomain
 
 
 @dataclass(frozen=True)
@@ -22,12 +22,13 @@ class DomainIndex:
     trees: dict[str, tuple[int, ...]]
 
     @classmethod
-    def build(cls, rules: tuple[Rule, ...]) -> DomainIndex:
+    def build(cls, rules: Sequence[tuple[Condition, ...]]) -> DomainIndex:
+        """The index of rules given by their conditions, in rule order."""
         always: list[int] = []
         exact: dict[str, list[int]] = {}
         trees: dict[str, list[int]] = {}
-        for i, rule in enumerate(rules):
-            cond = next((c for c in rule.conditions
+        for i, conditions in enumerate(rules):
+            cond = next((c for c in conditions
                          if isinstance(c, SenderDomain) and not c.negate), None)
             if cond is None:
                 always.append(i)

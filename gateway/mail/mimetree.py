@@ -1,0 +1,165 @@
+"""The MIME tree of a raw message, with its big bodies left in the raw bytes.
+
+The stdlib parser holds a message as line strings, a joined payload and, for base64, a
+newline-free copy at once: 7-8x the message, where a 25 MB attachment may cost the whole
+server no more than 4x. So the bodies of big leaf parts are cut out first, each replaced
+by a one-line placeholder; `email.message_from_bytes` parses what is left, and a big body
+is decoded once, from its slice of the raw bytes, into the one bytes object kept.
+
+Where to cut is found on the raw bytes the way the stdlib parses: each part's header
+block (read by the stdlib's header parser) declares its type and boundary, and a body
+runs from the blank line to the line end before the next delimiter line. Only the body
+of a part with a clean header block and an explicit type other than multipart/* and
+message/* is cut. Should the stdlib not find every placeholder as the whole payload of
+one part (a broken structure read differently), the message is parsed whole: the tree is
+always the one the stdlib makes of the raw bytes.
+"""
+
+from __future__ import annotations
+
+import binascii
+import email
+import io
+import re
+import secrets
+from email.generator import BytesGenerator
+from email.message import Message
+from email.parser import BytesHeaderParser
+
+BIG_BODY = 64 * 1024  # bodies from this size on are cut out
+_MAX_HEADER_BLOCK = 64 * 1024
+_DASHES = re.compile(rb"--[^\r\n]*")  # a delimiter line if it starts a line
+_BLANK_LINE = re.compile(rb"(?:\r\n|\n|\r(?!\n))(\r\n|\n|\r)")
+
+
+class MimeTree:
+    """A message parsed by the stdlib; `payload` and `flatten` put the big bodies back."""
+
+    def __init__(self, raw: bytes, big_body: int = BIG_BODY) -> None:
+        self.raw = raw
+        self.defects: list[str] = []
+        self._cut: list[memoryview] = []  # the bodies replaced by placeholders, in order
+        self._marker = b"ticketgate-cut-" + secrets.token_hex(8).encode() + b"-"
+        self._bodies: dict[int, memoryview] = {}  # id(part) -> its body in raw
+        self.root = self._parse(big_body)
+
+    def _parse(self, big_body: int) -> Message:
+        try:
+            cuts = _big_bodies(self.raw, big_body)
+            if cuts and (root := self._parse_cut(cuts)) is not None:
+                return root
+            self._cut, self._bodies = [], {}
+            return email.message_from_bytes(self.raw)
+        except Exception as exc:  # RecursionError on absurd nesting: the headers only
+            self.defects.append(f"unparsable structure: {type(exc).__name__}")
+            self._cut, self._bodies = [], {}
+            return BytesHeaderParser().parsebytes(self.raw)
+
+    def _parse_cut(self, cuts: list[tuple[int, int]]) -> Message | None:
+        """The tree with `cuts` replaced by placeholders; None if any is not a whole body."""
+        view = memoryview(self.raw)
+        pieces: list[bytes | memoryview] = []
+        pos = 0
+        for index, (start, end) in enumerate(cuts):
+            pieces += [view[pos:start], self._marker + b"%d" % index]
+            self._cut.append(view[start:end])
+            pos = end
+        pieces.append(view[pos:])
+        root = email.message_from_bytes(b"".join(pieces))
+        marker = self._marker.decode()
+        found: list[int] = []
+        for part in root.walk():
+            try:
+                payload = part.get_payload()
+            except Exception:  # 8-bit text under a broken charset: not a placeholder
+                continue
+            if isinstance(payload, str) and marker in payload:
+                index = payload.removeprefix(marker)
+                if not index.isdigit():
+                    return None  # a placeholder inside other text
+                found.append(int(index))
+                self._bodies[id(part)] = self._cut[int(index)]
+        return root if sorted(found) == list(range(len(cuts))) else None
+
+    def payload(self, part: Message) -> bytes:
+        """A leaf part's body, its transfer encoding decoded: `get_payload(decode=True)`."""
+        body = self._bodies.get(id(part))
+        data = part.get_payload(decode=True) if body is None else _decode(part, body)
+        return data if isinstance(data, bytes) else b""
+
+    def flatten(self, part: Message) -> bytes:
+        """A part's bytes as the stdlib writes them (line ends as LF), bodies put back."""
+        buf = io.BytesIO()
+        try:
+            BytesGenerator(buf, mangle_from_=False, maxheaderlen=0).flatten(part)
+        except Exception:
+            return b""
+        data = buf.getvalue()
+        if self._cut and self._marker in data:
+            data = re.sub(re.escape(self._marker) + rb"(\d+)", lambda m: bytes(
+                self._cut[int(m.group(1))]).replace(b"\r\n", b"\n").replace(b"\r", b"\n"), data)
+        return data
+
+
+def _decode(part: Message, body: memoryview) -> bytes:
+    """What `part.get_payload(decode=True)` gives for `body`, without a str copy of it."""
+    cte = str(part.get("content-transfer-encoding", "")).lower()
+    if cte == "base64":
+        try:
+            return binascii.a2b_base64(body)  # skips the line ends; stops after padding
+        except binascii.Error:
+            pass  # lost padding and such: the stdlib's repairs, below
+    elif cte not in ("quoted-printable", "x-uuencode", "uuencode", "uue", "x-uue"):
+        return bytes(body)
+    scratch = Message()
+    scratch["Content-Transfer-Encoding"] = cte
+    scratch.set_payload(str(body, "ascii", "surrogateescape"))
+    data = scratch.get_payload(decode=True)
+    return data if isinstance(data, bytes) else b""
+
+
+def _big_bodies(raw: bytes, big: int) -> list[tuple[int, int]]:
+    """(start, end) in `raw` of every leaf body of `big` bytes or more that can be cut."""
+    if len(raw) < big:
+        return []
+    boundaries: set[bytes] = set()
+    cuts: list[tuple[int, int]] = []
+    body = _leaf_body(raw, None, boundaries)
+    for line in _DASHES.finditer(raw):
+        start = line.start()
+        if start == 0 or raw[start - 1] not in b"\r\n":
+            continue  # not at the start of a line (the first line is the root's headers)
+        boundary = line.group().rstrip(b" \t")[2:]
+        close = boundary not in boundaries
+        if close and not (boundary.endswith(b"--") and boundary[:-2] in boundaries):
+            continue
+        end = start - 2 if raw.startswith(b"\r\n", start - 2) else start - 1
+        if body is not None and end - body >= big:
+            cuts.append((body, end))
+        body = None if close else _leaf_body(raw, line.end(), boundaries)
+    if body is not None and len(raw) - body >= big:
+        cuts.append((body, len(raw)))
+    return cuts
+
+
+def _leaf_body(raw: bytes, line_end: int | None, boundaries: set[bytes]) -> int | None:
+    """Where the body of the part whose header block follows `line_end` starts, if that
+    part is a leaf to cut; the boundaries its header blocks declare are added."""
+    search = start = 0
+    if line_end is not None:  # the header block starts on the next line
+        search, start = line_end, line_end + (2 if raw.startswith(b"\r\n", line_end) else 1)
+    while (blank := _BLANK_LINE.search(raw, search, start + _MAX_HEADER_BLOCK)) is not None:
+        head = BytesHeaderParser().parsebytes(raw[start:blank.end()])
+        if head.defects or "content-type" not in head:
+            return None
+        if head.get_content_maintype() == "multipart":
+            boundary = head.get_boundary()
+            if boundary is not None and boundary.isascii():
+                boundaries.add(boundary.encode())
+            return None
+        if head.get_content_maintype() != "message":
+            return blank.end()
+        if head.get_content_type() == "message/delivery-status":
+            return None  # a list of header blocks, not one message
+        search, start = blank.start(1), blank.end()  # the forwarded message's headers
+    return None
