@@ -47,6 +47,10 @@ KINDS = {
     "new-ticket-rejected": "new-ticket-rejected",
     "agent-notification": "agent-notification",
 }
+# Built once, executed with each answer's values (SQLAlchemy keys its compiled cache by
+# the statement, and working out that key is most of what a fresh statement costs).
+INSERT_OUTBOX = insert(OutboxMessage)
+INSERT_EVENT = insert(Event)
 EXCERPT_LINES = 15
 EXCERPT_WIDTH = 74  # quoted with "> ": lines of at most 76 characters
 
@@ -255,7 +259,7 @@ class AutoResponder(Responder):
         except ValueError as exc:
             self._suppressed(conn, stored, event, "compose-error", str(exc))
             return
-        conn.execute(insert(OutboxMessage), {
+        conn.execute(INSERT_OUTBOX, {
             "ticket_id": stored.ticket.id, "kind": KINDS[event], "mail_from": out.from_address,
             "rcpt_to": out.to_address, "message_id": out.message_id, "message": data,
             "template": rendered.template, "next_attempt_at": stored.now,
@@ -263,7 +267,7 @@ class AutoResponder(Responder):
 
     def _event(self, conn: Connection, stored: StoredMessage, kind: str,
                detail: dict[str, Any]) -> None:
-        conn.execute(insert(Event), {
+        conn.execute(INSERT_EVENT, {
             "ticket_id": stored.ticket.id, "article_id": stored.article.id, "kind": kind,
             "created_at": stored.now, "detail": detail})
 

@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     from gateway.config import Config
     from gateway.intake.ports import StoredMessage
 
-# Outbox kinds that count towards the per-address daily limit (agent mail does not).
-CUSTOMER_KINDS = ("auto-reply", "follow-up", "reject", "new-ticket-rejected")
+# The one outbox kind that does not count towards the per-address daily limit.
+AGENT_KIND = "agent-notification"
 
 
 @dataclass(frozen=True)
@@ -108,12 +108,11 @@ def _window_start(now: dt.datetime) -> dt.datetime:
     return now.replace(microsecond=0) - _DAY
 
 
-# Built once: SQLAlchemy then finds its compiled form by the statement's cache key,
-# worked out once per statement object.
+# Built once, like the inserts in autoresponder.py.
 _SENT_SINCE = select(func.count()).select_from(OutboxMessage).where(
     OutboxMessage.rcpt_to == bindparam("rcpt"),
     OutboxMessage.created_at >= bindparam("since"),
-    OutboxMessage.kind.in_(CUSTOMER_KINDS),
+    OutboxMessage.kind != AGENT_KIND,
 )
 
 

@@ -15,6 +15,7 @@ show up at the next answer without a reload.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,7 +115,7 @@ class Templates:
         # The HTML part only from beside the text part that was chosen: a customised text
         # must not go out next to a shipped HTML version that says something else.
         html_tpl = None
-        if text_tpl.filename and Path(text_tpl.filename).with_suffix(".html").is_file():
+        if text_tpl.filename and os.path.isfile(text_tpl.filename.removesuffix(".txt") + ".html"):
             html_tpl = self._find(name.removesuffix(".txt") + ".html")
         return text_tpl, html_tpl
 
