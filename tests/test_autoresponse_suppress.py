@@ -242,3 +242,19 @@ def test_disabled_sends_nothing(tmp_path: Path, db_url: str, store: Store) -> No
     config = make_config(tmp_path, db_url, autoresponse={"enabled": False})
     _intake(config, store).process(build_mail(), ENV)
     assert _outbox(store) == []
+
+
+def test_a_broken_template_is_recorded_and_the_mail_still_stored(
+    tmp_path: Path, db_url: str, store: Store,
+) -> None:
+    """A template that fails at run time must not make the MTA retry the mail."""
+    broken = tmp_path / "templates" / "default" / "en" / "new-ticket.txt"
+    broken.parent.mkdir(parents=True)
+    broken.write_text("Hello\n{{ ticket.numbr }}\n", encoding="utf-8")
+    config = make_config(tmp_path, db_url, templates={"dir": str(tmp_path / "templates")})
+    d = _intake(config, store).process(build_mail(), ENV)
+    assert d.outcome is Outcome.CREATED and d.ticket_number
+    assert _outbox(store) == []
+    [event] = _suppressed(store)
+    assert event["check"] == "template-error"
+    assert "new-ticket.txt:2:" in str(event["reason"]) and "numbr" in str(event["reason"])
