@@ -31,13 +31,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # aiosmtpd logs every command line (addresses included) at INFO: customer data.
         logging.getLogger("mail.log").setLevel(logging.WARNING)
     config = load_or_exit(args.config)
-    from .server.app import serve
-    from .server.malloc import fix_mmap_threshold
-
-    fix_mmap_threshold()
-
     from rules.errors import RulesError
     from ticketstore.db import StoreUnavailable
+
+    from .server.app import serve
 
     try:
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
