@@ -3,7 +3,8 @@
 Sessions on several connections finish DATA at about the same time; instead of one
 transaction (and one fsync) each, the writer takes every parsed message waiting and
 stores the batch together (`store_in_batch`: a SAVEPOINT per message, so one failing
-message does not take the others down). Each submitter's future resolves only after
+message does not take the others down; a message alone is stored as the pipe stores
+it, `store_alone`). Each submitter's future resolves only after
 the batch's COMMIT has returned: the 250 is still sent strictly after the message is
 durable.
 
@@ -109,6 +110,14 @@ class GroupCommitter:
     def _commit(self, batch: list[_Job]) -> None:
         """Store `batch` in one transaction; settle each job's future after COMMIT."""
         jobs = [job for job in batch if job.future.set_running_or_notify_cancel()]
+        if not jobs:
+            return
+        self.batches += 1
+        self.messages += len(jobs)
+        self.largest_batch = max(self.largest_batch, len(jobs))
+        if len(jobs) == 1:  # the transaction is the message's: no savepoint needed
+            self._store_alone(jobs[0])
+            return
         results: dict[_Job, Disposition] = {}
         errors: dict[_Job, Exception] = {}
         retry: list[_Job] = []
@@ -127,18 +136,18 @@ class GroupCommitter:
             for job in jobs:
                 job.future.set_exception(exc)
             return
-        self.batches += 1
-        self.messages += len(jobs)
-        self.largest_batch = max(self.largest_batch, len(jobs))
         for job, disposition in results.items():
             job.future.set_result(disposition)
         for job, error in errors.items():
             job.future.set_exception(error)
         for job in retry:  # lost a unique-constraint race with another writer
-            try:
-                job.future.set_result(store_alone(self.engine, job.intake, job.prepared))
-            except Exception as exc:
-                job.future.set_exception(exc)
+            self._store_alone(job)
+
+    def _store_alone(self, job: _Job) -> None:
+        try:
+            job.future.set_result(store_alone(self.engine, job.intake, job.prepared))
+        except Exception as exc:
+            job.future.set_exception(exc)
 
 
 def _still_in_transaction(conn: Connection) -> None:
