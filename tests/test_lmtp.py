@@ -21,6 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from gateway.intake.core import Intake
+from gateway.server.handler import INLINE_PREPARE_MAX
 from gateway.spool import entries
 from tests.server_helpers import MESSAGE, RunningDaemon, daemon_config, prepare_database, send
 from ticketstore.models import Article, Event, Ticket
@@ -159,8 +160,9 @@ def test_a_message_split_into_odd_packets_arrives_whole(
     assert stored == message
 
 
-def test_a_large_message_is_stored(running: RunningDaemon) -> None:
-    body = MESSAGE + (b"y" * 76 + b"\r\n") * 4000
+def test_a_large_message_parsed_in_a_worker_thread_is_stored(running: RunningDaemon) -> None:
+    body = MESSAGE + (b"y" * 76 + b"\r\n") * (INLINE_PREPARE_MAX // 78 + 100)
+    assert len(body) > INLINE_PREPARE_MAX
     client = running.lmtp()
     ((code, _),) = send(client, [SUPPORT], body)
     client.quit()

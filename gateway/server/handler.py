@@ -5,8 +5,8 @@ aiosmtpd does not check itself is checked here: the size limit (advertised in EH
 refused at MAIL when SIZE= declares too much, else after DATA), at most
 `MAX_RECIPIENTS` recipients, no null recipient, a sender that is valid UTF-8.
 
-A message is parsed in a worker thread and stored by the group-commit writer, so the
-event loop only moves bytes; the reply comes after the commit. Any failure is
+A message is parsed (a big one in a worker thread) and handed to the group-commit
+writer; the reply comes after the commit. Any failure is
 `451 4.3.0` without detail (an unexpected one also copies the raw message to the
 quarantine spool); LMTP answers once per accepted recipient (RFC 2033).
 """
@@ -32,6 +32,10 @@ from .groupcommit import GroupCommitter
 
 log = logging.getLogger("ticketgate.server")
 
+# Messages up to this size are parsed on the event loop: handing one to a thread costs
+# more CPU (thread switches, GIL hand-offs) than parsing it. A bigger one is parsed in a
+# worker thread, so that it does not hold up the other sessions.
+INLINE_PREPARE_MAX = 256 * 1024
 MAX_RECIPIENTS = 1000  # RFC 5321 4.5.3.1.8 asks for at least 100
 # EHLO/LHLO keywords aiosmtpd does not announce although it behaves that way: it answers
 # pipelined commands in order, and our own replies carry enhanced status codes.
@@ -140,8 +144,11 @@ class DeliveryHandler:
         started = time.monotonic()
         intake = self.ctx.intake  # one config for the whole message, even across a reload
         try:
-            prepared = await asyncio.get_running_loop().run_in_executor(
-                self.executor, intake.prepare, raw, envelope)
+            if len(raw) <= INLINE_PREPARE_MAX:
+                prepared = intake.prepare(raw, envelope)
+            else:
+                prepared = await asyncio.get_running_loop().run_in_executor(
+                    self.executor, intake.prepare, raw, envelope)
             disposition = await self.committer.store(intake, prepared)
         except Exception as exc:
             failure = failures.failure_of(exc)
