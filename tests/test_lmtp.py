@@ -160,6 +160,20 @@ def test_a_message_split_into_odd_packets_arrives_whole(
     assert stored == message
 
 
+def test_a_source_routed_sender_is_stored_without_the_route(
+    sqlite_daemon: RunningDaemon, raw: Raw,
+) -> None:
+    """RFC 5321 C: a server may ignore the route; the mailbox is what counts."""
+    raw.send(b"LHLO c\r\nMAIL FROM:<@relay.example:alice@customer.example>\r\n"
+             + f"RCPT TO:<{SUPPORT}>\r\nDATA\r\n".encode())
+    assert [r[:3] for r in raw.replies(4)] == ["250", "250", "250", "354"]
+    raw.send(MESSAGE + b".\r\n")
+    assert raw.replies(1)[0].startswith("250 2.0.0")
+    with sqlite_daemon.ctx.store.factory() as session:
+        sender = session.scalars(select(Article.envelope_sender)).one()
+    assert sender == "alice@customer.example"
+
+
 def test_a_large_message_parsed_in_a_worker_thread_is_stored(running: RunningDaemon) -> None:
     body = MESSAGE + (b"y" * 76 + b"\r\n") * (INLINE_PREPARE_MAX // 78 + 100)
     assert len(body) > INLINE_PREPARE_MAX
