@@ -6,9 +6,9 @@ refused at MAIL when SIZE= declares too much, else after DATA), at most
 `MAX_RECIPIENTS` recipients, no null recipient, a sender that is valid UTF-8.
 
 A message is parsed (a big one in a worker thread) and handed to the group-commit
-writer; the reply comes after the commit. Any failure is
-`451 4.3.0` without detail (an unexpected one also copies the raw message to the
-quarantine spool); LMTP answers once per accepted recipient (RFC 2033).
+writer; the reply comes after the commit. Any failure is `451 4.3.0` without detail
+(an unexpected one also copies the raw message to the quarantine spool); LMTP answers
+once per accepted recipient (RFC 2033).
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ log = logging.getLogger("ticketgate.server")
 # worker thread, so that it does not hold up the other sessions.
 INLINE_PREPARE_MAX = 256 * 1024
 MAX_RECIPIENTS = 1000  # RFC 5321 4.5.3.1.8 asks for at least 100
-# EHLO/LHLO keywords aiosmtpd does not announce although it behaves that way: it answers
-# pipelined commands in order, and our own replies carry enhanced status codes.
+# EHLO/LHLO keywords aiosmtpd does not announce although they hold: it answers pipelined
+# commands in order, and every reply ticketgate chooses carries an enhanced status code.
 EXTRA_KEYWORDS = ("PIPELINING", "ENHANCEDSTATUSCODES")
 
 
@@ -152,7 +152,7 @@ class DeliveryHandler:
             disposition = await self.committer.store(intake, prepared)
         except Exception as exc:
             failure = failures.failure_of(exc)
-            await self._failed(raw, envelope, exc, failure.quarantine)
+            await self._failed(raw, envelope, exc, failure)
             return failure.reply
         self.ctx.counters[f"server.{disposition.outcome.value}"] += 1
         duration = time.monotonic() - started
@@ -170,9 +170,9 @@ class DeliveryHandler:
         return failures.delivered(disposition)
 
     async def _failed(self, raw: bytes, envelope: Envelope, exc: Exception,
-                      keep: bool) -> None:
+                      failure: failures.Failure) -> None:
         self.ctx.counters["server.tempfail"] += 1
-        if not keep:
+        if not failure.quarantine:
             log.warning("temporary failure, answered 451: %s", type(exc).__name__)
             return
         config = self.ctx.config

@@ -9,7 +9,6 @@ close it with 421 when the daemon drains.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP
@@ -22,17 +21,14 @@ from .handler import DeliveryHandler
 class _Registered:
     """Shared by the LMTP and SMTP classes below."""
 
-    # aiosmtpd's stream limit is also the longest DATA line it accepts; past it the
-    # message is refused ("500 Line too long"). A malformed message is stored, not
-    # refused, so lines may be as long as a message may be big.
+    # aiosmtpd's stream limit, which is also the longest DATA line it accepts (a longer
+    # one gets "500 Line too long"). RFC 5321 says 1000 octets, but a malformed message
+    # is stored, not refused. Not higher: the stream buffers up to twice this much.
     line_length_limit = 1 << 16
 
+    busy = False  # in DATA: a stop lets the session finish and get its replies
     event_handler: DeliveryHandler
     transport: asyncio.BaseTransport | None
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.busy = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[misc]
