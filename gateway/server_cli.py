@@ -15,8 +15,7 @@ from .sysexits import EX_CONFIG
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop's loop when it is installed (a dependency on POSIX), else asyncio's own.
 
-    Measured on the 2-core VM with 4 LMTP connections, alternating 4 rounds each: 1.60
-    vs 1.74 ms of CPU per message, 828 vs 750 msg/s (docs/benchmarks.md).
+    uvloop costs the listeners less CPU per message (docs/benchmarks.md).
     """
     try:
         import uvloop
