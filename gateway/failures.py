@@ -32,7 +32,6 @@ S552_TOO_BIG = "552 5.3.4 Message too big for this system"
 S553_SENDER_NOT_UTF8 = "553 5.1.7 Error: sender address is not valid UTF-8"
 S553_NEEDS_SMTPUTF8 = "553 5.6.7 Error: non-ASCII address needs SMTPUTF8"
 
-
 EXIT_DELIVERED = EX_OK  # the pipe's code for the same: stored, ignored or a duplicate
 
 
@@ -55,7 +54,7 @@ class Failure:
 
     reply: str
     exit_code: int
-    message: str  # may name `{size}`; no exception text: the MTA copies it into bounces
+    message: str  # may name `{size}`; never a bug's exception text: bounces quote it
     quarantine: bool = False  # keep a copy of the raw message in the spool
 
     def line(self, **facts: object) -> str:
@@ -76,7 +75,8 @@ CRASHED = Failure(S451_TEMPFAIL, EX_TEMPFAIL, "temporary failure, message not ac
 UNKNOWN_RECIPIENT = Failure(S550_NO_SUCH_USER, EX_NOUSER, "unknown recipient")
 # The refusal is recorded as an event; the pipe then has nothing left to do (exit 0).
 TOO_BIG = Failure(S552_TOO_BIG, EX_OK, "message of {size} bytes exceeds the limit; discarded")
-EMPTY = Failure("", EX_DATAERR, "empty message")  # the pipe only: SMTP has no empty DATA
+# The pipe only: a listener stores an empty DATA like any other malformed message.
+EMPTY = Failure("", EX_DATAERR, "empty message")
 
 # The only codes `ticketgate pipe` may exit with.
 PIPE_EXIT_CODES = frozenset({EX_OK, EX_DATAERR, EX_NOUSER, EX_TEMPFAIL})

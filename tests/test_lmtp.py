@@ -174,6 +174,14 @@ def test_a_source_routed_sender_is_stored_without_the_route(
     assert sender == "alice@customer.example"
 
 
+def test_an_empty_message_is_answered_and_the_session_goes_on(raw: Raw) -> None:
+    raw.send(ENVELOPE + b"DATA\r\n.\r\nNOOP\r\n")
+    got = raw.replies(6)
+    assert got[3].startswith("354 ")
+    assert got[4].startswith("250 2.0.0"), "stored like any malformed message"
+    assert got[5].startswith("250 ")
+
+
 def test_a_large_message_parsed_in_a_worker_thread_is_stored(running: RunningDaemon) -> None:
     body = MESSAGE + (b"y" * 76 + b"\r\n") * (INLINE_PREPARE_MAX // 78 + 100)
     assert len(body) > INLINE_PREPARE_MAX
