@@ -10,7 +10,7 @@ just before that phase. Memory:
 peak RSS (VmHWM) of a fresh `ticketgate serve` receiving one 25 MB message, above its
 idle RSS.
 
-Targets (issue 3): 1 connection >= 0.6x baseline msgs/s, 4 connections >= 1.0x,
+Floors (issue 14): 1 connection >= 0.6x baseline msgs/s, 4 connections >= 0.8x,
 25 MB message peak < 4x its size above idle.
 
     .venv/bin/python -m bench lmtp [--quick] [--messages=2000]
@@ -66,6 +66,14 @@ asyncio.run(main())
 
 RCPT = "support@helpdesk.example"
 TICKETGATE = str(Path(sys.executable).with_name("ticketgate"))
+UNIT = Path(__file__).resolve().parent.parent / "systemd" / "ticketgate.service"
+
+
+def unit_environment() -> dict[str, str]:
+    """`Environment=` of the systemd unit (the malloc setting): serve runs as deployed."""
+    pairs = [line.partition("=")[2] for line in UNIT.read_text().splitlines()
+             if line.startswith("Environment=")]
+    return dict(pair.split("=", 1) for pair in pairs)
 
 
 def _free_port() -> int:
@@ -112,6 +120,7 @@ class Server:
             subprocess.run([TICKETGATE, "-c", str(cfg), "db", "upgrade"], check=True,
                            capture_output=True)
             self.proc = subprocess.Popen([TICKETGATE, "-c", str(cfg), "serve"],
+                                         env={**os.environ, **unit_environment()},
                                          stdout=subprocess.DEVNULL,
                                          stderr=subprocess.DEVNULL)
         _wait_port(self.port, self.proc)
@@ -294,7 +303,7 @@ def memory(work: Path, size: int) -> tuple[int, int, int]:
 
 
 def memory_check(work: Path, size: int) -> tuple[bool, str]:
-    """Issue 3's memory target for one message of `size` bytes: (met, report line)."""
+    """The memory floor for one message of `size` bytes: (met, report line)."""
     idle, peak, big = memory(work, size)
     factor = (peak - idle) / big
     ok = factor < 4
@@ -312,7 +321,7 @@ def main(argv: list[str]) -> int:
     status = 0
     try:
         report(f"messages per phase: {n} (~{len(new_message(0, random.Random(1)))} bytes)")
-        for connections, target in ((1, 0.6), (4, 1.0)):
+        for connections, target in ((1, 0.6), (4, 0.8)):
             for phase, rates, probe in throughput(n, connections, work):
                 (b_rate, b_cpu), (o_rate, o_cpu) = rates["baseline"], rates["ticketgate"]
                 ratio = o_rate / b_rate

@@ -9,6 +9,7 @@ setting silently ignored. Relative paths are resolved against the config file's 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
 import tomllib
@@ -20,9 +21,13 @@ from typing import Any
 
 CONFIG_ENV = "TICKETGATE_CONFIG"
 DEFAULT_CONFIG_NAME = "ticketgate.toml"
+log = logging.getLogger("ticketgate.config")
 
-
-ENGINES = ("native", "aiosmtpd")
+# Keys an older ticketgate read and this one ignores, with what to do instead: a config
+# that still sets one keeps working (with a warning) instead of failing to start.
+DEPRECATED_KEYS = {
+    ("lmtp", "engine"): "aiosmtpd is the only LMTP/SMTP engine now; remove the setting",
+}
 
 
 class ConfigError(Exception):
@@ -87,9 +92,6 @@ class LmtpConfig:
     listen: tuple[str, ...] = ("127.0.0.1:8024",)
     # Messages whose commits are grouped into one transaction at most.
     group_commit_max: int = 64
-    # Session implementation for the LMTP and SMTP listeners: "native" (ours, about a
-    # tenth of the CPU per message) or "aiosmtpd".
-    engine: str = "native"
     # Intake worker processes serving the listeners: 0 = one per CPU (at most 8),
     # 1 = everything in the one `serve` process.
     workers: int = 0
@@ -266,10 +268,20 @@ def load_config(
 
 
 def config_from_dict(data: dict[str, Any], source: str = "<dict>", base_dir: str = ".") -> Config:
+    data = _without_deprecated(data, source)
     cfg = _build(Config, data, source, prefix="", skip={"source", "base_dir"})
     cfg = dataclasses.replace(cfg, source=source, base_dir=base_dir)
     _validate(cfg)
     return cfg
+
+
+def _without_deprecated(data: dict[str, Any], source: str) -> dict[str, Any]:
+    for (section, key), advice in DEPRECATED_KEYS.items():
+        table = data.get(section)
+        if isinstance(table, dict) and key in table:
+            log.warning("%s: %s.%s is deprecated and ignored: %s", source, section, key, advice)
+            data = {**data, section: {k: v for k, v in table.items() if k != key}}
+    return data
 
 
 def _field_type(section: str, key: str) -> Any:
@@ -384,8 +396,6 @@ def _validate(cfg: Config) -> None:
                 raise ConfigError(src, f"{key}.addresses", f"{addr} already belongs to {other}")
     if not 0 <= cfg.lmtp.workers <= 64:
         raise ConfigError(src, "lmtp.workers", "must be between 0 (one per CPU) and 64")
-    if cfg.lmtp.engine not in ENGINES:
-        raise ConfigError(src, "lmtp.engine", f"must be one of {', '.join(ENGINES)}")
     if cfg.intake.max_message_size < 1024:
         raise ConfigError(src, "intake.max_message_size", "must be at least 1024 bytes")
     if cfg.autoresponse.max_per_day < 0:

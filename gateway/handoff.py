@@ -4,17 +4,12 @@
 more than the delivery itself. When the daemon is reachable the pipe only speaks LMTP
 (smtplib and socket, nothing heavier) and turns the daemon's reply into its exit code:
 
-| daemon reply                          | exit code         |
-|---------------------------------------|-------------------|
-| 250 for every recipient               | 0  EX_OK          |
-| 552 5.3.4 (too big; refusal recorded) | 0  EX_OK          |
-| any 4xx, or the session breaks        | 75 EX_TEMPFAIL    |
-| 550 5.1.1 for every recipient         | 67 EX_NOUSER      |
-| any other 5xx                         | 75 EX_TEMPFAIL    |
+`gateway.failures.exit_code_for_reply` maps each reply: 250 and 552 5.3.4 (too big,
+the refusal recorded by the daemon) exit 0, 550 5.1.1 for every recipient 67, anything
+else (4xx, another 5xx, a broken session) 75.
 
-Any other 5xx from our own daemon means our bug or a version mismatch, and mail must
-not bounce for that. Not reachable (no socket, nobody listening, 421 greeting):
-return None so the pipe processes in-process, or 75 with `[pipe] require_daemon`.
+Not reachable (no socket, nobody listening, 421 greeting): return None so the pipe
+processes in-process, or 75 with `[pipe] require_daemon`.
 """
 
 from __future__ import annotations
@@ -27,34 +22,12 @@ import smtplib
 from gateway.mail.envelope import Envelope
 
 from .config import Config
-from .sysexits import EX_NOUSER, EX_OK, EX_TEMPFAIL
+from .failures import TRANSIENT, combine_exit_codes, exit_code_for_reply
 
 log = logging.getLogger("ticketgate.handoff")
 
 _LINE_END = re.compile(rb"\r?\n")
 _LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
-
-
-def exit_code_for(code: int, text: str = "") -> int:
-    """The pipe exit code for one LMTP reply (see the module table)."""
-    if 200 <= code < 300:
-        return EX_OK
-    if code == 552:
-        return EX_OK
-    if code == 550 and text.startswith("5.1.1"):
-        return EX_NOUSER
-    return EX_TEMPFAIL
-
-
-def combine(codes: list[int]) -> int:
-    """One exit code for several recipients: any tempfail wins, then success."""
-    if not codes:
-        return EX_TEMPFAIL
-    if EX_TEMPFAIL in codes:
-        return EX_TEMPFAIL
-    if EX_OK in codes:
-        return EX_OK
-    return EX_NOUSER
 
 
 def lmtp_payload(raw: bytes) -> bytes:
@@ -68,7 +41,7 @@ def lmtp_payload(raw: bytes) -> bytes:
 def try_handoff(config: Config, raw: bytes, envelope: Envelope) -> int | None:
     """The pipe's exit code if a daemon took the message, None to process in-process."""
     required = config.pipe.require_daemon
-    fallback = EX_TEMPFAIL if required else None
+    fallback = TRANSIENT.exit_code if required else None
     if not config.pipe.handoff_socket:
         return fallback
     if not envelope.rcpt_tos:
@@ -89,7 +62,7 @@ def try_handoff(config: Config, raw: bytes, envelope: Envelope) -> int | None:
         # Reachable but the session broke: the daemon may or may not have stored it;
         # a retry is safe (intake is idempotent).
         log.warning("hand-off to the daemon failed: %s", type(exc).__name__)
-        return EX_TEMPFAIL
+        return TRANSIENT.exit_code
     finally:
         try:
             client.quit()
@@ -100,17 +73,17 @@ def try_handoff(config: Config, raw: bytes, envelope: Envelope) -> int | None:
 def _deliver(client: smtplib.LMTP, raw: bytes, envelope: Envelope) -> int:
     code, text = client.ehlo("localhost")
     if code != 250:
-        return EX_TEMPFAIL
+        return TRANSIENT.exit_code
     sender = envelope.mail_from or ""
     options: list[str] = []
     addresses = [sender, *envelope.rcpt_tos]
     if not all(a.isascii() for a in addresses):
         if not client.has_extn("smtputf8"):
-            return EX_TEMPFAIL
+            return TRANSIENT.exit_code
         options.append("SMTPUTF8")
     code, text = client.mail(sender, options)
     if code != 250:
-        return exit_code_for(code, text.decode("utf-8", "replace"))
+        return exit_code_for_reply(code, text.decode("utf-8", "replace"))
     accepted = 0
     refusals: list[int] = []
     for rcpt in envelope.rcpt_tos:
@@ -118,17 +91,17 @@ def _deliver(client: smtplib.LMTP, raw: bytes, envelope: Envelope) -> int:
         if code == 250:
             accepted += 1
         else:
-            refusals.append(exit_code_for(code, text.decode("utf-8", "replace")))
+            refusals.append(exit_code_for_reply(code, text.decode("utf-8", "replace")))
     if not accepted:
-        return combine(refusals)
+        return combine_exit_codes(refusals)
     client.putcmd("data")
     code, text = client.getreply()
     if code != 354:
-        return exit_code_for(code, text.decode("utf-8", "replace"))
+        return exit_code_for_reply(code, text.decode("utf-8", "replace"))
     client.send(lmtp_payload(raw))
     # RFC 2033: one reply per accepted recipient.
     results = []
     for _ in range(accepted):
         code, text = client.getreply()
-        results.append(exit_code_for(code, text.decode("utf-8", "replace")))
-    return combine(results)
+        results.append(exit_code_for_reply(code, text.decode("utf-8", "replace")))
+    return combine_exit_codes(results)

@@ -1,9 +1,10 @@
 """`ticketgate pipe`: one message on stdin, one sysexits code out.
 
-Used by Postfix pipe(8), procmail and .forward. Exit codes follow DESIGN.md:
-0 stored (or ignored, or a duplicate), 65 empty input, 67 unknown recipient in strict
-mode, 75 anything transient or unexpected (the MTA keeps the message and retries).
-No other code may leave this process: Postfix bounces on unknown codes.
+Used by Postfix pipe(8), procmail and .forward. Which failure exits with which code,
+and says what on stderr, is `gateway.failures`: 0 stored (or ignored, or a duplicate),
+65 empty input, 67 unknown recipient in strict mode, 75 anything transient or unexpected
+(the MTA keeps the message and retries). No other code may leave this process: Postfix
+bounces on unknown codes.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from typing import BinaryIO
 
 from gateway.mail.envelope import Envelope
 
+from . import failures
 from .config import Config
-from .sysexits import EX_DATAERR, EX_NOUSER, EX_OK, EX_TEMPFAIL
+from .failures import Failure
 
 log = logging.getLogger("ticketgate.pipe")
 
@@ -57,11 +59,15 @@ def cmd_pipe(args: argparse.Namespace) -> int:
     try:
         return _pipe(args, sys.stdin.buffer)
     except BaseException as exc:  # the last line of defence: never another exit code
-        if isinstance(exc, SystemExit) and exc.code in (EX_OK, EX_DATAERR, EX_NOUSER,
-                                                         EX_TEMPFAIL):
+        if isinstance(exc, SystemExit) and exc.code in failures.PIPE_EXIT_CODES:
             raise
-        print("ticketgate pipe: temporary failure, message not accepted", file=sys.stderr)
-        return EX_TEMPFAIL
+        return _fail(failures.CRASHED)
+
+
+def _fail(failure: Failure, **facts: object) -> int:
+    """One stderr line (pipe(8) copies it into the delivery status), then the exit code."""
+    print(failure.line(**facts), file=sys.stderr)
+    return failure.exit_code
 
 
 def _pipe(args: argparse.Namespace, stdin: BinaryIO) -> int:
@@ -71,8 +77,7 @@ def _pipe(args: argparse.Namespace, stdin: BinaryIO) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        print(f"ticketgate pipe: config error: {exc}", file=sys.stderr)
-        return EX_TEMPFAIL
+        return _fail(failures.BAD_CONFIG, error=exc)
     _setup_logging(args.verbose)
     envelope = Envelope(
         normalise_sender(args.sender),
@@ -81,8 +86,7 @@ def _pipe(args: argparse.Namespace, stdin: BinaryIO) -> int:
     limit = config.intake.max_message_size
     raw = read_message(stdin, limit)
     if not raw.strip():
-        print("ticketgate pipe: empty message", file=sys.stderr)
-        return EX_DATAERR
+        return _fail(failures.EMPTY)
     if len(raw) > limit:
         size = len(raw) + drain(stdin)
         return _size_rejected(config, size, envelope)
@@ -118,7 +122,7 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _size_rejected(config: Config, size: int, envelope: Envelope) -> int:
-    """Too large: record the refusal and exit 0 (DESIGN.md), or 75 if we cannot record it."""
+    """Too large: record the refusal (DESIGN.md), or 75 if we cannot record it."""
     from .runtime import build_intake, open_store
 
     try:
@@ -126,38 +130,26 @@ def _size_rejected(config: Config, size: int, envelope: Envelope) -> int:
         build_intake(config, store).record_size_rejected(size, envelope)
     except Exception:
         log.exception("could not record size rejection")
-        return EX_TEMPFAIL
-    print(f"ticketgate pipe: message of {size} bytes exceeds the limit; discarded",
-          file=sys.stderr)
-    return EX_OK
+        return failures.TRANSIENT.exit_code
+    return _fail(failures.TOO_BIG, size=size)
 
 
-def _setup_failed(exc: Exception, transient: bool) -> int:
-    """The store, rules or templates could not be set up: 75, and no quarantine copy.
-
-    Nothing here is specific to this message (every delivery would fail the same way), so
-    the MTA's queue is the right place to wait until the admin fixes it.
-    """
+def _setup_failed(exc: Exception) -> int:
+    """The store, rules or templates could not be set up: 75, and no quarantine copy."""
     from rules.errors import RulesError
 
     if isinstance(exc, RulesError):
         log.error("invalid rules, not accepting mail: %s", exc)
-        print("ticketgate pipe: temporary failure: invalid rule files "
-              "(run `ticketgate rules check`)", file=sys.stderr)
-    elif transient:
-        log.warning("transient failure: %s", type(exc).__name__)
-        print("ticketgate pipe: temporary failure (database busy or unavailable)",
-              file=sys.stderr)
-    else:
-        log.error("could not start the intake", exc_info=exc)
-        print(f"ticketgate pipe: temporary failure: cannot start ({type(exc).__name__})",
-              file=sys.stderr)
-    return EX_TEMPFAIL
+        return _fail(failures.INVALID_RULES)
+    failure = failures.failure_of(exc)
+    if failure is failures.TRANSIENT:
+        log.info("transient failure: %s", type(exc).__name__)
+        return _fail(failure)
+    log.error("could not start the intake", exc_info=exc)
+    return _fail(failures.CANNOT_START, error=type(exc).__name__)
 
 
 def process_in_process(config: Config, raw: bytes, envelope: Envelope, started: float) -> int:
-    from ticketstore.db import is_transient
-
     from .runtime import build_intake, open_store
     from .spool import quarantine
 
@@ -165,29 +157,26 @@ def process_in_process(config: Config, raw: bytes, envelope: Envelope, started: 
         store = open_store(config)
         intake = build_intake(config, store)
     except Exception as exc:
-        return _setup_failed(exc, is_transient(exc))
+        return _setup_failed(exc)
     try:
         if (envelope.rcpt_tos and config.intake.strict_recipients
                 and not any(intake.recipient_known(r) for r in envelope.rcpt_tos)):
-            print("ticketgate pipe: unknown recipient", file=sys.stderr)
-            return EX_NOUSER
+            return _fail(failures.UNKNOWN_RECIPIENT)
         disposition = intake.process(raw, envelope)
     except Exception as exc:
-        if is_transient(exc):
-            log.warning("transient failure: %s", type(exc).__name__)
-            print("ticketgate pipe: temporary failure (database busy or unavailable)",
-                  file=sys.stderr)
-            return EX_TEMPFAIL
+        failure = failures.failure_of(exc)
+        if not failure.quarantine:
+            log.info("transient failure: %s", type(exc).__name__)
+            return _fail(failure)
         try:
             path = quarantine(config.path(config.intake.spool_dir), raw, envelope, exc)
             log.error("unexpected error, message quarantined in %s", path, exc_info=exc)
         except Exception:
             log.exception("unexpected error and the quarantine spool failed too")
-        print("ticketgate pipe: temporary failure, message kept for retry", file=sys.stderr)
-        return EX_TEMPFAIL
+        return _fail(failure)
     log.info(
         "message_id=<%s> disposition=%s ticket=%s queue=%s duration=%.3fs",
         disposition.message_id, disposition.outcome.value, disposition.ticket_number,
         disposition.queue, time.monotonic() - started,
     )
-    return EX_OK
+    return failures.EXIT_DELIVERED

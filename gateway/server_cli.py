@@ -15,8 +15,7 @@ from .sysexits import EX_CONFIG
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop's loop when it is installed (a dependency on POSIX), else asyncio's own.
 
-    Measured on the 2-core VM with 4 LMTP connections, alternating 4 rounds each: 1.60
-    vs 1.74 ms of CPU per message, 828 vs 750 msg/s (docs/benchmarks.md).
+    uvloop costs the listeners less CPU per message (docs/benchmarks.md).
     """
     try:
         import uvloop
@@ -31,13 +30,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # aiosmtpd logs every command line (addresses included) at INFO: customer data.
         logging.getLogger("mail.log").setLevel(logging.WARNING)
     config = load_or_exit(args.config)
-    from .server.app import serve
-    from .server.malloc import fix_mmap_threshold
-
-    fix_mmap_threshold()
-
     from rules.errors import RulesError
     from ticketstore.db import StoreUnavailable
+
+    from .server.app import serve
 
     try:
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:

@@ -387,7 +387,7 @@ def test_through_the_daemon_reply_arrives_in_seconds(tmp_path: Path, sqlite_url:
     """As a user sees it: LMTP in, the daemon's own outbox worker sends the reply."""
     import time
 
-    from tests.test_server_app import RunningDaemon, daemon_config
+    from tests.server_helpers import RunningDaemon, daemon_config
 
     config = daemon_config(tmp_path, sqlite_url, outbound={"smarthost": sink.smarthost})
     daemon = RunningDaemon(config, services=["autoresponse.worker:run"]).start()

@@ -19,8 +19,8 @@ from gateway.config import load_config
 from gateway.intake.core import Intake
 from gateway.mail.envelope import Envelope
 from gateway.runtime import open_store
+from tests.pipe_helpers import ticketgate, write_config
 from tests.support import mail
-from tests.test_pipe import ticketgate, write_config
 
 NOW = dt.datetime(2026, 11, 22, 9, 30, tzinfo=dt.UTC)
 N = "2026112210000013"

@@ -45,7 +45,6 @@ def test_unknown_key_is_an_error_naming_file_and_key(tmp_path: Path) -> None:
          "queues[0].addresses[0]", "not an address"),
         ('[[queues]]\nname = "A"\n[[queues]]\nname = "A"\n', "queues[1].name", "twice"),
         ("[database\n", "-", "not valid TOML"),
-        ('[lmtp]\nengine = "twisted"\n', "lmtp.engine", "must be one of"),
         ("[lmtp]\nworkers = -1\n", "lmtp.workers", "between 0"),
         ("[lmtp]\nworkers = 65\n", "lmtp.workers", "between 0"),
     ],

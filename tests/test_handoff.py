@@ -13,36 +13,14 @@ import pytest
 from sqlalchemy import select
 
 from gateway.config import Config
-from gateway.handoff import combine, exit_code_for, lmtp_payload, try_handoff
+from gateway.handoff import lmtp_payload, try_handoff
 from gateway.intake.core import Intake
 from gateway.mail.envelope import Envelope
 from gateway.sysexits import EX_NOUSER, EX_OK, EX_TEMPFAIL
-from tests.test_server_app import MESSAGE, RunningDaemon, daemon_config, short_socket_dir
+from tests.server_helpers import MESSAGE, RunningDaemon, daemon_config, short_socket_dir
 from ticketstore.models import Article, Event, Ticket
 
 ENV = Envelope("alice@customer.example", ("support@helpdesk.example",))
-
-
-@pytest.mark.parametrize(("code", "text", "expected"), [
-    (250, "2.0.0 Ok", EX_OK),
-    (451, "4.3.0 Temporary failure", EX_TEMPFAIL),
-    (421, "4.3.2 shutting down", EX_TEMPFAIL),
-    (550, "5.1.1 No such recipient", EX_NOUSER),
-    (550, "5.7.1 policy", EX_TEMPFAIL),
-    (552, "5.3.4 too big", EX_OK),
-    (554, "5.0.0 whatever", EX_TEMPFAIL),
-    (500, "Error: bad syntax", EX_TEMPFAIL),
-])
-def test_exit_code_for(code: int, text: str, expected: int) -> None:
-    assert exit_code_for(code, text) == expected
-
-
-def test_combine() -> None:
-    assert combine([EX_OK, EX_OK]) == EX_OK
-    assert combine([EX_OK, EX_TEMPFAIL]) == EX_TEMPFAIL
-    assert combine([EX_NOUSER, EX_OK]) == EX_OK
-    assert combine([EX_NOUSER]) == EX_NOUSER
-    assert combine([]) == EX_TEMPFAIL
 
 
 def test_lmtp_payload_normalises_line_ends_and_stuffs_dots() -> None:

@@ -1,14 +1,17 @@
-"""The LMTP/SMTP listeners against a real server and a real smtplib client.
+"""The LMTP/SMTP listeners against a real server, with smtplib and a raw socket.
 
 What is checked here is what Postfix relies on: one reply per accepted recipient
 (RFC 2033), 550 5.1.1 at RCPT for unknown recipients in strict mode, SIZE advertised
-and enforced with 552 5.3.4, and 451 4.3.0 without detail for any failure. Every test
-runs against both session engines (`[lmtp] engine`), so they cannot drift apart.
+and enforced with 552 5.3.4, 451 4.3.0 without detail for any failure, and what a
+well-behaved server refuses (too many recipients, a null recipient, a sender that is
+not UTF-8). A raw socket is used where smtplib cannot say it: pipelining, chunking,
+bytes that are not UTF-8.
 """
 
 from __future__ import annotations
 
 import smtplib
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,26 +20,20 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from gateway.config import ENGINES
 from gateway.intake.core import Intake
+from gateway.server.handler import INLINE_PREPARE_MAX
 from gateway.spool import entries
-from tests.test_server_app import MESSAGE, RunningDaemon, daemon_config
-from ticketstore.db import make_engine, upgrade
+from tests.server_helpers import MESSAGE, RunningDaemon, daemon_config, prepare_database, send
 from ticketstore.models import Article, Event, Ticket
 
-
-@pytest.fixture(params=ENGINES)
-def engine(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+SUPPORT = "support@helpdesk.example"
+BILLING = "billing@helpdesk.example"
 
 
 @pytest.fixture
-def running(tmp_path: Path, db_url: str, engine: str) -> Iterator[RunningDaemon]:
-    if db_url.startswith("postgresql"):
-        db = make_engine(db_url)
-        upgrade(db)
-        db.dispose()
-    d = RunningDaemon(daemon_config(tmp_path, db_url, lmtp={"engine": engine})).start()
+def running(tmp_path: Path, db_url: str) -> Iterator[RunningDaemon]:
+    prepare_database(db_url)
+    d = RunningDaemon(daemon_config(tmp_path, db_url)).start()
     try:
         yield d
     finally:
@@ -44,9 +41,8 @@ def running(tmp_path: Path, db_url: str, engine: str) -> Iterator[RunningDaemon]
 
 
 @pytest.fixture
-def sqlite_daemon(tmp_path: Path, sqlite_url: str, engine: str) -> Iterator[RunningDaemon]:
+def sqlite_daemon(tmp_path: Path, sqlite_url: str) -> Iterator[RunningDaemon]:
     d = RunningDaemon(daemon_config(tmp_path, sqlite_url, smtp={"listen": ["127.0.0.1:0"]},
-                                    lmtp={"engine": engine},
                                     intake={"max_message_size": 64 * 1024})).start()
     try:
         yield d
@@ -54,24 +50,56 @@ def sqlite_daemon(tmp_path: Path, sqlite_url: str, engine: str) -> Iterator[Runn
         d.stop()
 
 
-def _send(client: smtplib.LMTP, rcpts: list[str], body: bytes) -> list[tuple[int, bytes]]:
-    """MAIL, RCPT..., DATA, then read one reply per accepted recipient."""
-    assert client.mail("alice@customer.example")[0] == 250
-    accepted = [r for r in rcpts if client.rcpt(r)[0] == 250]
-    client.putcmd("data")
-    assert client.getreply()[0] == 354
-    from gateway.handoff import lmtp_payload
+class Raw:
+    """A client that writes bytes as given and reads replies line by line."""
 
-    client.send(lmtp_payload(body))
-    return [client.getreply() for _ in accepted]
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.file = self.sock.makefile("rb")
+        assert self.replies(1)[0].startswith("220 ")
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def replies(self, count: int) -> list[str]:
+        """The next `count` replies; a multi-line reply is joined with "|"."""
+        got: list[str] = []
+        lines: list[str] = []
+        while len(got) < count:
+            line = self.file.readline().decode().rstrip("\r\n")
+            assert line, f"connection closed after {got}"
+            lines.append(line)
+            if line[3:4] != "-":
+                got.append("|".join(lines))
+                lines = []
+        return got
+
+    def closed(self) -> bool:
+        return self.file.readline() == b""
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+@pytest.fixture
+def raw(sqlite_daemon: RunningDaemon) -> Iterator[Raw]:
+    client = Raw(sqlite_daemon.port)
+    yield client
+    client.close()
+
+
+ENVELOPE = f"LHLO c\r\nMAIL FROM:<alice@customer.example>\r\nRCPT TO:<{SUPPORT}>\r\n".encode()
+
+
+# -- delivery ----------------------------------------------------------------------------------
 
 
 def test_one_message_to_three_of_our_addresses_makes_one_ticket_and_three_replies(
     running: RunningDaemon,
 ) -> None:
     client = running.lmtp()
-    got = _send(client, ["support@helpdesk.example", "billing@helpdesk.example",
-                         "other@helpdesk.example"], MESSAGE)
+    got = send(client, [SUPPORT, BILLING, "other@helpdesk.example"], MESSAGE)
     # The connection must be in sync afterwards: a NOOP gets its own reply.
     assert client.noop()[0] == 250
     client.quit()
@@ -88,13 +116,103 @@ def test_retry_of_a_stored_message_is_acknowledged_without_a_second_ticket(
 ) -> None:
     for _ in range(2):
         client = sqlite_daemon.lmtp()
-        ((code, text),) = _send(client, ["support@helpdesk.example"], MESSAGE)
+        ((code, text),) = send(client, [SUPPORT], MESSAGE)
         client.quit()
         assert code == 250
     assert b"duplicate" in text
     with sqlite_daemon.ctx.store.factory() as session:
         inbound = session.scalars(select(Article).where(Article.direction == "in")).all()
     assert len(inbound) == 1
+
+
+def test_raw_bytes_survive_dot_stuffing_long_lines_and_8bit(
+    sqlite_daemon: RunningDaemon,
+) -> None:
+    """A line of 5000 octets breaks RFC 5321's 1000, but a malformed message is stored,
+    not refused."""
+    body = (b"From: a@customer.example\r\nSubject: dots\r\nMessage-ID: <dots@x>\r\n\r\n"
+            b".leading dot\r\n..two dots\r\n" + b"L" * 5000 + b"\r\n"
+            + b"8bit: \xc3\xa4\xff\r\nlast line")
+    client = sqlite_daemon.lmtp()
+    ((code, _),) = send(client, [SUPPORT], body)
+    client.quit()
+    assert code == 250
+    with sqlite_daemon.ctx.store.factory() as session:
+        raw = session.scalars(select(Article.raw).where(Article.direction == "in")).one()
+    assert raw == body + b"\r\n"
+
+
+def test_a_message_split_into_odd_packets_arrives_whole(
+    sqlite_daemon: RunningDaemon, raw: Raw,
+) -> None:
+    """Dot lines, a terminator split across packets, and a command right behind it."""
+    message = (b"From: a@customer.example\r\nMessage-ID: <chunks@x>\r\n\r\n.\r\n..\r\n"
+               b".x\r\na.\r\n\r\n")
+    stuffed = message.replace(b"\r\n.", b"\r\n..")
+    raw.send(ENVELOPE + b"DATA\r\n")
+    assert [r[:3] for r in raw.replies(4)] == ["250", "250", "250", "354"]
+    stream = stuffed + b".\r\nNOOP\r\n"
+    for i in range(0, len(stream), 3):
+        raw.send(stream[i:i + 3])
+    assert [r[:3] for r in raw.replies(2)] == ["250", "250"]
+    with sqlite_daemon.ctx.store.factory() as session:
+        stored = session.scalars(select(Article.raw).where(Article.direction == "in")).one()
+    assert stored == message
+
+
+def test_a_source_routed_sender_is_stored_without_the_route(
+    sqlite_daemon: RunningDaemon, raw: Raw,
+) -> None:
+    """RFC 5321 C: a server may ignore the route; the mailbox is what counts."""
+    raw.send(b"LHLO c\r\nMAIL FROM:<@relay.example:alice@customer.example>\r\n"
+             + f"RCPT TO:<{SUPPORT}>\r\nDATA\r\n".encode())
+    assert [r[:3] for r in raw.replies(4)] == ["250", "250", "250", "354"]
+    raw.send(MESSAGE + b".\r\n")
+    assert raw.replies(1)[0].startswith("250 2.0.0")
+    with sqlite_daemon.ctx.store.factory() as session:
+        sender = session.scalars(select(Article.envelope_sender)).one()
+    assert sender == "alice@customer.example"
+
+
+def test_an_empty_message_is_answered_and_the_session_goes_on(raw: Raw) -> None:
+    raw.send(ENVELOPE + b"DATA\r\n.\r\nNOOP\r\n")
+    got = raw.replies(6)
+    assert got[3].startswith("354 ")
+    assert got[4].startswith("250 2.0.0"), "stored like any malformed message"
+    assert got[5].startswith("250 ")
+
+
+def test_a_large_message_parsed_in_a_worker_thread_is_stored(running: RunningDaemon) -> None:
+    body = MESSAGE + (b"y" * 76 + b"\r\n") * (INLINE_PREPARE_MAX // 78 + 100)
+    assert len(body) > INLINE_PREPARE_MAX
+    client = running.lmtp()
+    ((code, _),) = send(client, [SUPPORT], body)
+    client.quit()
+    assert code == 250
+    with running.ctx.store.factory() as session:
+        size = session.scalars(select(Article.size).where(Article.direction == "in")).one()
+    assert size == len(body)
+
+
+def test_smtp_listener_answers_once(sqlite_daemon: RunningDaemon) -> None:
+    assert sqlite_daemon.daemon is not None
+    smtp_port = [n[1] for n in sqlite_daemon.daemon.bound() if isinstance(n, tuple)][1]
+    with smtplib.SMTP("127.0.0.1", smtp_port, local_hostname="localhost", timeout=10) as s:
+        refused = s.sendmail("alice@customer.example", [SUPPORT, BILLING], MESSAGE)
+        assert refused == {}
+        assert s.noop()[0] == 250
+    assert sqlite_daemon.count(Ticket) == 1
+
+
+def test_a_non_ascii_sender_is_accepted_with_smtputf8(sqlite_daemon: RunningDaemon) -> None:
+    client = sqlite_daemon.lmtp()
+    assert "smtputf8" in client.esmtp_features
+    ((code, _),) = send(client, [SUPPORT], MESSAGE, sender="josé@customer.example")
+    client.quit()
+    assert code == 250
+
+
+# -- what the server refuses -------------------------------------------------------------------
 
 
 def test_strict_recipients_are_refused_at_rcpt(tmp_path: Path, sqlite_url: str) -> None:
@@ -105,7 +223,7 @@ def test_strict_recipients_are_refused_at_rcpt(tmp_path: Path, sqlite_url: str) 
         client.mail("alice@customer.example")
         code, text = client.rcpt("nobody@helpdesk.example")
         assert (code, text[:5]) == (550, b"5.1.1")
-        assert client.rcpt("support@helpdesk.example")[0] == 250
+        assert client.rcpt(SUPPORT)[0] == 250
         code, text = client.data(MESSAGE)
         client.quit()
         assert code == 250
@@ -120,10 +238,14 @@ def test_size_is_advertised_and_a_declared_oversize_refused_at_mail(
     assert client.esmtp_features["size"] == str(64 * 1024)
     code, text = client.mail("alice@customer.example", [f"SIZE={10**6}"])
     assert (code, text[:5]) == (552, b"5.3.4")
+    # Nothing was started: a smaller message goes through on the same connection.
+    ((code, _),) = send(client, [SUPPORT], MESSAGE)
     client.quit()
+    assert code == 250
     with sqlite_daemon.ctx.store.factory() as session:
         event = session.scalars(select(Event).where(Event.kind == "size-rejected")).one()
     assert event.detail["size"] == 10**6
+    assert event.detail["mail_from"] == "alice@customer.example"
 
 
 def test_oversize_data_gets_552_per_recipient_and_a_recorded_event(
@@ -131,42 +253,118 @@ def test_oversize_data_gets_552_per_recipient_and_a_recorded_event(
 ) -> None:
     client = sqlite_daemon.lmtp()
     big = MESSAGE + (b"x" * 70 + b"\r\n") * 2000  # ~144 KB against a 64 KiB limit
-    got = _send(client, ["support@helpdesk.example", "billing@helpdesk.example"], big)
+    got = send(client, [SUPPORT, BILLING], big)
     assert [(c, t[:5]) for c, t in got] == [(552, b"5.3.4")] * 2
     # Still in sync, and a normal message on the same connection works.
-    ((code, _),) = _send(client, ["support@helpdesk.example"], MESSAGE)
+    ((code, _),) = send(client, [SUPPORT], MESSAGE)
     client.quit()
     assert code == 250
     with sqlite_daemon.ctx.store.factory() as session:
         event = session.scalars(select(Event).where(Event.kind == "size-rejected")).one()
-    assert event.detail["size"] > 64 * 1024
-    assert event.detail["rcpt_to"] == ["support@helpdesk.example", "billing@helpdesk.example"]
+    assert event.detail["size"] == len(big)
+    assert event.detail["rcpt_to"] == [SUPPORT, BILLING]
 
 
-def test_raw_bytes_survive_dot_stuffing_long_lines_and_8bit(
-    sqlite_daemon: RunningDaemon,
+def test_past_1000_recipients_the_answer_is_452(raw: Raw) -> None:
+    rcpts = b"".join(f"RCPT TO:<r{i}@helpdesk.example>\r\n".encode() for i in range(1001))
+    raw.send(b"LHLO c\r\nMAIL FROM:<alice@customer.example>\r\n" + rcpts)
+    got = raw.replies(2 + 1001)
+    assert all(r.startswith("250 ") for r in got[2:1002])
+    assert got[-1].startswith("452 4.5.3")
+
+
+def test_a_null_recipient_is_refused(raw: Raw) -> None:
+    raw.send(b"LHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<>\r\nNOOP\r\n")
+    got = raw.replies(4)
+    assert got[1].startswith("250 "), "the null sender is fine (bounces come from it)"
+    assert got[2].startswith("501 5.1.3")
+    assert got[3].startswith("250 ")
+
+
+def test_a_sender_that_is_not_utf8_is_refused_at_mail(
+    sqlite_daemon: RunningDaemon, raw: Raw,
 ) -> None:
-    body = (b"From: a@customer.example\r\nSubject: dots\r\nMessage-ID: <dots@x>\r\n\r\n"
-            b".leading dot\r\n..two dots\r\n" + b"L" * 5000 + b"\r\n"
-            + b"8bit: \xc3\xa4\xff\r\nlast line")
-    client = sqlite_daemon.lmtp()
-    ((code, _),) = _send(client, ["support@helpdesk.example"], body)
-    client.quit()
-    assert code == 250
-    with sqlite_daemon.ctx.store.factory() as session:
-        raw = session.scalars(select(Article.raw).where(Article.direction == "in")).one()
-    assert raw == body + b"\r\n"
+    """Accepted, it would make every DATA fail with 451: the MTA would retry for days."""
+    raw.send(b"LHLO c\r\nMAIL FROM:<caf\xe9@customer.example> SMTPUTF8\r\n"
+             b"MAIL FROM:<\xc3\xa9@customer.example>\r\n" + ENVELOPE[8:] + b"DATA\r\n")
+    got = raw.replies(6)
+    assert got[1].startswith("553 5.1.7"), got
+    assert got[2].startswith("553 5.6.7"), "non-ASCII without SMTPUTF8"
+    assert [r[:3] for r in got[3:]] == ["250", "250", "354"]
+    raw.send(MESSAGE + b".\r\n")
+    assert raw.replies(1)[0].startswith("250 2.0.0")
 
 
-def test_smtp_listener_answers_once(sqlite_daemon: RunningDaemon) -> None:
+@pytest.mark.parametrize(("commands", "expected"), [
+    (b"MAIL FROM:<a@b.example>", "503"),  # before LHLO
+    (b"LHLO c\r\nRCPT TO:<s@helpdesk.example>", "503"),
+    (b"LHLO c\r\nMAIL FROM:<a@b.example>\r\nDATA", "503"),
+    (b"LHLO c\r\nMAIL FROM:<a@b.example>\r\nMAIL FROM:<a@b.example>", "503"),
+    (b"HELO c", "500"),  # LMTP speaks LHLO only
+    (b"EHLO c", "500"),
+    (b"LHLO", "501"),
+    (b"LHLO c\r\nMAIL TO:<a@b.example>", "501"),
+    (b"LHLO c\r\nMAIL FROM:<a@b.example> AUTH=<>", "555"),
+    (b"LHLO c\r\nMAIL FROM:<a@b.example> BODY=BINARYMIME", "501"),
+    (b"LHLO c\r\nMAIL FROM:<a@b.example> SIZE=ten", "501"),
+    (b"LHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<s@helpdesk.example> NOTIFY=NEVER",
+     "555"),
+    (b"LHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<s@helpdesk.example>\r\nDATA now",
+     "501"),
+    (b"BDAT 10 LAST", "500"),
+    (b"", "500"),
+    (b"X" * 5000, "500"),
+    (b"VRFY someone", "252"),
+    (b"HELP", "250"),
+])
+def test_protocol_errors_get_their_reply_and_the_session_goes_on(
+    raw: Raw, commands: bytes, expected: str,
+) -> None:
+    raw.send(commands + b"\r\nNOOP\r\n")
+    got = raw.replies(commands.count(b"\r\n") + 2)
+    assert got[-2].startswith(expected), got
+    assert got[-1].startswith("250 ")
+
+
+def test_pipelined_commands_are_answered_in_order_and_the_extensions_advertised(
+    raw: Raw,
+) -> None:
+    raw.send(ENVELOPE + b"RCPT TO:<nobody@elsewhere.example>\r\nRCPT TO:<>\r\n"
+             + f"RCPT TO:<{BILLING}>\r\nDATA\r\n".encode())
+    got = raw.replies(7)
+    keywords = got[0].split("|")
+    assert "250-PIPELINING" in keywords and "250-ENHANCEDSTATUSCODES" in keywords
+    assert [r[:3] for r in got[1:]] == ["250", "250", "250", "501", "250", "354"]
+    raw.send(MESSAGE + b".\r\nNOOP\r\nQUIT\r\n")
+    got = raw.replies(5)
+    assert [r[:9] for r in got[:3]] == ["250 2.0.0"] * 3, "one reply per accepted recipient"
+    assert got[3].startswith("250 ") and got[4].startswith("221 ")
+    assert raw.closed()
+
+
+def test_smtp_listener_speaks_helo_and_ehlo_but_not_lhlo(sqlite_daemon: RunningDaemon) -> None:
     assert sqlite_daemon.daemon is not None
     smtp_port = [n[1] for n in sqlite_daemon.daemon.bound() if isinstance(n, tuple)][1]
-    with smtplib.SMTP("127.0.0.1", smtp_port, local_hostname="localhost", timeout=10) as s:
-        refused = s.sendmail("alice@customer.example",
-                             ["support@helpdesk.example", "billing@helpdesk.example"], MESSAGE)
-        assert refused == {}
-        assert s.noop()[0] == 250
-    assert sqlite_daemon.count(Ticket) == 1
+    client = Raw(smtp_port)
+    try:
+        client.send(b"LHLO c\r\nHELO c\r\nMAIL FROM:<>\r\nRSET\r\nEHLO c\r\n")
+        got = client.replies(5)
+    finally:
+        client.close()
+    assert got[0].startswith("500 ") and got[1].startswith("250 ")
+    assert got[2].startswith("250 2.1.0") and got[3].startswith("250 ")
+    assert "250-PIPELINING" in got[4].split("|")
+
+
+def test_too_many_unknown_commands_close_the_connection(raw: Raw) -> None:
+    raw.send(b"BOGUS\r\n" * 10)
+    got: list[str] = []
+    while (line := raw.file.readline()) != b"":
+        got.append(line.decode())
+    assert got and got[-1].startswith("502 ") and len(got) < 10
+
+
+# -- failures ----------------------------------------------------------------------------------
 
 
 class _BuggyIntake(Intake):
@@ -185,7 +383,7 @@ def test_a_bug_answers_451_without_detail_and_quarantines(
     ctx = sqlite_daemon.ctx
     ctx.intake = _BuggyIntake(ctx.config, ctx.store.factory)
     client = sqlite_daemon.lmtp()
-    got = _send(client, ["support@helpdesk.example", "billing@helpdesk.example"], MESSAGE)
+    got = send(client, [SUPPORT, BILLING], MESSAGE)
     client.quit()
     assert [(c, t[:5]) for c, t in got] == [(451, b"4.3.0")] * 2
     assert all(b"secret" not in t and b"RuntimeError" not in t for _, t in got)
@@ -193,7 +391,7 @@ def test_a_bug_answers_451_without_detail_and_quarantines(
     assert len(spooled) == 1
     raw, envelope, meta = spooled[0].read()
     assert raw == MESSAGE and "secret internal detail" in str(meta["error"])
-    assert envelope.rcpt_tos == ("support@helpdesk.example", "billing@helpdesk.example")
+    assert envelope.rcpt_tos == (SUPPORT, BILLING)
 
 
 def test_a_locked_database_answers_451_and_quarantines_nothing(
@@ -202,7 +400,7 @@ def test_a_locked_database_answers_451_and_quarantines_nothing(
     ctx = sqlite_daemon.ctx
     ctx.intake = _LockedIntake(ctx.config, ctx.store.factory)
     client = sqlite_daemon.lmtp()
-    ((code, text),) = _send(client, ["support@helpdesk.example"], MESSAGE)
+    ((code, text),) = send(client, [SUPPORT], MESSAGE)
     client.quit()
     assert (code, text[:5]) == (451, b"4.3.0")
     assert entries(ctx.config.path(ctx.config.intake.spool_dir)) == []
@@ -220,7 +418,8 @@ def test_an_exception_in_a_session_hook_is_451_not_aiosmtpds_500(
     ctx.intake = Exploding(ctx.config, ctx.store.factory)
     client = sqlite_daemon.lmtp()
     client.mail("alice@customer.example")
-    code, text = client.rcpt("support@helpdesk.example")
+    code, text = client.rcpt(SUPPORT)
+    assert client.noop()[0] == 250, "the session goes on"
     client.quit()
     assert (code, text[:5]) == (451, b"4.3.0")
     assert b"boom" not in text and b"KeyError" not in text
@@ -231,27 +430,13 @@ def test_client_disconnecting_in_data_leaves_the_server_healthy(
 ) -> None:
     client = sqlite_daemon.lmtp()
     client.mail("alice@customer.example")
-    client.rcpt("support@helpdesk.example")
+    client.rcpt(SUPPORT)
     client.putcmd("data")
     assert client.getreply()[0] == 354
     client.send(MESSAGE[:30])
     client.close()
     client = sqlite_daemon.lmtp()
-    ((code, _),) = _send(client, ["support@helpdesk.example"], MESSAGE)
+    ((code, _),) = send(client, [SUPPORT], MESSAGE)
     client.quit()
     assert code == 250
     assert sqlite_daemon.count(Ticket) == 1
-
-
-def test_a_large_message_parsed_in_a_worker_thread_is_stored(running: RunningDaemon) -> None:
-    from gateway.server.handler import INLINE_PREPARE_MAX
-
-    body = MESSAGE + (b"y" * 76 + b"\r\n") * (INLINE_PREPARE_MAX // 78 + 100)
-    assert len(body) > INLINE_PREPARE_MAX
-    client = running.lmtp()
-    ((code, _),) = _send(client, ["support@helpdesk.example"], body)
-    client.quit()
-    assert code == 250
-    with running.ctx.store.factory() as session:
-        size = session.scalars(select(Article.size).where(Article.direction == "in")).one()
-    assert size == len(body)

@@ -1,149 +1,40 @@
-"""The daemon's life cycle in-process, plus the harness other server tests use.
-
-`RunningDaemon` runs `gateway.server.app.Daemon` on its own event loop in a thread,
-bound to 127.0.0.1:0 (and optionally a Unix socket), so tests talk to it with a real
-`smtplib.LMTP` client.
-"""
+"""The daemon's life cycle in-process: listeners, stop and drain, reload, services."""
 
 from __future__ import annotations
 
 import asyncio
-import atexit
-import shutil
 import smtplib
 import socket
-import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
 
-from gateway.config import Config
 from gateway.server.app import Daemon, listen_addresses
 from gateway.server.listeners import ListenAddress, ListenError
+from tests.server_helpers import (
+    MESSAGE,
+    RunningDaemon,
+    daemon_config,
+    prepare_database,
+    short_socket_dir,
+)
 from tests.support import make_config
-from ticketstore.db import upgrade
 from ticketstore.models import Ticket
-
-
-class RunningDaemon:
-    """A Daemon on a private loop thread; `lmtp()` opens a client to its TCP listener."""
-
-    def __init__(self, config: Config, services: list[str] | None = None) -> None:
-        self.config = config
-        # No background services unless a test asks: they bind ports of their own.
-        self.services = services or []
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.daemon: Daemon | None = None
-
-    def call(self, coro: Any, timeout: float = 30.0) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def start(self) -> RunningDaemon:
-        self.thread.start()
-
-        self.daemon = Daemon(self.config, drain_timeout=10.0, services=self.services)
-        self.call(self.daemon.start())  # on failure, stop() still cleans up
-        return self
-
-    def stop(self) -> None:
-        if self.daemon is not None:
-            self.call(self.daemon.stop())
-            self.daemon = None
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-    @property
-    def ctx(self) -> Any:
-        assert self.daemon is not None and self.daemon.ctx is not None
-        return self.daemon.ctx
-
-    @property
-    def port(self) -> int:
-        assert self.daemon is not None
-        for name in self.daemon.bound():
-            if isinstance(name, tuple):
-                return int(name[1])
-        raise AssertionError("no TCP listener")
-
-    def lmtp(self) -> smtplib.LMTP:
-        client = smtplib.LMTP("127.0.0.1", self.port, local_hostname="localhost", timeout=30)
-        client.ehlo("localhost")
-        return client
-
-    @staticmethod
-    def count_in(url: str, model: Any) -> int:
-        from ticketstore.db import make_engine
-
-        engine = make_engine(url)
-        try:
-            with engine.connect() as conn:
-                return int(conn.scalar(select(func.count()).select_from(model)) or 0)
-        finally:
-            engine.dispose()
-
-    def count(self, model: Any) -> int:
-        with self.ctx.store.factory() as session:
-            return int(session.scalar(select(func.count()).select_from(model)) or 0)
-
-
-_SOCKET_DIRS: list[Path] = []
-
-
-def short_socket_dir() -> Path:
-    """Unix socket paths are limited to ~107 bytes; pytest's tmp_path can be longer.
-
-    The folders are removed when the test process exits.
-    """
-    path = Path(tempfile.mkdtemp(prefix="tg-sock-", dir="/tmp"))
-    if not _SOCKET_DIRS:
-        atexit.register(_remove_socket_dirs)
-    _SOCKET_DIRS.append(path)
-    return path
-
-
-def _remove_socket_dirs() -> None:
-    for path in _SOCKET_DIRS:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def daemon_config(tmp_path: Path, db_url: str, **sections: Any) -> Config:
-    lmtp = {"listen": ["127.0.0.1:0"], **sections.pop("lmtp", {})}
-    return make_config(tmp_path, db_url, lmtp=lmtp, **sections)
 
 
 @pytest.fixture
 def running(tmp_path: Path, db_url: str) -> Iterator[RunningDaemon]:
-    config = daemon_config(tmp_path, db_url)
-    if db_url.startswith("postgresql"):
-        from ticketstore.db import make_engine
-
-        engine = make_engine(db_url)
-        upgrade(engine)
-        engine.dispose()
-    d = RunningDaemon(config).start()
+    prepare_database(db_url)
+    d = RunningDaemon(daemon_config(tmp_path, db_url)).start()
     try:
         yield d
     finally:
         d.stop()
 
 
-MESSAGE = (
-    b"From: Alice <alice@customer.example>\r\n"
-    b"To: support@helpdesk.example\r\n"
-    b"Subject: Printer on fire\r\n"
-    b"Message-ID: <app-1@customer.example>\r\n"
-    b"\r\n"
-    b"Please help.\r\n"
-)
-
-
-def test_daemon_accepts_mail_on_both_backends(running: RunningDaemon) -> None:
+def test_daemon_accepts_mail_on_both_databases(running: RunningDaemon) -> None:
     client = running.lmtp()
     client.mail("alice@customer.example")
     client.rcpt("support@helpdesk.example")
@@ -210,6 +101,7 @@ def test_stop_finishes_a_message_in_data_and_refuses_new_connections(
         busy.send(MESSAGE[40:] + b".\r\n")
         code, text = busy.getreply()
         assert code == 250, text
+        assert busy.getreply()[0] == 421, "closed once its message is answered"
         stopping.result(20)
         d.daemon = None
         assert d.count_in(sqlite_url, Ticket) == 1

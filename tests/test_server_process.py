@@ -13,17 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_server_app import MESSAGE, short_socket_dir
-
-
-def _config(tmp_path: Path, sock: Path, strict: bool = False) -> str:
-    return (f'[database]\nurl = "sqlite:///{tmp_path}/tg.db"\n'
-            f'[lmtp]\nlisten = ["unix:{sock}"]\n'
-            f'[pipe]\nhandoff_socket = ""\n'
-            '[status]\nlisten = "127.0.0.1:0"\n[autoresponse]\nenabled = false\n'
-            f'[intake]\nstrict_recipients = {"true" if strict else "false"}\n'
-            f'spool_dir = "{tmp_path}/spool"\n'
-            '[[queues]]\nname = "Support"\naddresses = ["support@helpdesk.example"]\n')
+from tests.server_helpers import MESSAGE, process_config, short_socket_dir
 
 
 def _until(rx: socket.socket, wanted: bytes, seen: list[bytes], timeout: float = 30) -> None:
@@ -42,7 +32,7 @@ def test_serve_notifies_systemd_reloads_on_hup_and_exits_0_on_term(tmp_path: Pat
     sockdir = short_socket_dir()
     lmtp_sock, notify_sock = sockdir / "lmtp.sock", sockdir / "notify"
     cfg = tmp_path / "tg.toml"
-    cfg.write_text(_config(tmp_path, lmtp_sock))
+    cfg.write_text(process_config(tmp_path, lmtp_sock))
     rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     rx.bind(str(notify_sock))
     rx.settimeout(0.5)
@@ -60,7 +50,7 @@ def test_serve_notifies_systemd_reloads_on_hup_and_exits_0_on_term(tmp_path: Pat
         assert client.rcpt("nobody@helpdesk.example")[0] == 250
         client.rset()
 
-        cfg.write_text(_config(tmp_path, lmtp_sock, strict=True))
+        cfg.write_text(process_config(tmp_path, lmtp_sock, strict=True))
         proc.send_signal(signal.SIGHUP)
         _until(rx, b"RELOADING=1", seen)
         _until(rx, b"READY=1", seen)
@@ -111,7 +101,7 @@ def test_serve_exits_nonzero_with_a_clear_message_when_it_cannot_listen(tmp_path
 def test_idle_daemon_stops_promptly(tmp_path: Path, sig: signal.Signals) -> None:
     sock = short_socket_dir() / "lmtp.sock"
     cfg = tmp_path / "tg.toml"
-    cfg.write_text(_config(tmp_path, sock))
+    cfg.write_text(process_config(tmp_path, sock))
     proc = subprocess.Popen([sys.executable, "-m", "gateway", "-c", str(cfg), "serve"],
                             stderr=subprocess.DEVNULL)
     try:
@@ -148,7 +138,7 @@ def test_socket_activation_uses_the_inherited_sockets(tmp_path: Path) -> None:
     unix.listen()
     configured = sockdir / "configured.sock"
     cfg = tmp_path / "tg.toml"
-    cfg.write_text(_config(tmp_path, configured))
+    cfg.write_text(process_config(tmp_path, configured))
     proc = subprocess.Popen(
         [sys.executable, "-c", LAUNCH_AS_SYSTEMD, str(tcp.fileno()), str(unix.fileno()),
          "-c", str(cfg), "serve"],

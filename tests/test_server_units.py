@@ -20,7 +20,7 @@ from gateway.mail.envelope import Envelope
 from gateway.server import sdnotify
 from gateway.server.groupcommit import GroupCommitter
 from gateway.server.listeners import ListenAddress, ListenError, parse_listen
-from tests.test_server_app import short_socket_dir
+from tests.server_helpers import short_socket_dir
 from ticketstore.models import Article, Ticket
 
 # -- listeners ---------------------------------------------------------------------------
@@ -148,7 +148,6 @@ def test_one_failing_message_does_not_fail_or_leak_into_the_batch(intake: Intake
 
 
 def test_a_failing_message_alone_in_its_batch_leaves_nothing_behind(intake: Intake) -> None:
-    """A batch of one runs without a savepoint: the rollback must still undo its writes."""
     buggy = _FailsOnSubject(intake.config, intake.factory)
     committer = GroupCommitter(intake.engine)
     committer.start()
@@ -197,7 +196,7 @@ def test_the_same_message_twice_in_one_batch_is_one_ticket(intake: Intake) -> No
 
 def test_a_failed_commit_fails_every_message_of_the_batch(intake: Intake) -> None:
     class BrokenEngine:
-        def connect(self) -> Any:
+        def begin(self) -> Any:
             raise OSError(28, "No space left on device")
 
     committer = GroupCommitter(BrokenEngine())  # type: ignore[arg-type]
@@ -232,48 +231,6 @@ def test_serve_accepts_verbose_after_the_command_as_make_run_writes_it() -> None
     assert parser.parse_args(["serve", "-v"]).verbose is True
     assert parser.parse_args(["-v", "serve"]).verbose is True
     assert parser.parse_args(["serve"]).verbose is False
-
-
-class _FailsToParse(Intake):
-    def prepare(self, raw: bytes, envelope: Envelope) -> Any:
-        if b"unparseable" in raw:
-            raise ValueError("parser bug")
-        return super().prepare(raw, envelope)
-
-
-async def _prepare_and_store_all(committer: GroupCommitter, intake: Intake,
-                                 raws: list[bytes]) -> list[Any]:
-    import asyncio
-
-    return await asyncio.gather(*(committer.prepare_and_store(intake, r, ENV) for r in raws),
-                                return_exceptions=True)
-
-
-def test_the_writer_parses_raw_submissions_and_a_parse_failure_stays_alone(
-    intake: Intake,
-) -> None:
-    import asyncio
-
-    buggy = _FailsToParse(intake.config, intake.factory)
-    committer = GroupCommitter(intake.engine)
-    committer.start()
-    raws = [_mail(i, "unparseable" if i == 1 else "fine") for i in range(4)]
-    results = asyncio.run(_prepare_and_store_all(committer, buggy, raws))
-    committer.stop()
-    assert isinstance(results[1], ValueError)
-    assert [r.outcome for i, r in enumerate(results) if i != 1] == [Outcome.CREATED] * 3
-    with intake.factory() as session:
-        assert len(session.scalars(select(Ticket)).all()) == 3
-
-
-def test_mmap_threshold_is_accepted_by_glibc() -> None:
-    import platform
-
-    from gateway.server.malloc import fix_mmap_threshold
-
-    if platform.libc_ver()[0] != "glibc":
-        pytest.skip("not glibc")
-    assert fix_mmap_threshold() is True
 
 
 def test_inherited_sockets_only_for_our_pid_and_the_variables_are_consumed() -> None:

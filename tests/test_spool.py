@@ -11,8 +11,8 @@ import pytest
 from gateway.cli import main
 from gateway.mail.envelope import Envelope
 from gateway.spool import entries, failed_dir, quarantine
+from tests.pipe_helpers import write_config
 from tests.support import mail
-from tests.test_pipe import write_config
 
 
 def _boom() -> Exception:

@@ -36,6 +36,14 @@ def test_service_is_type_notify_with_watchdog_reload_and_hardening() -> None:
         assert svc[key] == value, key
 
 
+def test_service_fixes_glibcs_mmap_threshold() -> None:
+    """What keeps a 25 MB message's buffers from staying resident after it is stored."""
+    svc = _unit("ticketgate.service")["Service"]
+    name, _eq, value = svc["Environment"].partition("=")
+    assert name == "GLIBC_TUNABLES"
+    assert "glibc.malloc.mmap_threshold=131072" in value.split(":")
+
+
 def test_socket_unit_activates_the_service_with_lmtp_sockets() -> None:
     sock = _unit("ticketgate.socket")["Socket"]
     assert sock["Service"] == "ticketgate.service"

@@ -26,16 +26,15 @@ import pytest
 from sqlalchemy import func, select
 
 from gateway.server.workers import worker_count
+from tests.server_helpers import MESSAGE, process_config, short_socket_dir
 from tests.support import wait_until
-from tests.test_server_app import MESSAGE, short_socket_dir
-from tests.test_server_process import _config as process_config
 from ticketstore.db import make_engine
 from ticketstore.models import Ticket
 from ticketstore.writelock import WriterLock
 
 
 def _config(tmp_path: Path, sock: Path, strict: bool = False) -> str:
-    """tests/test_server_process.py's daemon config, with two intake workers."""
+    """The daemon config of tests/test_server_process.py, with two intake workers."""
     return process_config(tmp_path, sock, strict).replace("[lmtp]\n", "[lmtp]\nworkers = 2\n")
 
 

@@ -24,6 +24,7 @@ from typing import Any
 from gateway import __version__
 from gateway.config import Config, load_config
 from gateway.daemon import SERVICES, DaemonContext
+from gateway.failures import S421_SHUTTING_DOWN
 from gateway.runtime import build_intake, open_store
 from gateway.sysexits import EX_UNAVAILABLE
 from ticketstore.writelock import WriterLock, writer_lock_for
@@ -34,11 +35,9 @@ from .groupcommit import GroupCommitter
 from .handler import DeliveryHandler
 from .listeners import ListenAddress, ListenError, bind, parse_listen
 from .protocol import IntakeLMTP, IntakeSMTP
-from .session import Session
 from .workers import WorkerPool, worker_count
 
 log = logging.getLogger("ticketgate.server")
-
 
 
 def listen_addresses(config: Config) -> list[ListenAddress]:
@@ -163,19 +162,16 @@ class Daemon:
         return [sock.getsockname() for _a, sock in self.sockets]
 
     def _factory(self, lmtp: bool) -> Callable[[], asyncio.BaseProtocol]:
-        """Sessions of the configured engine (read per connection: a reload may change it)."""
         loop = asyncio.get_running_loop()
         cls = IntakeLMTP if lmtp else IntakeSMTP
         ident = f"ticketgate {__version__}"
 
         def factory() -> asyncio.BaseProtocol:
-            assert self.ctx is not None and self.handler is not None
-            config = self.ctx.config
-            if config.lmtp.engine == "native":
-                return Session(self.handler, lmtp=lmtp, hostname=self._hostname, ident=ident,
-                               size_limit=config.intake.max_message_size)
-            return cls(self.handler, data_size_limit=config.intake.max_message_size,
-                       enable_SMTPUTF8=True, hostname=self._hostname, ident=ident, loop=loop)
+            assert self.handler is not None
+            # No data_size_limit: the handler checks the configured one (a reload may
+            # change it) and answers 552 5.3.4 per recipient with the refusal recorded.
+            return cls(self.handler, data_size_limit=None, enable_SMTPUTF8=True,
+                       hostname=self._hostname, ident=ident, loop=loop)
 
         return factory
 
@@ -306,7 +302,7 @@ class Daemon:
             while not self.handler.idle() and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
             for conn in list(self.handler.connections):
-                conn.close_with("421 4.3.2 Shutting down")
+                conn.close_with(S421_SHUTTING_DOWN)
         if self._service_tasks:
             _done, pending = await asyncio.wait(self._service_tasks, timeout=10)
             for task in pending:

@@ -1,0 +1,115 @@
+"""Every reply code and `ticketgate pipe` exit code ticketgate chooses, in one table.
+
+DESIGN.md's failure table as code: the LMTP/SMTP handler answers `failure.reply`, the
+pipe exits with `failure.exit_code` after printing `failure.line()`, so the two entry
+points cannot treat the same situation differently. aiosmtpd answers plain protocol
+errors (bad syntax, commands out of order) itself; everything ticketgate decides is here.
+
+Postfix bounces on an unknown exit code and on any 5xx, so a failure of *our* code is
+always a 4xx / 75: the MTA keeps the message and retries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .sysexits import EX_DATAERR, EX_NOUSER, EX_OK, EX_TEMPFAIL
+
+if TYPE_CHECKING:
+    from .intake.outcome import Disposition
+
+# -- replies --------------------------------------------------------------------------------
+
+S250_SENDER_OK = "250 2.1.0 Sender OK"
+S250_RECIPIENT_OK = "250 2.1.5 Recipient OK"
+S421_SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
+S451_TEMPFAIL = "451 4.3.0 Temporary failure, please try again later"
+S452_TOO_MANY_RECIPIENTS = "452 4.5.3 Error: too many recipients"
+S501_EMPTY_RECIPIENT = "501 5.1.3 Error: empty recipient"
+S550_NO_SUCH_USER = "550 5.1.1 No such recipient here"
+S552_TOO_BIG = "552 5.3.4 Message too big for this system"
+S553_SENDER_NOT_UTF8 = "553 5.1.7 Error: sender address is not valid UTF-8"
+S553_NEEDS_SMTPUTF8 = "553 5.6.7 Error: non-ASCII address needs SMTPUTF8"
+
+EXIT_DELIVERED = EX_OK  # the pipe's code for the same: stored, ignored or a duplicate
+
+
+def delivered(disposition: Disposition) -> str:
+    """The 250 for a stored, ignored or duplicate message.
+
+    Postfix copies this text into its log (`status=sent (250 ...)`), which is where an
+    admin looks first when asked "did my mail arrive?".
+    """
+    ticket = f" ticket {disposition.ticket_number}" if disposition.ticket_number else ""
+    return f"250 2.0.0 Ok: {disposition.outcome.value}{ticket}"
+
+
+# -- failures -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One row of the table: the listener's reply and the pipe's exit code and stderr line."""
+
+    reply: str
+    exit_code: int
+    message: str  # may name `{size}`; never a bug's exception text: bounces quote it
+    quarantine: bool = False  # keep a copy of the raw message in the spool
+
+    def line(self, **facts: object) -> str:
+        return "ticketgate pipe: " + self.message.format(**facts)
+
+
+TRANSIENT = Failure(S451_TEMPFAIL, EX_TEMPFAIL,
+                    "temporary failure (database busy or unavailable)")
+UNEXPECTED = Failure(S451_TEMPFAIL, EX_TEMPFAIL, "temporary failure, message kept for retry",
+                     quarantine=True)
+# The store, rules or templates could not be set up: every message would fail alike, so
+# nothing is quarantined; the MTA's queue waits until the admin fixes it.
+INVALID_RULES = Failure(S451_TEMPFAIL, EX_TEMPFAIL,
+                        "temporary failure: invalid rule files (run `ticketgate rules check`)")
+CANNOT_START = Failure(S451_TEMPFAIL, EX_TEMPFAIL, "temporary failure: cannot start ({error})")
+BAD_CONFIG = Failure(S451_TEMPFAIL, EX_TEMPFAIL, "config error: {error}")
+CRASHED = Failure(S451_TEMPFAIL, EX_TEMPFAIL, "temporary failure, message not accepted")
+UNKNOWN_RECIPIENT = Failure(S550_NO_SUCH_USER, EX_NOUSER, "unknown recipient")
+# The refusal is recorded as an event; the pipe then has nothing left to do (exit 0).
+TOO_BIG = Failure(S552_TOO_BIG, EX_OK, "message of {size} bytes exceeds the limit; discarded")
+# The pipe only: a listener stores an empty DATA like any other malformed message.
+EMPTY = Failure("", EX_DATAERR, "empty message")
+
+# The only codes `ticketgate pipe` may exit with.
+PIPE_EXIT_CODES = frozenset({EX_OK, EX_DATAERR, EX_NOUSER, EX_TEMPFAIL})
+
+
+def failure_of(exc: BaseException) -> Failure:
+    """A failure while processing one message: transient (database locked or down, disk
+    full) or, for anything else, a bug worth a quarantine copy."""
+    from ticketstore.db import is_transient  # SQLAlchemy: not for the pipe's hand-off path
+
+    return TRANSIENT if is_transient(exc) else UNEXPECTED
+
+
+def exit_code_for_reply(code: int, text: str = "") -> int:
+    """The pipe's exit code for one reply of the daemon it handed a message to.
+
+    550 5.1.1 is our unknown recipient and 552 our size refusal (recorded by the daemon);
+    any other 5xx from our own daemon is a bug or a version mismatch, and mail must not
+    bounce for that.
+    """
+    if 200 <= code < 300:
+        return EX_OK
+    if code == 552:
+        return TOO_BIG.exit_code
+    if code == 550 and text.startswith("5.1.1"):
+        return UNKNOWN_RECIPIENT.exit_code
+    return EX_TEMPFAIL
+
+
+def combine_exit_codes(codes: list[int]) -> int:
+    """One exit code for several recipients: any tempfail wins, then success."""
+    if not codes or EX_TEMPFAIL in codes:
+        return EX_TEMPFAIL
+    if EX_OK in codes:
+        return EX_OK
+    return EX_NOUSER
