@@ -214,11 +214,3 @@ class OutboxMessage(Base):
         Index("ix_outbox_rcpt_created", "rcpt_to", "created_at"),
     )
 
-
-# Left only for autoresponse/suppress.py until its rewrite is merged (issue 14): the lead
-# deletes these two names then. UTCDateTime no longer remembers anything.
-Memory = list[Any]
-
-
-def bind_memory() -> Memory:
-    return []
