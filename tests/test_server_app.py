@@ -113,6 +113,32 @@ def test_stop_finishes_a_message_in_data_and_refuses_new_connections(
         d.stop()
 
 
+def test_a_connection_accepted_while_draining_is_told_421_and_closed(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """A connection that slips in between the drain and the listener closing gets 421."""
+    d = RunningDaemon(daemon_config(tmp_path, sqlite_url)).start()
+    try:
+        assert d.daemon is not None and d.daemon.handler is not None
+        handler = d.daemon.handler
+
+        async def drain() -> None:
+            handler.draining = True
+
+        d.call(drain())
+        with socket.create_connection(("127.0.0.1", d.port), timeout=5) as s:
+            received = b""
+            for _ in range(50):  # bounded: the server closes after one line
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                received += chunk
+        assert received.startswith(b"421 4.3.2"), received
+        assert not handler.connections
+    finally:
+        d.stop()
+
+
 def test_reload_swaps_the_config_and_keeps_it_when_the_new_one_is_bad(
     tmp_path: Path, sqlite_url: str
 ) -> None:
