@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from functools import cached_property
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -53,8 +54,9 @@ class Intake:
         self.clock = clock
         self.queues = QueueMap.from_config(config)
 
-    @property
+    @cached_property
     def engine(self) -> Engine:
+        """The engine the sessions are bound to (asked once: a Session per call is not free)."""
         with self.factory() as session:
             bind = session.get_bind()
         assert isinstance(bind, Engine)
