@@ -10,6 +10,7 @@ bytes that are not UTF-8.
 
 from __future__ import annotations
 
+import re
 import smtplib
 import socket
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from sqlalchemy.exc import OperationalError
 
 from gateway.intake.core import Intake
 from gateway.server.handler import INLINE_PREPARE_MAX
+from gateway.server.protocol import enhanced
 from gateway.spool import entries
 from tests.server_helpers import MESSAGE, RunningDaemon, daemon_config, prepare_database, send
 from ticketstore.models import Article, Event, Ticket
@@ -323,7 +325,33 @@ def test_protocol_errors_get_their_reply_and_the_session_goes_on(
     raw.send(commands + b"\r\nNOOP\r\n")
     got = raw.replies(commands.count(b"\r\n") + 2)
     assert got[-2].startswith(expected), got
-    assert got[-1].startswith("250 ")
+    assert got[-1].startswith("250 2.0.0 ")
+    # ENHANCEDSTATUSCODES is advertised: aiosmtpd's own replies carry a code too (RFC 2034
+    # leaves out only the greeting and the replies to HELO/EHLO/LHLO).
+    if not commands.split(b"\r\n")[-1].startswith(b"LHLO"):
+        assert re.match(r"\d{3}[ -][245]\.\d{1,3}\.\d{1,3} ", got[-2]), got[-2]
+
+
+@pytest.mark.parametrize(("status", "expected"), [
+    ("250 OK", "250 2.0.0 OK"),
+    ('500 Error: command "X" not recognized', '500 5.5.2 Error: command "X" not recognized'),
+    ("503 Error: need MAIL command", "503 5.5.1 Error: need MAIL command"),
+    ("221 Bye", "221 2.0.0 Bye"),
+    ("250 2.1.0 Sender OK", "250 2.1.0 Sender OK"),  # ours already carry one
+    ("250 2.0.0 Ok\r\n451 4.3.0 Later", "250 2.0.0 Ok\r\n451 4.3.0 Later"),
+    ("220 host ESMTP", "220 host ESMTP"),  # the greeting has none
+    ("354 End data with <CR><LF>.<CR><LF>", "354 End data with <CR><LF>.<CR><LF>"),
+    ("334 VXNlcm5hbWU6", "334 VXNlcm5hbWU6"),  # an AUTH challenge is left as it is
+])
+def test_aiosmtpds_own_replies_get_an_enhanced_code(status: str, expected: str) -> None:
+    assert enhanced(status) == expected
+
+
+def test_greeting_replies_keep_their_extension_lines_plain(raw: Raw) -> None:
+    raw.send(b"LHLO again\r\nNOOP\r\n")
+    lhlo, noop = raw.replies(2)
+    assert "250-PIPELINING" in lhlo.split("|") and "250 HELP" in lhlo.split("|")
+    assert noop.startswith("250 2.0.0 ")
 
 
 def test_pipelined_commands_are_answered_in_order_and_the_extensions_advertised(
