@@ -22,13 +22,12 @@ from sqlalchemy import insert
 
 from gateway.intake.outcome import Outcome
 from gateway.intake.ports import Responder
-from gateway.intake.recipients import split_plus
 from gateway.mail.classify import BOUNCE, LOOP, bounced_message_ids, bounced_recipients
 from gateway.mail.subject import tag_subject
 from ticketstore.models import Event, OutboxMessage
 
 from .compose import Outgoing, compose, new_message_id, valid_address
-from .suppress import Check, suppression
+from .suppress import Check, is_system_address, suppression
 from .templates import DEFAULT_SET, EVENTS, Rendered, TemplateError, Templates
 
 if TYPE_CHECKING:
@@ -123,14 +122,15 @@ class AutoResponder(Responder):
         if BOUNCE in stored.classification.labels:
             self._record_bounce(conn, stored)
         qcfg = self.config.queue(stored.ticket.queue.name)
-        event = self._customer_event(stored, qcfg)
+        event = self.customer_event(stored, qcfg)
         if event is not None:
             self._answer_customer(conn, stored, qcfg, event)
         if qcfg.notify and stored.outcome in (Outcome.CREATED, Outcome.FOLLOW_UP,
                                                Outcome.REJECTED):
             self._notify_agents(conn, stored, qcfg)
 
-    def _customer_event(self, stored: StoredMessage, qcfg: QueueConfig) -> str | None:
+    def customer_event(self, stored: StoredMessage, qcfg: QueueConfig) -> str | None:
+        """The template event the customer is answered with, or None (no answer)."""
         if not self.config.autoresponse.enabled:
             return None
         if stored.outcome is Outcome.CREATED:
@@ -151,8 +151,7 @@ class AutoResponder(Responder):
         return stored.msg.from_address.lower()
 
     def _is_ours(self, addr: str) -> bool:
-        return addr.lower() in self.system_addresses or \
-            split_plus(addr)[0] in self.system_addresses
+        return is_system_address(addr, self.system_addresses)
 
     def _answer_customer(self, conn: Connection, stored: StoredMessage, qcfg: QueueConfig,
                          event: str) -> None:

@@ -74,10 +74,14 @@ def _noreply_sender(ctx: Check) -> str | None:
     return None
 
 
+def is_system_address(addr: str, system_addresses: frozenset[str]) -> bool:
+    """One of our queue addresses, also with a +tag."""
+    return addr.lower() in system_addresses or split_plus(addr)[0] in system_addresses
+
+
 def _system_address(ctx: Check) -> str | None:
     for addr in _senders(ctx):
-        if addr and (addr.lower() in ctx.system_addresses
-                     or split_plus(addr)[0] in ctx.system_addresses):
+        if addr and is_system_address(addr, ctx.system_addresses):
             return f"sender {addr} is one of our own addresses"
     return None
 
@@ -144,10 +148,11 @@ CHECKS: tuple[tuple[str, Callable[[Check], str | None]], ...] = (
 )
 
 
-def suppression(ctx: Check) -> tuple[str, str] | None:
-    """(check name, reason) of the first check that says no, or None: answer."""
+def suppression(ctx: Check, skip: frozenset[str] = frozenset()) -> tuple[str, str] | None:
+    """(check name, reason) of the first check that says no, or None: answer. `skip`
+    names checks not to run (the dry run without a database skips "daily-limit")."""
     for name, check in CHECKS:
-        reason = check(ctx)
+        reason = None if name in skip else check(ctx)
         if reason:
             return name, reason
     return None

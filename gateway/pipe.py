@@ -165,7 +165,7 @@ def process_in_process(config: Config, raw: bytes, envelope: Envelope, started: 
         disposition = intake.process(raw, envelope)
     except Exception as exc:
         failure = failures.failure_of(exc)
-        if not failure.quarantine:
+        if failure is failures.TRANSIENT:
             log.info("transient failure: %s", type(exc).__name__)
             return _fail(failure)
         try:

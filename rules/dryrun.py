@@ -191,14 +191,6 @@ def _auto_response(
     if not config.autoresponse.enabled:
         return False, "[autoresponse] enabled = false"
     qcfg = config.queue(ticket.queue.name)
-    if outcome is Outcome.CREATED:
-        event = "new-ticket-rejected" if refused else "new-ticket"
-    elif outcome is Outcome.REJECTED:
-        event = "reject"
-    elif qcfg.follow_up_ack:
-        event = "follow-up"
-    else:
-        return False, f"a follow-up, and queue {qcfg.name} has follow_up_ack = false"
     responder = AutoResponder(config)
     now = dt.datetime.now(dt.UTC)
     stored = StoredMessage(
@@ -206,15 +198,16 @@ def _auto_response(
         ticket=ticket, article=ArticleSnapshot(id=0, **article_values(p, ticket.id, now)),
         outcome=outcome, closed_policy=closed_policy, queue_refused_new=refused, now=now,
     )
+    event = responder.customer_event(stored, qcfg)
+    if event is None:  # enabled, and no duplicate or ignored mail gets here: a follow-up
+        return False, f"a follow-up, and queue {qcfg.name} has follow_up_ack = false"
     rcpt = responder.recipient(stored)
     check = suppress.Check(conn, stored, config, rcpt,  # type: ignore[arg-type]
                            responder.system_addresses, responder.noreply)
-    for name, func in suppress.CHECKS:
-        if name == "daily-limit" and conn is None:
-            continue
-        reason = func(check)
-        if reason:
-            return False, f"{event} suppressed ({name}): {reason}"
+    verdict = suppress.suppression(
+        check, frozenset() if conn is not None else frozenset({"daily-limit"}))
+    if verdict is not None:
+        return False, f"{event} suppressed ({verdict[0]}): {verdict[1]}"
     if not responder.from_address(qcfg):
         return False, "no queue address and no autoresponse.from_address to send from"
     limit = "" if conn is not None else " (daily limit not checked: no database)"

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from tests.support import toml_value
+
 if TYPE_CHECKING:
     from gateway.config import Config
     from gateway.intake.core import Intake
@@ -146,20 +148,6 @@ def build_mail(
     return ("\r\n".join(lines) + "\r\n\r\n" + body.replace("\n", "\r\n")).encode("utf-8")
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f'"{k}" = {_toml_value(v)}' for k, v in value.items()) + "}"
-    raise TypeError(type(value))
-
-
 def write_toml(path: Any, data: dict[str, Any]) -> None:
     """Enough TOML for a ticketgate config: tables, [[queues]], nested [a.b] tables."""
     out: list[str] = []
@@ -167,7 +155,7 @@ def write_toml(path: Any, data: dict[str, Any]) -> None:
     def table(prefix: str, values: dict[str, Any]) -> None:
         scalars = {k: v for k, v in values.items() if not isinstance(v, dict) or k == "overrides"}
         out.append(f"[{prefix}]")
-        out.extend(f"{k} = {_toml_value(v)}" for k, v in scalars.items())
+        out.extend(f"{k} = {toml_value(v)}" for k, v in scalars.items())
         for k, v in values.items():
             if isinstance(v, dict) and k != "overrides":
                 table(f"{prefix}.{k}", v)
@@ -176,7 +164,7 @@ def write_toml(path: Any, data: dict[str, Any]) -> None:
         if section == "queues":
             for q in values:
                 out.append("[[queues]]")
-                out.extend(f"{k} = {_toml_value(v)}" for k, v in q.items())
+                out.extend(f"{k} = {toml_value(v)}" for k, v in q.items())
         else:
             table(section, values)
     path.write_text("\n".join(out) + "\n", encoding="utf-8")

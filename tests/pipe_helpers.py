@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+from tests.support import toml_value
+
 ROOT = Path(__file__).resolve().parent.parent
 SUPPORT = "support@helpdesk.example"
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    raise TypeError(value)
 
 
 def write_config(tmp_path: Path, db_url: str, **sections: dict[str, Any]) -> Path:
@@ -38,7 +27,7 @@ def write_config(tmp_path: Path, db_url: str, **sections: dict[str, Any]) -> Pat
     lines = []
     for name, values in data.items():
         lines.append(f"[{name}]")
-        lines += [f"{k} = {_toml(v)}" for k, v in values.items()]
+        lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
     for queue, address, policy in [("Support", SUPPORT, "reopen"),
                                    ("Billing", "billing@helpdesk.example", "new-ticket")]:
         lines += ["[[queues]]", f'name = "{queue}"', f'addresses = ["{address}"]',

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -65,3 +66,18 @@ def wait_until(what: str, check: Callable[[], Any], timeout: float = 60.0,
             return result
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}\n{diagnostics()}")
+
+
+def toml_value(value: Any) -> str:
+    """A TOML value for a test config: bool, number, string, list, inline table."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a TOML basic string: JSON's escapes are TOML's
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(type(value))

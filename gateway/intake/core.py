@@ -3,8 +3,8 @@
 Every entry point (pipe, LMTP/SMTP server, spool replay) calls this module and only
 translates its result or its exception into replies or exit codes. Work is split into
 `prepare` (parse, classify, route: pure CPU, no database) and `store` (thread and write
-inside the caller's transaction), so the server can prepare off the event loop and
-commit several messages in one transaction (group commit).
+inside the caller's transaction), so the server prepares outside its writer thread and
+commits several messages in one transaction (group commit).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from gateway.config import Config
 from gateway.mail.classify import classify
 from gateway.mail.envelope import Envelope
 from gateway.mail.parse import parse_message
-from gateway.mail.subject import find_numbers
 from ticketstore.models import utcnow
 
 from .dedupe import content_hash, find_duplicate
@@ -84,8 +83,7 @@ class Intake:
             + msg.to + msg.cc
         )
         queue = self.queues.queue_for(recipients) or self.config.tickets.default_queue
-        return Prepared(raw, envelope, msg, classification, route, message_id, chash, queue,
-                        subject_numbers=tuple(find_numbers(msg.subject, self.config.tickets.hook)))
+        return Prepared(raw, envelope, msg, classification, route, message_id, chash, queue)
 
     def store(self, conn: Connection, p: Prepared) -> Disposition:
         """Thread and write one prepared message on `conn`, inside its transaction."""

@@ -71,9 +71,9 @@ def find_ticket(conn: Connection, config: TicketsConfig, p: Prepared) -> TicketS
 
 
 def _by_number(conn: Connection, config: TicketsConfig, p: Prepared) -> TicketSnapshot | None:
-    candidates = p.subject_numbers
+    candidates = find_numbers(p.msg.subject, config.hook)
     if config.body_threading:
-        candidates += tuple(find_numbers(p.msg.text[:BODY_SEARCHED], config.hook))
+        candidates += find_numbers(p.msg.text[:BODY_SEARCHED], config.hook)
     plausible = list(dict.fromkeys(
         n for n in candidates if numbers.is_plausible(config.generator, n)))[:MAX_NUMBERS]
     if not plausible:

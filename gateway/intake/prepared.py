@@ -21,8 +21,6 @@ class Prepared:
     message_id: str
     content_hash: str
     queue: str  # from the recipients; a rule's queue wins for new tickets
-    # Ticket numbers in the subject (gateway.mail.subject.find_numbers).
-    subject_numbers: tuple[str, ...] = ()
 
     @property
     def new_ticket_queue(self) -> str:
