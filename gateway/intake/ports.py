@@ -68,6 +68,9 @@ class StoredMessage:
     # True when the ticket went to a queue that accepts no new tickets.
     queue_refused_new: bool
     now: dt.datetime
+    # False when the sender is not a participant of the ticket (a stranger's follow-up by
+    # number that the queue's policy accepted): an answer to them reveals nothing of it.
+    sender_is_participant: bool = True
 
 
 class Responder(Protocol):

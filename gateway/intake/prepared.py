@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from gateway.mail.classify import Classification
 from gateway.mail.envelope import Envelope
 from gateway.mail.parse import ParsedMessage
+from gateway.mail.verdict import NO_VERDICT, SenderVerdict
 
 from .ports import Route
 
@@ -21,6 +22,7 @@ class Prepared:
     message_id: str
     content_hash: str
     queue: str  # from the recipients; a rule's queue wins for new tickets
+    verdict: SenderVerdict = NO_VERDICT
 
     @property
     def new_ticket_queue(self) -> str:
