@@ -20,7 +20,14 @@ from email.message import Message
 from gateway.mail.charsets import decode_bytes
 
 MSGID_RE = re.compile(r"<([^<>\s]+)>")
+# Encoded words are decoded in the first DECODE_LIMIT characters of a value and the rest
+# is kept as written: the stdlib's decoder takes time quadratic in the number of words,
+# and a hostile Subject of 40,000 words would cost seconds on every retry.
+DECODE_LIMIT = 16 * 1024
+# Per message: header values past this many characters in all are kept as written.
+MESSAGE_DECODE_LIMIT = 256 * 1024
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
+_RAW_BYTE = re.compile("[\udc80-\udcff]")  # an undecoded 8-bit byte (surrogateescape)
 
 # What `email.message.Message.get` returns: 8-bit values come as a `Header`.
 HeaderValue = str | Header
@@ -44,14 +51,26 @@ def unfold(value: str) -> str:
     return _FOLD.sub("", value)
 
 
-def decode_header_value(value: HeaderValue | None) -> str:
+def decode_header_value(value: HeaderValue | None, limit: int = DECODE_LIMIT) -> str:
     """A header value as text: 8-bit bytes repaired, encoded words decoded, unfolded.
 
     Never raises. Adjacent encoded words are joined without the whitespace between
     them (RFC 2047 6.2), so a word split in the middle of a ticket number still reads
-    as one number.
+    as one number. Only the first `limit` characters are decoded (cut at whitespace).
     """
-    text = unfold(header_text(value))
+    return _decode_prefix(unfold(header_text(value)), limit)
+
+
+def _decode_prefix(text: str, limit: int) -> str:
+    """`text` with the encoded words of its first `limit` characters decoded."""
+    if len(text) <= limit:
+        return _decode_words(text)
+    cut = max(text.rfind(" ", 0, limit), text.rfind("\t", 0, limit))
+    cut = cut if cut > 0 else limit
+    return _decode_words(text[:cut]) + text[cut:]
+
+
+def _decode_words(text: str) -> str:
     try:
         chunks = decode_header(text)
     except (HeaderParseError, ValueError, LookupError, UnicodeError):
@@ -74,7 +93,7 @@ def clean(value: str) -> str:
 
 def scrub(value: str) -> str:
     """Text any database takes: no surrogate escapes (raw 8-bit), no NUL characters."""
-    if not value.isascii() and any("\udc80" <= c <= "\udcff" for c in value):
+    if not value.isascii() and _RAW_BYTE.search(value):
         value = decode_bytes(value.encode("utf-8", "surrogateescape"), None)
     return value.replace("\x00", "")
 
@@ -82,8 +101,12 @@ def scrub(value: str) -> str:
 def decoded_headers(msg: Message) -> dict[str, tuple[str, ...]]:
     """Every header, by lower-case name, its values decoded in message order."""
     out: dict[str, list[str]] = {}
+    budget = MESSAGE_DECODE_LIMIT
     for name, value in msg.items():
-        out.setdefault(name.lower(), []).append(scrub(clean(decode_header_value(value))))
+        text = unfold(header_text(value))
+        if budget > 0:  # past the budget, values stay as written
+            text, budget = _decode_prefix(text, min(budget, DECODE_LIMIT)), budget - len(text)
+        out.setdefault(name.lower(), []).append(scrub(clean(text)))
     return {name: tuple(values) for name, values in out.items()}
 
 
