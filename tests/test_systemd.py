@@ -71,7 +71,9 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     for name in names:
         text = (UNITS / name).read_text().replace(INSTALLED, str(ticketgate))
         (tmp_path / name).write_text(text)
-    out = subprocess.run([analyze, "verify", *(str(tmp_path / n) for n in names)],
+    # --man=no: a minimal Debian with systemd has no `man`, and verify would fail on
+    # Documentation=man:... (the units' content is what is checked, not the man pages).
+    out = subprocess.run([analyze, "verify", "--man=no", *(str(tmp_path / n) for n in names)],
                          capture_output=True, text=True, timeout=120, check=False)
     # verify exits 0 on unknown keys and bad values, but names the file: any mention fails.
     complaints = [line for line in (out.stdout + out.stderr).splitlines()
