@@ -19,19 +19,30 @@ PACKAGES = ("gateway", "rules", "ticketstore", "autoresponse")
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> zipfile.ZipFile:
+def build(tmp_path_factory: pytest.TempPathFactory) -> tuple[zipfile.ZipFile, str]:
     out = tmp_path_factory.mktemp("wheel")
     # Build from a clean copy: setuptools reuses an in-tree build/ folder, whose stale
     # files would hide a package missing from pyproject.toml.
     src = tmp_path_factory.mktemp("src") / "ticketgate"
     shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
         ".git", ".venv", "build", "var", "*.egg-info", "__pycache__", ".*cache"))
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(out), str(src)],
-        check=True, capture_output=True, timeout=300,
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "-w", str(out), str(src)],
+        check=True, capture_output=True, text=True, timeout=300,
     )
     [whl] = out.glob("ticketgate-*.whl")
-    return zipfile.ZipFile(whl)
+    return zipfile.ZipFile(whl), done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def wheel(build: tuple[zipfile.ZipFile, str]) -> zipfile.ZipFile:
+    return build[0]
+
+
+def test_build_warns_about_no_package_data(build: tuple[zipfile.ZipFile, str]) -> None:
+    """`make run` on a fresh clone printed ~150 lines of "Package would be ignored"."""
+    warnings = [line for line in build[1].splitlines() if "absent from the `packages`" in line]
+    assert not warnings, "\n".join(warnings)
 
 
 def _source_files() -> set[str]:
