@@ -8,8 +8,9 @@ import sys
 
 from sqlalchemy import select
 
-from gateway.runtime import load_or_exit, open_store, setup_logging
-from ticketstore.models import OutboxMessage
+from gateway.runtime import load_or_exit, open_existing_store, open_store, setup_logging
+from gateway.terminal import printable
+from ticketstore.models import OutboxMessage, Ticket
 
 from .templates import EVENTS, TemplateError, Templates, render_one, sample_context
 
@@ -61,11 +62,11 @@ def cmd_templates_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _row(r: OutboxMessage) -> dict[str, object]:
+def _row(r: OutboxMessage, number: str | None) -> dict[str, object]:
     return {
         "id": r.id, "kind": r.kind, "state": r.state, "attempts": r.attempts,
         "mail_from": r.mail_from, "rcpt_to": r.rcpt_to, "message_id": r.message_id,
-        "ticket_id": r.ticket_id, "created_at": r.created_at.isoformat(),
+        "ticket_id": r.ticket_id, "ticket": number, "created_at": r.created_at.isoformat(),
         "next_attempt_at": r.next_attempt_at.isoformat(),
         "sent_at": r.sent_at.isoformat() if r.sent_at else None, "last_error": r.last_error,
     }
@@ -73,13 +74,15 @@ def _row(r: OutboxMessage) -> dict[str, object]:
 
 def cmd_outbox_list(args: argparse.Namespace) -> int:
     config = load_or_exit(args.config)
-    store = open_store(config)
+    store = open_existing_store(config)
     try:
         with store.factory() as session:
-            query = select(OutboxMessage).order_by(OutboxMessage.id.desc()).limit(args.limit)
+            query = (select(OutboxMessage, Ticket.number)
+                     .outerjoin(Ticket, Ticket.id == OutboxMessage.ticket_id)
+                     .order_by(OutboxMessage.id.desc()).limit(args.limit))
             if args.state:
                 query = query.where(OutboxMessage.state == args.state)
-            rows = [_row(r) for r in session.execute(query).scalars()]
+            rows = [_row(r, number) for r, number in session.execute(query)]
     finally:
         store.dispose()
     if args.json:
@@ -88,11 +91,11 @@ def cmd_outbox_list(args: argparse.Namespace) -> int:
     if not rows:
         print("outbox is empty" + (f" (state {args.state})" if args.state else ""))
         return 0
-    print(f"{'ID':>6} {'STATE':<8} {'TRY':>3} {'KIND':<20} RECIPIENT")
+    print(f"{'ID':>6} {'STATE':<8} {'TRY':>3} {'TICKET':<18} {'KIND':<20} RECIPIENT")
     for r in rows:
         err = f"  {r['last_error']}" if r["last_error"] else ""
-        print(f"{r['id']:>6} {r['state']:<8} {r['attempts']:>3} {r['kind']:<20} "
-              f"{r['rcpt_to']}{err}")
+        print(printable(f"{r['id']:>6} {r['state']:<8} {r['attempts']:>3} "
+                        f"{r['ticket'] or '-':<18} {r['kind']:<20} {r['rcpt_to']}{err}"))
     return 0
 
 

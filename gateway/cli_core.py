@@ -8,7 +8,8 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from .runtime import load_or_exit, setup_logging
+from .runtime import load_or_exit, note_defaults, setup_logging
+from .terminal import printable
 
 STARTER = "starter"
 
@@ -66,13 +67,14 @@ def cmd_spool_list(args: argparse.Namespace) -> int:
     from .spool import entries
 
     config = load_or_exit(args.config)
+    note_defaults(config)
     items = entries(config.path(config.intake.spool_dir))
     if not items:
         print("spool is empty")
     for entry in items:
         _raw, _env, meta = entry.read()
-        print(f"{entry.path.name}  {meta.get('quarantined_at', '?')}  "
-              f"attempts={meta.get('attempts', 1)}  {meta.get('error', '?')}")
+        print(printable(f"{entry.path.name}  {meta.get('quarantined_at', '?')}  "
+                        f"attempts={meta.get('attempts', 1)}  {meta.get('error', '?')}"))
     return 0
 
 

@@ -18,8 +18,9 @@ from sqlalchemy.orm import Session, selectinload
 
 from ticketstore.models import TICKET_STATES, Article, Event, Queue, Ticket, utcnow
 
-from .runtime import Store, load_or_exit, open_store
+from .runtime import Store, cli_user, load_or_exit, open_existing_store
 from .sysexits import EX_USAGE
+from .terminal import printable
 
 
 def ticket_json(t: Ticket, linked: dict[int, str] | None = None) -> dict[str, Any]:
@@ -84,7 +85,7 @@ def event_json(e: Event) -> dict[str, Any]:
 @contextlib.contextmanager
 def _store(args: argparse.Namespace) -> Iterator[Store]:
     """The configured store, disposed of (connections closed) when the command ends."""
-    store = open_store(load_or_exit(args.config))
+    store = open_existing_store(load_or_exit(args.config))
     try:
         yield store
     finally:
@@ -101,7 +102,7 @@ def _table(rows: list[list[str]], headers: list[str]) -> str:
 
 
 def _short(text: str, n: int) -> str:
-    text = " ".join(text.split())
+    text = printable(" ".join(text.split()))
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
@@ -109,6 +110,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     with _store(args) as store, store.factory() as session:
         q = select(Ticket).join(Queue).order_by(Ticket.id.desc()).limit(args.limit)
         if args.queue:
+            if _unknown_queue(session, args.queue):
+                return 1
             q = q.where(Queue.name == args.queue)
         if args.state:
             q = q.where(Ticket.state == args.state)
@@ -148,12 +151,13 @@ def cmd_show(args: argparse.Namespace) -> int:
             json.dump(data, sys.stdout, indent=2, ensure_ascii=False)
             print()
             return 0
-        print(f"Ticket {t.number}  [{t.state}]  queue {t.queue.name}  priority {t.priority}")
-        print(f"Title:    {t.title}")
-        print(f"Customer: {t.customer_name} <{t.customer_address}>"
-              + (f"  id {t.customer_id}" if t.customer_id else ""))
+        print(printable(f"Ticket {t.number}  [{t.state}]  queue {t.queue.name}  "
+                        f"priority {t.priority}"))
+        print(f"Title:    {printable(t.title)}")
+        print(printable(f"Customer: {t.customer_name} <{t.customer_address}>"
+                        + (f"  id {t.customer_id}" if t.customer_id else "")))
         if t.tags:
-            print(f"Tags:     {', '.join(t.tags)}")
+            print(f"Tags:     {printable(', '.join(t.tags))}")
         print(f"Created:  {t.created_at:%Y-%m-%d %H:%M:%S %Z}   Updated: "
               f"{t.updated_at:%Y-%m-%d %H:%M:%S %Z}")
         print("\nArticles:")
@@ -168,37 +172,46 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _unknown_queue(session: Session, name: str) -> bool:
+    """True (and said on stderr, with the valid names) when no queue is called `name`."""
+    known = session.execute(select(Queue.name).order_by(Queue.name)).scalars().all()
+    if name in known:
+        return False
+    print(f"ticketgate: unknown queue {name!r} (known: {', '.join(known) or 'none yet'})",
+          file=sys.stderr)
+    return True
+
+
 def cmd_set(args: argparse.Namespace) -> int:
     if args.state is None and args.queue is None and args.priority is None:
         print("ticketgate: nothing to change (use --state, --queue or --priority)",
               file=sys.stderr)
         return EX_USAGE
-    now = utcnow()
+    now, by = utcnow(), args.by or cli_user()
     with _store(args) as store, store.factory() as session, session.begin():
         t = session.execute(select(Ticket).where(Ticket.number == args.number)).scalar_one_or_none()
         if t is None:
             print(f"ticketgate: no ticket {args.number}", file=sys.stderr)
             return 1
         changes: list[Event] = []
+
+        def change(what: str, old: object, new: object) -> None:
+            changes.append(Event(ticket_id=t.id, kind=f"{what}-changed", created_at=now,
+                                 detail={"from": old, "to": new, "by": by, "via": "cli"}))
+
         if args.state and args.state != t.state:
             assert args.state in TICKET_STATES
-            changes.append(Event(ticket_id=t.id, kind="state-changed", created_at=now,
-                                 detail={"from": t.state, "to": args.state, "by": "cli"}))
+            change("state", t.state, args.state)
             t.state = args.state
             t.closed_at = now if args.state == "closed" else None
         if args.queue and args.queue != t.queue.name:
-            qid = session.execute(select(Queue.id).where(Queue.name == args.queue)).scalar()
-            if qid is None:
-                known = session.execute(select(Queue.name).order_by(Queue.name)).scalars().all()
-                print(f"ticketgate: unknown queue {args.queue!r} (known: {', '.join(known)})",
-                      file=sys.stderr)
+            if _unknown_queue(session, args.queue):
                 return 1
-            changes.append(Event(ticket_id=t.id, kind="queue-changed", created_at=now,
-                                 detail={"from": t.queue.name, "to": args.queue, "by": "cli"}))
-            t.queue_id = qid
+            change("queue", t.queue.name, args.queue)
+            t.queue_id = session.execute(
+                select(Queue.id).where(Queue.name == args.queue)).scalar_one()
         if args.priority and args.priority != t.priority:
-            changes.append(Event(ticket_id=t.id, kind="priority-changed", created_at=now,
-                                 detail={"from": t.priority, "to": args.priority, "by": "cli"}))
+            change("priority", t.priority, args.priority)
             t.priority = args.priority
         if changes:
             t.updated_at = now

@@ -35,7 +35,7 @@ class ConfigError(Exception):
 
     def __init__(self, source: str, key: str, problem: str) -> None:
         self.source, self.key, self.problem = source, key, problem
-        super().__init__(f"{source}: {key}: {problem}")
+        super().__init__(f"{source}: {key}: {problem}" if key != "-" else f"{source}: {problem}")
 
 
 @dataclass(frozen=True)
@@ -250,12 +250,14 @@ def load_config(
         data: dict[str, Any] = {}
         source, base = "<defaults>", str(Path.cwd())
     else:
-        source, base = str(path), str(path.resolve().parent)
+        source, base = str(path.absolute()), str(path.resolve().parent)
         try:
             with path.open("rb") as fh:
                 data = tomllib.load(fh)
         except FileNotFoundError:
-            raise ConfigError(source, "-", "file not found") from None
+            raise ConfigError(source, "-", "no such file") from None
+        except OSError as exc:
+            raise ConfigError(source, "-", exc.strerror or str(exc)) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(source, "-", f"not valid TOML: {exc}") from None
     for var, (section, key) in ENV_OVERRIDES.items():

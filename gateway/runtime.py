@@ -6,10 +6,12 @@ and `spool replay` run exactly the same intake.
 
 from __future__ import annotations
 
+import getpass
 import logging
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -36,6 +38,38 @@ def open_store(config: Config, create: bool = True) -> Store:
     if create:
         ensure_schema(engine)
     return Store(engine, make_sessionmaker(engine))
+
+
+def open_existing_store(config: Config) -> Store:
+    """The store for a command that reads (or edits) what is there: never a new database.
+
+    Without a config file the built-in defaults point at ./var/ticketgate.db, and a
+    command run in the wrong folder would create an empty database there.
+    """
+    note_defaults(config)
+    url = config.database_url
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.exists():
+            print(f"ticketgate: no database at {path}", file=sys.stderr)
+            raise SystemExit(1)
+    return open_store(config)
+
+
+def note_defaults(config: Config) -> None:
+    """Say so when a command runs on the built-in defaults: the admin may be in the
+    wrong folder, or have forgotten -c."""
+    if config.source == "<defaults>":
+        print("ticketgate: no config file (-c, $TICKETGATE_CONFIG or ./ticketgate.toml): "
+              "using the built-in defaults", file=sys.stderr)
+
+
+def cli_user() -> str:
+    """Who runs a CLI command, for the history: the user behind sudo, else the Unix user."""
+    try:
+        return os.environ.get("SUDO_USER") or getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry for the uid (containers)
+        return f"uid {os.getuid()}"
 
 
 def build_intake(config: Config, store: Store) -> Intake:

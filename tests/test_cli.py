@@ -137,7 +137,7 @@ def test_tickets_show_unknown(cfg: Path, capsys: pytest.CaptureFixture[str]) -> 
 def test_tickets_set_records_events(cfg: Path, capsys: pytest.CaptureFixture[str]) -> None:
     c = str(cfg)
     code, out, err = run(capsys, "-c", c, "tickets", "set", N, "--state", "closed",
-                         "--queue", "Billing", "--priority", "5")
+                         "--queue", "Billing", "--priority", "5", "--by", "alice")
     assert code == 0, err
     assert out.strip() == (f"ticket {N}: state new -> closed, queue Support -> Billing, "
                            "priority 3 -> 5")
@@ -146,9 +146,9 @@ def test_tickets_set_records_events(cfg: Path, capsys: pytest.CaptureFixture[str
     assert data["closed_at"] is not None
     changes = [(e["kind"], e["detail"]) for e in data["history"][2:]]
     assert changes == [
-        ("state-changed", {"from": "new", "to": "closed", "by": "cli"}),
-        ("queue-changed", {"from": "Support", "to": "Billing", "by": "cli"}),
-        ("priority-changed", {"from": 3, "to": 5, "by": "cli"}),
+        ("state-changed", {"from": "new", "to": "closed", "by": "alice", "via": "cli"}),
+        ("queue-changed", {"from": "Support", "to": "Billing", "by": "alice", "via": "cli"}),
+        ("priority-changed", {"from": 3, "to": 5, "by": "alice", "via": "cli"}),
     ]
     code, out, _ = run(capsys, "-c", c, "tickets", "set", N, "--state", "closed")
     assert (code, out.strip()) == (0, f"ticket {N}: unchanged")
