@@ -60,3 +60,20 @@ def test_starter_site_routes_as_its_examples_say(tmp_path: Path) -> None:
             assert "monitoring" in alert.tags
     finally:
         store.dispose()
+
+
+def test_starter_rules_raise_priority_the_way_the_docs_say(tmp_path: Path) -> None:
+    """1 is the lowest priority and 5 the highest (docs/rules.md, docs/cli-json.md): the
+    starter's key accounts and monitoring problems must come out above the default 3."""
+    import tomllib
+
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    assert "1 lowest, 5 highest" in (docs / "rules.md").read_text()
+    assert "1 (lowest) – 5 (highest)" in (docs / "cli-json.md").read_text()
+    site = tmp_path / "site"
+    assert cli_main(["init", str(site)]) == 0
+    raised = {rule["name"]: rule["priority"]
+              for path in sorted((site / "rules").glob("*.toml"))
+              for rule in tomllib.loads(path.read_text())["rule"] if "priority" in rule}
+    assert raised.keys() >= {"customer ACME", "monitoring problem"}
+    assert all(priority > 3 for priority in raised.values()), raised
