@@ -61,7 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = _command(sub, "init", "write a commented starter config, rules and templates")
-    p.add_argument("dir", help="folder to create the files in")
+    p.add_argument("dir", help="folder to create the files in; given as an absolute path, "
+                   "the config gets absolute paths")
+    p.add_argument("--state-dir", help="with an absolute DIR: the database and spool folder "
+                   "(e.g. /var/lib/ticketgate; default DIR/var)")
+    p.add_argument("--run-dir", help="with an absolute DIR: the hand-off socket's folder "
+                   "(e.g. /run/ticketgate; default STATE_DIR/run)")
     _handler(p, "gateway.cli_core:cmd_init")
 
     p = _command(sub, "db", "database schema")

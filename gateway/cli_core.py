@@ -9,6 +9,7 @@ from importlib import resources
 from pathlib import Path
 
 from .runtime import load_or_exit, note_defaults, setup_logging
+from .sysexits import EX_USAGE
 from .terminal import printable
 
 STARTER = "starter"
@@ -17,10 +18,20 @@ STARTER = "starter"
 def cmd_init(args: argparse.Namespace) -> int:
     """Copy the starter config, rules and templates into DIR; never overwrite a file."""
     target = Path(args.dir)
+    given = [d for d in (args.state_dir, args.run_dir) if d]
+    if given and not (target.is_absolute() and all(Path(d).is_absolute() for d in given)):
+        print("ticketgate init: --state-dir and --run-dir need absolute paths, and an "
+              "absolute DIR", file=sys.stderr)
+        return EX_USAGE
+    state = Path(args.state_dir) if args.state_dir else target / "var"
+    run = Path(args.run_dir) if args.run_dir else state / "run"
     root = resources.files("gateway").joinpath(STARTER)
     plan: list[tuple[Path, bytes]] = []
     for src, rel in _walk(root, Path()):
-        plan.append((target / rel, src.read_bytes()))
+        data = src.read_bytes()
+        if rel == Path("ticketgate.toml") and target.is_absolute():
+            data = absolute_paths(data.decode(), target, state, run).encode()
+        plan.append((target / rel, data))
     existing = [str(p) for p, _ in plan if p.exists()]
     if existing:
         print("ticketgate init: refusing to overwrite existing files:", file=sys.stderr)
@@ -30,11 +41,34 @@ def cmd_init(args: argparse.Namespace) -> int:
     for path, data in plan:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
-    for folder in ("rules", "templates", "var"):
+    for folder in ("rules", "templates", *(() if args.state_dir else ("var",))):
         (target / folder).mkdir(parents=True, exist_ok=True)
+    if args.state_dir or args.run_dir:
+        print(f"the database and spool go to {state}, the hand-off socket to {run}: "
+              "the service user must own them (docs/operations.md)")
     print(f"wrote {len(plan)} files to {target}/ — edit {target / 'ticketgate.toml'}, then "
           f"`ticketgate -c {target / 'ticketgate.toml'} serve`")
     return 0
+
+
+# The starter config's relative paths, and where each goes in an absolute install.
+_PATH_LINES = {
+    'url = "sqlite:///var/ticketgate.db"': 'url = "sqlite:///{state}/ticketgate.db"',
+    'spool_dir = "var/spool"': 'spool_dir = "{state}/spool"',
+    'handoff_socket = "var/run/lmtp.sock"': 'handoff_socket = "{run}/lmtp.sock"',
+    'dir = "rules"': 'dir = "{target}/rules"',
+    'dir = "templates"': 'dir = "{target}/templates"',
+}
+
+
+def absolute_paths(text: str, target: Path, state: Path, run: Path) -> str:
+    """The starter config with absolute paths: an /etc install keeps its data in
+    /var/lib and its socket in /run (`--state-dir`, `--run-dir`), not under /etc."""
+    for relative, absolute in _PATH_LINES.items():
+        if text.count(relative) != 1:
+            raise AssertionError(f"starter config lost its line {relative!r}")
+        text = text.replace(relative, absolute.format(state=state, run=run, target=target))
+    return text
 
 
 def _walk(node: object, rel: Path) -> list[tuple[object, Path]]:

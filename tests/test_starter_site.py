@@ -77,3 +77,22 @@ def test_starter_rules_raise_priority_the_way_the_docs_say(tmp_path: Path) -> No
               for rule in tomllib.loads(path.read_text())["rule"] if "priority" in rule}
     assert raised.keys() >= {"customer ACME", "monitoring problem"}
     assert all(priority > 3 for priority in raised.values()), raised
+
+
+def test_init_in_an_absolute_folder_writes_absolute_paths(tmp_path: Path) -> None:
+    """An /etc install: config and rules in DIR, data in --state-dir, socket in --run-dir,
+    whatever folder the commands later run in."""
+    site, state, run = tmp_path / "etc", tmp_path / "lib", tmp_path / "run"
+    assert cli_main(["init", str(site), "--state-dir", str(state), "--run-dir", str(run)]) == 0
+    config = load_config(str(site / "ticketgate.toml"), env={})
+    assert config.database.url == f"sqlite:///{state}/ticketgate.db"
+    assert config.intake.spool_dir == f"{state}/spool"
+    assert config.pipe.handoff_socket == f"{run}/lmtp.sock"
+    assert (config.rules.dir, config.templates.dir) == (f"{site}/rules", f"{site}/templates")
+    assert not (site / "var").exists()
+
+
+def test_init_state_dir_needs_absolute_paths(tmp_path: Path) -> None:
+    assert cli_main(["init", "relative-site", "--state-dir", str(tmp_path)]) == 64
+    assert cli_main(["init", str(tmp_path / "s"), "--state-dir", "var/lib"]) == 64
+    assert not (tmp_path / "s").exists()
