@@ -36,8 +36,12 @@ class Raw:
     def __init__(self, port: int, greeting: str = "220 ") -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
         self.file = self.sock.makefile("rb")
-        self.greeting = self.replies(1)[0]
-        assert self.greeting.startswith(greeting), self.greeting
+        try:
+            self.greeting = self.replies(1)[0]
+            assert self.greeting.startswith(greeting), self.greeting
+        except BaseException:
+            self.close()
+            raise
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
