@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from gateway.config import ConfigError, config_from_dict
 from gateway.intake.size_events import SizeRejection, record_size_rejections
 from gateway.server.protocol import printable
 from gateway.status.queries import event_counts
@@ -189,3 +190,14 @@ def test_replies_do_not_echo_control_bytes(running: RunningDaemon) -> None:
 
 def test_printable_keeps_the_lines_of_a_multiline_reply() -> None:
     assert printable("250-a\x1bb\r\n250 c\x00") == "250-a?b\r\n250 c?"
+
+
+@pytest.mark.parametrize(("lmtp", "key"), [
+    ({"max_connections": 0}, "lmtp.max_connections"),
+    ({"heartbeat_interval": 0}, "lmtp.heartbeat_interval"),
+    ({"heartbeat_interval": 1.0, "heartbeat_timeout": 2.0}, "lmtp.heartbeat_timeout"),
+])
+def test_bad_limits_are_config_errors_naming_the_key(lmtp: dict[str, float], key: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict({"lmtp": lmtp}, source="tg.toml")
+    assert caught.value.key == key
