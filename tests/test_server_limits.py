@@ -201,3 +201,19 @@ def test_bad_limits_are_config_errors_naming_the_key(lmtp: dict[str, float], key
     with pytest.raises(ConfigError) as caught:
         config_from_dict({"lmtp": lmtp}, source="tg.toml")
     assert caught.value.key == key
+
+
+def test_a_line_past_the_stream_limit_is_answered_once_per_recipient(
+    running: RunningDaemon,
+) -> None:
+    """aiosmtpd answers that by itself, once: an LMTP client would wait for the rest."""
+    client = Raw(running.port)
+    try:
+        client.send(f"LHLO c\r\nMAIL FROM:<a@customer.example>\r\nRCPT TO:<{SUPPORT}>\r\n"
+                    f"RCPT TO:<billing@helpdesk.example>\r\nDATA\r\n".encode())
+        assert [r[:3] for r in client.replies(5)] == ["250", "250", "250", "250", "354"]
+        client.send(MESSAGE + b"y" * (200 * 1024) + b"\r\n.\r\nNOOP\r\n")
+        got = client.replies(3)
+    finally:
+        client.close()
+    assert [r[:9] for r in got] == ["500 5.5.2", "500 5.5.2", "250 2.0.0"], got

@@ -12,7 +12,8 @@ LMTP come once per recipient after DATA (RFC 2033).
 DATA is buffered in memory up to the size limit only: aiosmtpd's `data_size_limit`,
 set for the DATA command, makes it drop the rest and answer 552, which becomes our
 `552 5.3.4` with the refusal recorded. So a session holds at most about
-`[intake] max_message_size` bytes, and the daemon `[lmtp] max_connections` times that.
+`[intake] max_message_size` bytes of mail (twice that in memory: aiosmtpd keeps it
+line by line), and the daemon `[lmtp] max_connections` times that.
 """
 
 from __future__ import annotations
@@ -107,14 +108,14 @@ class _Registered:
         if isinstance(status, str):
             status = printable(status)
             if self.receiving:
-                status = await self._data_reply(status)
+                status = self._data_reply(status)
             elif status.startswith("354"):
                 self.receiving, self.received = True, 0
             if not self.greeting:
                 status = enhanced(status)
         await super().push(status)  # type: ignore[misc]
 
-    async def _data_reply(self, status: str) -> str:
+    def _data_reply(self, status: str) -> str:
         """The reply that ends DATA; aiosmtpd's own (no enhanced code) mended.
 
         Ours come from the handler, already one per recipient. aiosmtpd answers by itself
