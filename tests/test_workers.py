@@ -288,7 +288,7 @@ def test_a_connection_flood_is_refused_with_421_while_a_client_is_served(
     assert served.status()["counters"]["server.connections_refused"] >= 17
 
 
-HEARTBEAT = "heartbeat_interval = 0.2\nheartbeat_timeout = 3.0\n"
+HEARTBEAT = "heartbeat_interval = 0.2\nheartbeat_timeout = 5.0\n"
 
 
 @pytest.mark.parametrize("served", [HEARTBEAT], indirect=True)
