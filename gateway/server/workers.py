@@ -211,7 +211,7 @@ class WorkerPool:
             now = loop.time()
             for worker in self.workers:
                 if not worker.ready.is_set() or worker.proc.returncode is not None:
-                    worker.heard_at = now  # starting (its start has its own timeout) or gone
+                    worker.heard_at = now  # starting or gone: pinged once it is ready
                     continue
                 with contextlib.suppress(OSError):  # full: the worker is not reading
                     worker.channel.send(PING)
