@@ -95,6 +95,15 @@ class LmtpConfig:
     # Intake worker processes serving the listeners: 0 = one per CPU (at most 8),
     # 1 = everything in the one `serve` process.
     workers: int = 0
+    # Connections served at once by this gateway, over every listener (the master counts
+    # them across workers); one more is answered `421 4.3.2` and closed. Postfix opens at
+    # most lmtp_destination_concurrency_limit (20 by default) per destination.
+    max_connections: int = 20
+    # The master pings each intake worker this often; one that has not answered for three
+    # intervals gets no new connections, and one silent for heartbeat_timeout is killed
+    # and restarted.
+    heartbeat_interval: float = 1.0
+    heartbeat_timeout: float = 20.0
 
 
 @dataclass(frozen=True)
@@ -398,6 +407,13 @@ def _validate(cfg: Config) -> None:
                 raise ConfigError(src, f"{key}.addresses", f"{addr} already belongs to {other}")
     if not 0 <= cfg.lmtp.workers <= 64:
         raise ConfigError(src, "lmtp.workers", "must be between 0 (one per CPU) and 64")
+    if not 1 <= cfg.lmtp.max_connections <= 100000:
+        raise ConfigError(src, "lmtp.max_connections", "must be between 1 and 100000")
+    if cfg.lmtp.heartbeat_interval <= 0:
+        raise ConfigError(src, "lmtp.heartbeat_interval", "must be more than 0 seconds")
+    if cfg.lmtp.heartbeat_timeout < 3 * cfg.lmtp.heartbeat_interval:
+        raise ConfigError(src, "lmtp.heartbeat_timeout",
+                          "must be at least three times lmtp.heartbeat_interval")
     if cfg.intake.max_message_size < 1024:
         raise ConfigError(src, "intake.max_message_size", "must be at least 1024 bytes")
     if cfg.autoresponse.max_per_day < 0:

@@ -6,6 +6,7 @@ import asyncio
 import atexit
 import shutil
 import smtplib
+import socket
 import tempfile
 import threading
 from pathlib import Path
@@ -28,6 +29,42 @@ MESSAGE = (
     b"Please help.\r\n"
 )
 
+
+class Raw:
+    """A client that writes bytes as given and reads replies line by line."""
+
+    def __init__(self, port: int, greeting: str = "220 ") -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.file = self.sock.makefile("rb")
+        try:
+            self.greeting = self.replies(1)[0]
+            assert self.greeting.startswith(greeting), self.greeting
+        except BaseException:
+            self.close()
+            raise
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def replies(self, count: int) -> list[str]:
+        """The next `count` replies; a multi-line reply is joined with "|"."""
+        got: list[str] = []
+        lines: list[str] = []
+        while len(got) < count:
+            line = self.file.readline().decode().rstrip("\r\n")
+            assert line, f"connection closed after {got}"
+            lines.append(line)
+            if line[3:4] != "-":
+                got.append("|".join(lines))
+                lines = []
+        return got
+
+    def closed(self) -> bool:
+        return self.file.readline() == b""
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
 
 
 def send(client: smtplib.LMTP, rcpts: list[str], body: bytes,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 import smtplib
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,14 @@ from gateway.intake.core import Intake
 from gateway.server.handler import INLINE_PREPARE_MAX
 from gateway.server.protocol import enhanced
 from gateway.spool import entries
-from tests.server_helpers import MESSAGE, RunningDaemon, daemon_config, prepare_database, send
+from tests.server_helpers import (
+    MESSAGE,
+    Raw,
+    RunningDaemon,
+    daemon_config,
+    prepare_database,
+    send,
+)
 from ticketstore.models import Article, Event, Ticket
 
 SUPPORT = "support@helpdesk.example"
@@ -50,38 +56,6 @@ def sqlite_daemon(tmp_path: Path, sqlite_url: str) -> Iterator[RunningDaemon]:
         yield d
     finally:
         d.stop()
-
-
-class Raw:
-    """A client that writes bytes as given and reads replies line by line."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-        self.file = self.sock.makefile("rb")
-        assert self.replies(1)[0].startswith("220 ")
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def replies(self, count: int) -> list[str]:
-        """The next `count` replies; a multi-line reply is joined with "|"."""
-        got: list[str] = []
-        lines: list[str] = []
-        while len(got) < count:
-            line = self.file.readline().decode().rstrip("\r\n")
-            assert line, f"connection closed after {got}"
-            lines.append(line)
-            if line[3:4] != "-":
-                got.append("|".join(lines))
-                lines = []
-        return got
-
-    def closed(self) -> bool:
-        return self.file.readline() == b""
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import smtplib
+import socket
 import subprocess
 import sys
 import threading
@@ -33,19 +34,20 @@ from ticketstore.models import Ticket
 from ticketstore.writelock import WriterLock
 
 
-def _config(tmp_path: Path, sock: Path, strict: bool = False) -> str:
+def _config(tmp_path: Path, sock: Path, strict: bool = False, lmtp: str = "") -> str:
     """The daemon config of tests/test_server_process.py, with two intake workers."""
-    return process_config(tmp_path, sock, strict).replace("[lmtp]\n", "[lmtp]\nworkers = 2\n")
+    return process_config(tmp_path, sock, strict).replace("[lmtp]\n",
+                                                          f"[lmtp]\nworkers = 2\n{lmtp}")
 
 
 class Served:
     """A `ticketgate serve` process with two workers on a Unix socket."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, lmtp: str = "") -> None:
         self.tmp_path = tmp_path
         self.sock = short_socket_dir() / "lmtp.sock"
         self.cfg = tmp_path / "tg.toml"
-        self.cfg.write_text(_config(tmp_path, self.sock))
+        self.cfg.write_text(_config(tmp_path, self.sock, lmtp=lmtp))
         self.log = tmp_path / "serve.log"
         with self.log.open("wb") as err:
             self.proc = subprocess.Popen(
@@ -87,8 +89,9 @@ class Served:
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[Served]:
-    s = Served(tmp_path)
+def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Served]:
+    """Extra `[lmtp]` lines come from `parametrize("served", [...], indirect=True)`."""
+    s = Served(tmp_path, getattr(request, "param", ""))
     try:
         yield s
     finally:
@@ -243,3 +246,85 @@ def test_sigint_is_for_the_master_alone(served: Served) -> None:
     assert served.proc.wait(60) == 0
     text = served.log.read_text()
     assert "restarting" not in text and text.count("stopped") == 3, text
+
+
+def _greeting(path: Path) -> tuple[socket.socket, bytes]:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(30)
+    sock.connect(str(path))
+    return sock, sock.recv(512)
+
+
+@pytest.mark.parametrize("served", ["max_connections = 4\n"], indirect=True)
+def test_a_connection_flood_is_refused_with_421_while_a_client_is_served(
+    served: Served,
+) -> None:
+    """The master counts every worker's connections against `[lmtp] max_connections`."""
+    client = served.lmtp()  # the MTA's session, open before the flood
+    flood: list[socket.socket] = []
+    try:
+        greetings = []
+        for _ in range(20):
+            sock, greeting = _greeting(served.sock)
+            flood.append(sock)
+            greetings.append(greeting)
+        assert sum(g.startswith(b"220 ") for g in greetings) == 3
+        assert sum(g.startswith(b"421 4.3.2 ") for g in greetings) == 17, greetings
+        for i in range(3):  # meanwhile the MTA's session is served
+            assert client.sendmail("alice@customer.example", ["support@helpdesk.example"],
+                                   message(i)) == {}
+    finally:
+        for sock in flood:
+            sock.close()
+    client.quit()
+
+    def served_again() -> bool:
+        sock, greeting = _greeting(served.sock)
+        sock.close()
+        return greeting.startswith(b"220 ")
+
+    wait_until("new sessions once the flood has gone", served_again, timeout=20)
+    assert served.tickets() == 3
+    assert served.status()["counters"]["server.connections_refused"] >= 17
+
+
+HEARTBEAT = "heartbeat_interval = 0.2\nheartbeat_timeout = 5.0\n"
+
+
+@pytest.mark.parametrize("served", [HEARTBEAT], indirect=True)
+def test_a_stopped_worker_gets_no_connections_and_is_restarted(served: Served) -> None:
+    victim = served.worker_pids()[0]
+    os.kill(victim, signal.SIGSTOP)
+    try:
+        wait_until("the master to stop counting on the silent worker",
+                   lambda: not served.status()["workers"][0]["ready"], timeout=20)
+        for i in range(6):  # none of them waits for the stopped worker
+            client = served.lmtp()
+            assert client.sendmail("alice@customer.example", ["support@helpdesk.example"],
+                                   message(i)) == {}
+            client.quit()
+        status = wait_until("the silent worker to be replaced",
+                            lambda: (s := served.status())["workers"][0]["pid"] != victim
+                            and s["workers"][0]["ready"] and s, timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim, signal.SIGKILL)  # never leave it behind, stopped
+
+    def reaped() -> bool:
+        try:
+            os.kill(victim, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    wait_until("the stopped worker to be killed", reaped, timeout=10)
+    assert any("intake worker 0 hung" in e["message"] for e in status["latest_errors"])
+    assert served.tickets() == 6
+    client = served.lmtp()  # both workers serve again
+    assert client.sendmail("alice@customer.example", ["support@helpdesk.example"],
+                           message(7)) == {}
+    client.quit()
+    assert served.stop() == 0
+    log = served.log.read_text()
+    assert f"intake worker 0 (pid {victim}) does not answer" in log
+    assert "has not answered for" in log

@@ -165,6 +165,9 @@ class Event(Base):
     kind: Mapped[str] = mapped_column(String(40))
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # How many times it happened: size-rejected events count one sender's refusals per
+    # hour in one row (gateway/intake/size_events.py); every other kind is 1.
+    occurrences: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
     ticket: Mapped[Ticket | None] = relationship(back_populates="events", foreign_keys=[ticket_id])
 

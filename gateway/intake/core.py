@@ -29,6 +29,7 @@ from .policy import EventSpec, decide, follow_up_changes
 from .ports import NullResponder, NullRouter, Responder, Router, StoredMessage
 from .prepared import Prepared
 from .recipients import QueueMap
+from .size_events import SizeRejection, record_size_rejections
 from .store import event_row, insert_article, insert_events, insert_ticket, queue_id, update_ticket
 from .transaction import store_alone
 
@@ -145,13 +146,15 @@ class Intake:
         """Prepare and store one message in its own transaction (the pipe's path)."""
         return store_alone(self.engine, self, self.prepare(raw, envelope))
 
+    def size_rejection(self, size: int, envelope: Envelope) -> SizeRejection:
+        """A message we refused for its size, as `record_size_rejections` counts it."""
+        return SizeRejection(envelope.mail_from or "", size,
+                             self.config.intake.max_message_size, list(envelope.rcpt_tos))
+
     def record_size_rejected(self, size: int, envelope: Envelope) -> None:
         """Keep a trace of a message we refused for its size (it is not stored)."""
         with self.engine.begin() as conn:
-            insert_events(conn, [event_row(None, None, "size-rejected", self.clock(), {
-                "size": size, "limit": self.config.intake.max_message_size,
-                "mail_from": envelope.mail_from or "", "rcpt_to": list(envelope.rcpt_tos),
-            })])
+            record_size_rejections(conn, [self.size_rejection(size, envelope)], self.clock())
 
     def sync_queues(self) -> None:
         """Create the configured queues so they show up before their first ticket."""

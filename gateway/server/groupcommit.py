@@ -19,6 +19,7 @@ import concurrent.futures
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
@@ -39,6 +40,14 @@ class _Job:
     future: concurrent.futures.Future[Disposition]
 
 
+@dataclass(eq=False)
+class _Call:
+    """Another write (a size refusal's event): its own transaction, under the same lock."""
+
+    write: Callable[[Connection], None]
+    future: concurrent.futures.Future[None]
+
+
 class GroupCommitter:
     """Owns the only thread that writes intake results in the daemon."""
 
@@ -49,7 +58,7 @@ class GroupCommitter:
         # The other worker processes' writers wait on it (ticketstore/writelock.py)
         # instead of in SQLite's sleeping busy handler.
         self.lock: AbstractContextManager[object] = lock or nullcontext()
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Job | _Call | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
         # Observability (and the tests): how many batches, of what size.
         self.batches = 0
@@ -66,6 +75,12 @@ class GroupCommitter:
     def submit(self, intake: Intake, prepared: Prepared) -> concurrent.futures.Future[Disposition]:
         future: concurrent.futures.Future[Disposition] = concurrent.futures.Future()
         self._queue.put(_Job(intake, prepared, future))
+        return future
+
+    def call(self, write: Callable[[Connection], None]) -> concurrent.futures.Future[None]:
+        """Run `write(conn)` in a transaction of its own on the writer thread."""
+        future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._queue.put(_Call(write, future))
         return future
 
     async def store(self, intake: Intake, prepared: Prepared) -> Disposition:
@@ -86,7 +101,7 @@ class GroupCommitter:
             first = self._queue.get()
             if first is None:
                 return
-            batch = [first]
+            batch: list[_Job | _Call] = [first]
             try:
                 with self.lock:
                     # What queued meanwhile (another process's commit, our own parse)
@@ -107,9 +122,19 @@ class GroupCommitter:
                     if not job.future.done():
                         job.future.set_exception(exc)
 
-    def _commit(self, batch: list[_Job]) -> None:
+    def _commit(self, batch: list[_Job | _Call]) -> None:
         """Store `batch` in one transaction; settle each job's future after COMMIT."""
-        jobs = [job for job in batch if job.future.set_running_or_notify_cancel()]
+        for call in batch:
+            if isinstance(call, _Call) and call.future.set_running_or_notify_cancel():
+                try:
+                    with self.engine.begin() as conn:
+                        call.write(conn)
+                except Exception as exc:
+                    call.future.set_exception(exc)
+                else:
+                    call.future.set_result(None)
+        jobs = [job for job in batch
+                if isinstance(job, _Job) and job.future.set_running_or_notify_cancel()]
         if not jobs:
             return
         self.batches += 1

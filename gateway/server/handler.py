@@ -29,6 +29,7 @@ from gateway.spool import quarantine
 from gateway.status.metrics import PROCESSING_SECONDS
 
 from .groupcommit import GroupCommitter
+from .size_refusals import SizeRefusals
 
 log = logging.getLogger("ticketgate.server")
 
@@ -50,18 +51,43 @@ class Connection(Protocol):
     def close_with(self, reply: str) -> None: ...
 
 
-def _envelope_of(envelope: Any) -> Envelope:
+def envelope_of(envelope: Any) -> Envelope:
     sender = envelope.mail_from or ""
     return Envelope("" if sender == "<>" else sender, tuple(envelope.rcpt_tos))
 
 
-def _declared_size(options: list[str]) -> int | None:
-    """SIZE=n of MAIL FROM (aiosmtpd has checked it is digits)."""
+class BadParameter(ValueError):
+    """A MAIL FROM parameter we cannot read (answered 501 5.5.4)."""
+
+
+def declared_size(options: list[str]) -> int | None:
+    """SIZE=n of MAIL FROM, in ASCII digits only (`str.isdigit` also takes `²`)."""
     for option in options:
         key, _eq, value = option.partition("=")
-        if key == "SIZE" and value.isdigit():
+        if key == "SIZE":
+            if not (value.isascii() and value.isdigit()):
+                raise BadParameter(option)
             return int(value)
     return None
+
+
+class Refusals:
+    """Connections refused for `[lmtp] max_connections`: counted, logged once a minute
+    (a flood must not flood the log too)."""
+
+    LOG_INTERVAL = 60.0
+
+    def __init__(self, ctx: DaemonContext) -> None:
+        self.ctx = ctx
+        self._logged_at = float("-inf")
+
+    def refused(self, open_now: int) -> None:
+        self.ctx.counters["server.connections_refused"] += 1
+        now = time.monotonic()
+        if now - self._logged_at >= self.LOG_INTERVAL:
+            self._logged_at = now
+            log.warning("refusing connections with 421: %d open, lmtp.max_connections is %d",
+                        open_now, self.ctx.config.lmtp.max_connections)
 
 
 class DeliveryHandler:
@@ -73,6 +99,10 @@ class DeliveryHandler:
         self.executor = executor
         self.connections: set[Connection] = set()
         self.draining = False
+        # Sessions being set up for connections the master handed over (worker.py).
+        self.background: set[asyncio.Task[None]] = set()
+        self.refusals = Refusals(ctx)
+        self.size_refusals = SizeRefusals(committer)
         # In a worker process: told when a connection ends, and given each duration
         # (the master serves /metrics), see gateway/server/worker.py.
         self.on_closed: Callable[[], None] | None = None
@@ -81,6 +111,22 @@ class DeliveryHandler:
     @property
     def size_limit(self) -> int:
         return self.ctx.config.intake.max_message_size  # read per message: a reload may change it
+
+    @property
+    def buffer_limit(self) -> int:
+        """Bytes a session buffers in DATA before it drops the rest and refuses the message.
+
+        Never below what `handle_DATA` accepts: that check decides, this one bounds memory.
+        """
+        return self.size_limit
+
+    def admit(self, conn: Connection) -> bool:
+        """Register a new session, unless `[lmtp] max_connections` are open already."""
+        if len(self.connections) >= self.ctx.config.lmtp.max_connections:
+            self.refusals.refused(len(self.connections))
+            return False
+        self.connections.add(conn)
+        return True
 
     # -- aiosmtpd hooks ---------------------------------------------------------------------
 
@@ -98,9 +144,12 @@ class DeliveryHandler:
             return failures.S553_SENDER_NOT_UTF8
         if not address.isascii() and "SMTPUTF8" not in options:
             return failures.S553_NEEDS_SMTPUTF8
-        size = _declared_size(options)
+        try:
+            size = declared_size(options)
+        except BadParameter:
+            return failures.S501_BAD_PARAMETER
         if size is not None and size > self.size_limit:
-            await self.size_rejected(size, Envelope("" if address == "<>" else address, ()))
+            self.size_rejected(size, Envelope("" if address == "<>" else address, ()))
             return failures.S552_TOO_BIG
         envelope.mail_from = address
         envelope.mail_options.extend(options)
@@ -122,9 +171,9 @@ class DeliveryHandler:
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         raw: bytes = envelope.original_content
-        message = _envelope_of(envelope)
+        message = envelope_of(envelope)
         if len(raw) > self.size_limit:
-            await self.size_rejected(len(raw), message)
+            self.size_rejected(len(raw), message)
             reply = failures.TOO_BIG.reply
         else:
             reply = await self.deliver(raw, message)
@@ -187,15 +236,13 @@ class DeliveryHandler:
                   exc_info=exc)
         self.ctx.record_error("intake", f"{type(exc).__name__}: quarantined {path.name}")
 
-    async def size_rejected(self, size: int, envelope: Envelope) -> None:
-        """Record a refused oversize message (best effort: the refusal stands regardless)."""
+    def size_rejected(self, size: int, envelope: Envelope) -> None:
+        """Record a refused oversize message; the reply does not wait for the record."""
         self.ctx.counters["server.size_rejected"] += 1
-        log.info("refused message of %d bytes (limit %d)", size, self.size_limit)
-        try:
-            await asyncio.get_running_loop().run_in_executor(
-                self.executor, self.ctx.intake.record_size_rejected, size, envelope)
-        except Exception as exc:
-            log.warning("could not record size rejection: %s", type(exc).__name__)
+        first = self.size_refusals.add(self.ctx.intake.size_rejection(size, envelope))
+        # A client repeating its oversize MAIL gets one log line per write, not per try.
+        log.log(logging.INFO if first else logging.DEBUG,
+                "refused message of %d bytes (limit %d)", size, self.size_limit)
 
     # -- shutdown -------------------------------------------------------------------------
 

@@ -1,11 +1,19 @@
 """aiosmtpd's LMTP and SMTP sessions, plus what a clean shutdown needs of them.
 
 Everything about mail (size, recipients, replies) is in the handler's hooks
-(`handler.py`). These subclasses only register each connection with the handler, mark
-a session busy while it is in DATA (so a stop lets it finish and get its reply), close
-it with 421 when the daemon drains, and give aiosmtpd's own replies the enhanced status
-code that advertising ENHANCEDSTATUSCODES promises (RFC 2034), through the documented
-`push` and `smtp_<COMMAND>` overrides.
+(`handler.py`). These subclasses only register each connection with the handler (and
+refuse one past `[lmtp] max_connections` with 421), mark a session busy while it is in
+DATA (so a stop lets it finish and get its reply), close it with 421 when the daemon
+drains, and mend aiosmtpd's own replies through the documented `push` and
+`smtp_<COMMAND>` overrides: they get the enhanced status code that advertising
+ENHANCEDSTATUSCODES promises (RFC 2034), never echo a client's control bytes, and in
+LMTP come once per recipient after DATA (RFC 2033).
+
+DATA is buffered in memory up to the size limit only: aiosmtpd's `data_size_limit`,
+set for the DATA command, makes it drop the rest and answer 552, which becomes our
+`552 5.3.4` with the refusal recorded. So a session holds at most about
+`[intake] max_message_size` bytes of mail (twice that in memory: aiosmtpd keeps it
+line by line), and the daemon `[lmtp] max_connections` times that.
 """
 
 from __future__ import annotations
@@ -13,13 +21,15 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Awaitable
+from typing import Any
 
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, syntax
 
+from gateway import failures
 from gateway.failures import S421_SHUTTING_DOWN
 
-from .handler import DeliveryHandler
+from .handler import DeliveryHandler, envelope_of
 
 # RFC 3463 codes for the reply codes aiosmtpd answers with by itself; others get X.0.0.
 _DETAIL = {
@@ -28,6 +38,14 @@ _DETAIL = {
     "530": "5.7.0", "535": "5.7.8", "552": "5.3.4", "553": "5.1.3", "555": "5.5.4",
 }
 _HAS_DETAIL = re.compile(r"\d{3}[ -][245]\.\d{1,3}\.\d{1,3}(?: |$)")
+# What a reply must not carry: aiosmtpd quotes an unknown command as sent, and a
+# client's ESC or NUL would reach the peer's log or terminal.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def printable(status: str) -> str:
+    """`status` with every control character of each line replaced by `?`."""
+    return "\r\n".join(_CONTROL.sub("?", line) for line in status.split("\r\n"))
 
 
 def enhanced(status: str) -> str:
@@ -56,15 +74,20 @@ class _Registered:
 
     busy = False  # in DATA: a stop lets the session finish and get its replies
     greeting = False  # answering HELO/EHLO/LHLO: those replies carry no enhanced codes
+    receiving = False  # 354 sent: the message's bytes are arriving
+    received = 0  # bytes of the message so far (what a refusal records as its size)
     event_handler: DeliveryHandler
     transport: asyncio.BaseTransport | None
+    envelope: Any
+    data_size_limit: int | None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[misc]
         if self.event_handler.draining:
             self.close_with(S421_SHUTTING_DOWN)
             return
-        self.event_handler.connections.add(self)
+        if not self.event_handler.admit(self):
+            self.close_with(failures.S421_TOO_MANY_CONNECTIONS)
 
     def connection_lost(self, error: Exception | None) -> None:
         self.event_handler.closed(self)
@@ -76,10 +99,41 @@ class _Registered:
             transport.write(reply.encode("ascii") + b"\r\n")  # type: ignore[attr-defined]
             transport.close()
 
+    def data_received(self, data: bytes) -> None:
+        if self.receiving:
+            self.received += len(data)
+        super().data_received(data)  # type: ignore[misc]
+
     async def push(self, status: str | bytes) -> None:
-        if isinstance(status, str) and not self.greeting:
-            status = enhanced(status)
+        if isinstance(status, str):
+            status = printable(status)
+            if self.receiving:
+                status = self._data_reply(status)
+            elif status.startswith("354"):
+                self.receiving, self.received = True, 0
+            if not self.greeting:
+                status = enhanced(status)
         await super().push(status)  # type: ignore[misc]
+
+    def _data_reply(self, status: str) -> str:
+        """The reply that ends DATA; aiosmtpd's own (no enhanced code) mended.
+
+        Ours come from the handler, already one per recipient. aiosmtpd answers by itself
+        when the message outgrew the buffer (552: refused and recorded like any oversize
+        message) or had a line past `line_length_limit` (500), and only once.
+        """
+        self.receiving = False
+        if _HAS_DETAIL.match(status):
+            return status
+        rcpts = list(self.envelope.rcpt_tos)
+        if status.startswith("552"):
+            status = failures.TOO_BIG.reply
+            # What arrived, less the final ".\r\n" (dot-stuffing included: an estimate).
+            self.event_handler.size_rejected(max(0, self.received - 3),
+                                             envelope_of(self.envelope))
+        if isinstance(self, LMTP):
+            status = "\r\n".join([status] * max(1, len(rcpts)))
+        return status
 
     async def _greet(self, reply: Awaitable[None]) -> None:
         self.greeting = True
@@ -89,12 +143,18 @@ class _Registered:
             self.greeting = False
 
     async def smtp_DATA(self, arg: str | None) -> None:
-        """aiosmtpd's DATA, marked busy from the command to the replies."""
+        """aiosmtpd's DATA, marked busy from the command to the replies.
+
+        Only here is aiosmtpd's own size limit in force: at MAIL and in EHLO/LHLO the
+        handler's hooks apply (and record) the limit, which a reload may change.
+        """
         self.busy = True
+        self.data_size_limit = self.event_handler.buffer_limit
         try:
             await super().smtp_DATA(arg)  # type: ignore[misc]
         finally:
-            self.busy = False
+            self.busy = self.receiving = False
+            self.data_size_limit = None
         if self.event_handler.draining:
             self.close_with(S421_SHUTTING_DOWN)
 

@@ -20,7 +20,7 @@ from gateway.config import Config
 from gateway.daemon import RecentError
 
 from .app import Daemon
-from .workers import WORKER_CHANNEL_ENV
+from .workers import PING, WORKER_CHANNEL_ENV
 
 log = logging.getLogger("ticketgate.server")
 
@@ -94,6 +94,9 @@ async def run_worker(config: Config, config_path: str | None) -> int:
                 loop.remove_reader(channel.fileno())
                 stop.set()
                 return
+            if data == PING:
+                reporter.send({"pong": True})
+                continue
             for fd in fds:
                 daemon.adopt(socket.socket(fileno=fd), lmtp=data != b"smtp")
 

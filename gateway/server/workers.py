@@ -9,12 +9,17 @@ worker with the fewest open ones.
 
 The master (`WorkerPool`) talks to each worker over a SOCK_SEQPACKET socket pair:
 - master -> worker: b"lmtp" or b"smtp" with the accepted connection's fd attached;
+  b"ping" every `[lmtp] heartbeat_interval`;
 - worker -> master: JSON messages, `{"ready": true}` once it serves, `{"closed": n}`
-  when connections end, `{"reloaded": ok}` after a SIGHUP, and every second
-  `{"counters": {...}, "errors": [...], "seconds": [...]}` so the status page and
-  /metrics show the whole daemon.
+  when connections end, `{"reloaded": ok}` after a SIGHUP, `{"pong": true}` for a ping,
+  and every second `{"counters": {...}, "errors": [...], "seconds": [...]}` so the
+  status page and /metrics show the whole daemon.
 
-A worker that dies is restarted (its open connections are lost; the MTA retries). The
+The master counts the open connections of all workers: past `[lmtp] max_connections`
+a new one is answered `421 4.3.2` and closed. A worker that dies is restarted (its open
+connections are lost; the MTA retries). One whose event loop stops answering (stopped,
+deadlocked, stuck in a loop) gets no new connections once three pings went unanswered,
+shows as not ready, and is killed and restarted after `[lmtp] heartbeat_timeout`. The
 master forwards SIGHUP to the workers and, on stop, lets them drain before it exits.
 """
 
@@ -33,10 +38,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway import failures
 from gateway.daemon import DaemonContext, RecentError
 from gateway.intake.outcome import Outcome
 from gateway.status.metrics import PROCESSING_SECONDS
 
+from .handler import Refusals
 from .listeners import ListenAddress
 
 log = logging.getLogger("ticketgate.server")
@@ -48,7 +55,8 @@ STABLE_AFTER = 10.0  # a worker that ran this long before dying starts the backo
 WORKER_CHANNEL_ENV = "TICKETGATE_WORKER_CHANNEL"
 # The per-message outcome counters (what the status page counts as a worker's messages).
 MESSAGE_COUNTERS = frozenset(f"server.{o.value}" for o in Outcome)
-_BUSY = b"421 4.3.2 Service not available, try again later\r\n"
+PING = b"ping"
+MISSED_PINGS = 3  # unanswered pings after which a worker gets no new connections
 
 
 def worker_count(configured: int) -> int:
@@ -69,6 +77,14 @@ class Worker:
     restarts: int = 0
     reloaded: asyncio.Event = field(default_factory=asyncio.Event)
     reload_ok: bool = True
+    heard_at: float = 0.0  # loop time of its latest message (any message is a sign of life)
+    responsive: bool = True  # answered a recent ping: may get connections
+
+    @property
+    def serving(self) -> bool:
+        """Ready, running, answering: what dispatch and the status page count on."""
+        return (self.ready.is_set() and self.responsive and self.proc.returncode is None
+                and self.channel.fileno() >= 0)
 
 
 class WorkerPool:
@@ -82,6 +98,7 @@ class WorkerPool:
         self.verbose = verbose
         self.workers: list[Worker] = []
         self.stopping = False
+        self.refusals = Refusals(ctx)
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- life cycle -------------------------------------------------------------------------
@@ -96,7 +113,9 @@ class WorkerPool:
             raise RuntimeError(f"intake workers not ready after {START_TIMEOUT:.0f} s") from None
         loop = asyncio.get_running_loop()
         for worker in self.workers:
+            worker.heard_at = loop.time()
             self._tasks.append(loop.create_task(self._supervise(worker)))
+        self._tasks.append(loop.create_task(self._heartbeat()))
         for address, sock in listeners:
             sock.setblocking(False)
             self._tasks.append(loop.create_task(self._accept(address, sock)))
@@ -174,9 +193,43 @@ class WorkerPool:
                     await asyncio.sleep(RESTART_MAX)
             if self.stopping:
                 return
-            started = loop.time()
+            started = worker.heard_at = loop.time()
+            worker.responsive = True
             worker.restarts += 1
             self._attach(worker)
+
+    async def _heartbeat(self) -> None:
+        """Ping every worker; stop dispatching to a silent one, kill one silent too long.
+
+        A worker's reports come from its event loop, the same loop that serves its
+        connections: no answer means its sessions get none either.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            lmtp = self.ctx.config.lmtp
+            await asyncio.sleep(lmtp.heartbeat_interval)
+            now = loop.time()
+            for worker in self.workers:
+                if not worker.ready.is_set() or worker.proc.returncode is not None:
+                    worker.heard_at = now  # starting or gone: pinged once it is ready
+                    continue
+                with contextlib.suppress(OSError):  # full: the worker is not reading
+                    worker.channel.send(PING)
+                silent = now - worker.heard_at
+                if worker.responsive and silent > MISSED_PINGS * lmtp.heartbeat_interval:
+                    worker.responsive = False
+                    log.warning("intake worker %d (pid %d) does not answer: no new "
+                                "connections for it", worker.index, worker.proc.pid)
+                    self._publish()
+                if silent > lmtp.heartbeat_timeout:
+                    log.error("intake worker %d (pid %d) has not answered for %.0f s: killed",
+                              worker.index, worker.proc.pid, silent)
+                    self.ctx.record_error(
+                        "daemon", f"intake worker {worker.index} hung for {silent:.0f} s: killed")
+                    self.ctx.counters["server.worker_hung"] += 1
+                    with contextlib.suppress(ProcessLookupError):
+                        worker.proc.kill()  # _supervise restarts it
+                    worker.heard_at = now  # one kill per hang, not one per tick
 
     @property
     def alive(self) -> bool:
@@ -248,10 +301,15 @@ class WorkerPool:
             self._dispatch(protocol, conn)
 
     def _dispatch(self, protocol: bytes, conn: socket.socket) -> None:
-        """Hand `conn` to the least busy ready worker; 421 if there is none."""
+        """Hand `conn` to the least busy serving worker; 421 if none or too many are open."""
         with conn:
-            ready = [w for w in self.workers
-                     if w.ready.is_set() and w.proc.returncode is None and w.channel.fileno() >= 0]
+            open_now = sum(w.connections for w in self.workers)
+            if open_now >= self.ctx.config.lmtp.max_connections:
+                self.refusals.refused(open_now)
+                with contextlib.suppress(OSError):
+                    conn.send(failures.S421_TOO_MANY_CONNECTIONS.encode() + b"\r\n")
+                return
+            ready = [w for w in self.workers if w.serving]
             for worker in sorted(ready, key=lambda w: (w.connections, w.index)):
                 try:
                     socket.send_fds(worker.channel, [protocol], [conn.fileno()])
@@ -260,7 +318,7 @@ class WorkerPool:
                 worker.connections += 1
                 return
             with contextlib.suppress(OSError):
-                conn.send(_BUSY)
+                conn.send(failures.S421_NO_WORKER.encode() + b"\r\n")
 
     # -- reports ----------------------------------------------------------------------------
 
@@ -283,6 +341,11 @@ class WorkerPool:
             self._apply(worker, message)
 
     def _apply(self, worker: Worker, message: dict[str, Any]) -> None:
+        worker.heard_at = asyncio.get_running_loop().time()
+        if not worker.responsive:
+            worker.responsive = True
+            log.info("intake worker %d answers again", worker.index)
+            self._publish()
         if message.get("ready"):
             worker.ready.set()
             self._publish()
@@ -305,7 +368,7 @@ class WorkerPool:
     def _publish(self) -> None:
         """Per-worker figures for the status page."""
         self.ctx.state["workers"] = [
-            {"index": w.index, "pid": w.proc.pid, "ready": w.ready.is_set(),
+            {"index": w.index, "pid": w.proc.pid, "ready": w.serving,
              "connections": w.connections, "messages": w.messages, "restarts": w.restarts}
             for w in self.workers
         ]

@@ -93,7 +93,7 @@ class DatabaseCollector(Collector):
         now = dt.datetime.now(dt.UTC)
         with read_only(self.engine) as conn:
             kinds = dict(conn.execute(
-                select(E.c.kind, func.count())
+                select(E.c.kind, func.sum(E.c.occurrences))
                 .where(E.c.kind.in_((*DISPOSITIONS, "autoresponse-sent")))
                 .group_by(E.c.kind)
             ).all())

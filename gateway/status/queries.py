@@ -97,12 +97,12 @@ def _age(now: dt.datetime, value: dt.datetime | None) -> float | None:
     return max(0.0, (now - value).total_seconds()) if value else None
 
 
-def _windowed(col: Any, now: dt.datetime) -> list[Any]:
-    """SUM(col >= now - window) for each window, as labelled columns."""
+def _windowed(col: Any, now: dt.datetime, weight: Any = 1) -> list[Any]:
+    """SUM(col >= now - window) for each window (each row counting `weight`), labelled."""
     out = []
     for name, delta in WINDOWS:
         since = literal(now - delta, type_=col.type)
-        out.append(func.sum(case((col >= since, 1), else_=0)).label(name))
+        out.append(func.sum(case((col >= since, weight), else_=0)).label(name))
     return out
 
 
@@ -121,7 +121,7 @@ def event_counts(conn: Connection, kinds: Iterable[str], now: dt.datetime) -> di
     """Per event kind, how many in the last hour / 24 h / 30 days (index kind, created_at)."""
     since = now - WINDOWS[-1][1]
     rows = conn.execute(
-        select(E.c.kind, *_windowed(E.c.created_at, now))
+        select(E.c.kind, *_windowed(E.c.created_at, now, E.c.occurrences))
         .where(E.c.kind.in_(list(kinds)), E.c.created_at >= since)
         .group_by(E.c.kind)
     ).all()
