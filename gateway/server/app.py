@@ -246,15 +246,20 @@ class Daemon:
             sdnotify.notify("RELOADING=1")
             # Workers first: what this process then reports (and READY=1) is in force
             # in every process that takes mail.
-            ok = await self._reload_workers()
+            workers_ok = await self._reload_workers()
+            ok = True
             try:
                 new_config = await asyncio.to_thread(load_config, self.config_path)
                 new_intake = await asyncio.to_thread(build_intake, new_config, ctx.store)
             except Exception as exc:
                 ok = False
-                log.error("reload failed, keeping the running configuration: %s", exc)
-                ctx.record_error("config", f"reload failed: {exc}")
+                self._reload_failed(exc)
             else:
+                if not workers_ok:
+                    ok = False
+                    log.error("an intake worker did not reload; it keeps its running "
+                              "configuration (`serve -v` logs why)")
+                    ctx.record_error("config", "an intake worker did not reload")
                 if new_config.database_url != ctx.config.database_url:
                     log.warning("database URL changed: takes effect after a restart")
                 if listen_addresses(new_config) != listen_addresses(ctx.config):
@@ -275,14 +280,26 @@ class Daemon:
                 sdnotify.notify("READY=1")
             return ok
 
+    def _reload_failed(self, exc: Exception) -> None:
+        """Report a failed reload once for the daemon, as one line.
+
+        Every process reads the same files and fails alike, so a worker says it only at
+        debug level and the master reports it; a rule-file problem is reported by the
+        rules service (rules/watch.py), which reloads the rules in the master's hooks.
+        """
+        from rules.errors import RulesError
+
+        assert self.ctx is not None
+        text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        if not self.listen or (isinstance(exc, RulesError) and self.ctx.reload_hooks):
+            log.debug("reload failed, keeping the running configuration: %s", text)
+            return
+        log.error("reload failed, keeping the running configuration: %s", text)
+        self.ctx.record_error("config", f"reload failed: {text}")
+
     async def _reload_workers(self) -> bool:
         """Have every intake worker re-read the config (and so the rules); True if all did."""
-        if self.pool is None or await self.pool.reload():
-            return True
-        # Each worker logged why; it keeps its running configuration.
-        assert self.ctx is not None
-        self.ctx.record_error("config", "an intake worker did not reload")
-        return False
+        return self.pool is None or await self.pool.reload()
 
     # -- stop -------------------------------------------------------------------------------
 

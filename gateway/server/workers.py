@@ -11,8 +11,8 @@ The master (`WorkerPool`) talks to each worker over a SOCK_SEQPACKET socket pair
 - master -> worker: b"lmtp" or b"smtp" with the accepted connection's fd attached;
 - worker -> master: JSON messages, `{"ready": true}` once it serves, `{"closed": n}`
   when connections end, `{"reloaded": ok}` after a SIGHUP, and every second
-  `{"counters": {...}, "errors": [...], "seconds": [...]}` so the status page and
-  /metrics show the whole daemon.
+  `{"counters": {...}, "errors": [...], "seconds": [...], "deliveries": [1, 0, ...]}`
+  so the status page, /metrics and /healthz show the whole daemon.
 
 A worker that dies is restarted (its open connections are lost; the MTA retries). The
 master forwards SIGHUP to the workers and, on stop, lets them drain before it exits.
@@ -295,6 +295,8 @@ class WorkerPool:
         worker.messages += sum(int(v) for k, v in counters.items() if k in MESSAGE_COUNTERS)
         for at, source, text in message.get("errors") or []:
             self.ctx.errors.appendleft(RecentError(dt.datetime.fromisoformat(at), source, text))
+        for ok in message.get("deliveries") or []:  # in order: /healthz's 451 streak
+            self.ctx.tempfails.record(bool(ok))
         if message.get("seconds"):
             child = PROCESSING_SECONDS.labels(entry="lmtp")
             for seconds in message["seconds"]:
