@@ -28,6 +28,9 @@ LOCKED = "database locked"
 DISK_FULL = "disk full"
 IO_ERROR = "database I/O error"
 UNAVAILABLE = "database unavailable"
+CANNOT_OPEN = "database cannot be opened"
+PERMISSION = "permission denied"
+FS_READ_ONLY = "file system read-only"
 BUSY = "database busy"
 LOGIN_REFUSED = "database login refused"
 SCHEMA = "database schema mismatch"
@@ -172,7 +175,7 @@ def cause_of(exc: BaseException, database_url: Any = None,
     if code == errno.EIO or "i/o error" in low:
         return Cause(IO_ERROR, f"{where}: I/O error{said}")
     if "unable to open database" in low or code in (errno.EACCES, errno.EPERM):
-        return Cause(UNAVAILABLE, f"{where} cannot be opened{said}{hint}")
+        return Cause(CANNOT_OPEN, f"{where} cannot be opened{said}{hint}")
     if state in ("40P01", "40001") or "deadlock" in low or "could not serialize" in low:
         return Cause(BUSY, f"{where} is busy: a transaction was cancelled{said}")
     if "too many clients" in low or "connection slots" in low or state == "53300":
@@ -206,7 +209,9 @@ def _os_cause(exc: OSError) -> Cause:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return Cause(DISK_FULL, f"disk full: {what}")
     if exc.errno == errno.EROFS:
-        return Cause("file system read-only", what)
+        return Cause(FS_READ_ONLY, what)
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return Cause(PERMISSION, f"{what} (ticketgate runs as {_user(os.geteuid())})")
     if exc.errno == errno.EIO:
         return Cause("I/O error", what)
     if exc.errno == errno.ECONNREFUSED:

@@ -128,4 +128,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EX_USAGE
     module_name, func_name = target.split(":")
     func = getattr(importlib.import_module(module_name), func_name)
-    return int(func(args) or 0)
+    try:
+        return int(func(args) or 0)
+    except Exception as exc:
+        from gateway.cli_core import report_failure
+
+        code = report_failure(exc, args)
+        if code is None:
+            raise
+        return code

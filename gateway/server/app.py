@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import __version__
+from gateway.causes import cause_of
 from gateway.config import Config, load_config
 from gateway.daemon import SERVICES, DaemonContext
 from gateway.failures import S421_SHUTTING_DOWN
@@ -34,6 +35,7 @@ from .activation import inherited_sockets
 from .groupcommit import GroupCommitter
 from .handler import DeliveryHandler
 from .listeners import ListenAddress, ListenError, bind, parse_listen
+from .preflight import CannotStart, check_can_write, exit_code_for
 from .protocol import IntakeLMTP, IntakeSMTP
 from .workers import WorkerPool, worker_count
 
@@ -111,6 +113,12 @@ class Daemon:
         else:
             activated, ours = [], addresses
         store = await asyncio.to_thread(open_store, config)
+        if self.listen:  # the master (or the only process) checks once for the daemon
+            try:
+                await asyncio.to_thread(check_can_write, store.engine, config)
+            except BaseException:
+                store.dispose()
+                raise
         intake = await asyncio.to_thread(build_intake, config, store)
         self.ctx = DaemonContext(config, store, intake)
         workers = worker_count(config.lmtp.workers) if self.spawn_workers else 1
@@ -370,18 +378,23 @@ async def serve(config: Config, config_path: str | None, verbose: bool = False) 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     try:
         await daemon.start()
+    except CannotStart as exc:
+        log.error("cannot start: %s", exc)
+        await daemon.stop()
+        return exc.exit_code
     except (ListenError, OSError, RuntimeError) as exc:
         log.error("cannot start: %s", exc)
         await daemon.stop()
         return EX_UNAVAILABLE
     except Exception as exc:
-        from ticketstore.db import is_transient
+        from ticketstore.db import StoreUnavailable, is_transient
 
-        if not is_transient(exc):
-            raise
-        log.error("cannot start, database unavailable: %s", type(exc).__name__)
+        if isinstance(exc, StoreUnavailable) or not is_transient(exc):
+            raise  # a schema to upgrade: server_cli says so (EX_CONFIG)
+        cause = cause_of(exc, config.database_url, config.database.busy_timeout)
+        log.error("cannot start: %s", cause)
         await daemon.stop()
-        return EX_UNAVAILABLE
+        return exit_code_for(cause)
     await stop.wait()
     log.info("SIGTERM: draining")
     await asyncio.gather(*reloads, return_exceptions=True)
