@@ -101,8 +101,9 @@ def run_checks(
     return checks
 
 
-def _intake_check(tempfails: TempfailTracker, status: StatusConfig) -> Check:
-    state = tempfails.state(status.tempfail_window)
+def _intake_check(tempfails: TempfailTracker, status: StatusConfig,
+                  now: float | None = None) -> Check:
+    state = tempfails.state(status.tempfail_window, now)
     window = f"{status.tempfail_window:g} s"
     if status.max_tempfail_streak and state.streak >= status.max_tempfail_streak:
         return Check("intake", False, f"the last {state.streak} deliveries were answered 451 "
