@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import smtplib
 import stat
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -284,3 +286,36 @@ def test_postgresql_stopped_and_started_under_a_running_daemon(
         wait_until("healthz to clear", lambda: healthz(port)[0] == 200)
         assert serve.count("exited with code") == 0
         assert "postgres@" not in serve.log.replace(private_pg.url, "")
+
+
+def test_a_reload_error_is_logged_once_as_one_line_not_per_process(user_site: Path) -> None:
+    """Master and two workers read the same broken rule file: the daemon says so once,
+    on a file change and again on SIGHUP, each time as one line."""
+    root = user_site
+    cfg = write_site(root, f"sqlite:///{root}/tg.db", free_port())
+    cfg.write_text(cfg.read_text() + '[rules]\ndir = "rules"\nwatch_interval = 0.1\n')
+    (root / "rules").mkdir()
+    (root / "rules" / "10-main.toml").write_text(
+        '[[rule]]\nname = "billing"\nsubject_matches = "invoice"\nqueue = "Support"\n')
+    give_to_user(root)
+    with ExitStack() as stack:
+        serve = start(cfg, stack)
+        wait_until("both workers", lambda: serve.count("intake worker ready") == 2
+                   or serve.count("worker processes serve") == 1, diagnostics=lambda: serve.log)
+        broken = root / "rules" / "20-broken.toml"
+        broken.write_text('[[rule]]\nname = "broken"\nsubject_matches = "(unclosed"\n'
+                          'queue = "Support"\n')
+        problem = "20-broken.toml:3: rule 'broken'"
+        wait_until("the reload error", lambda: serve.count(problem) >= 1,
+                   diagnostics=lambda: serve.log)
+        serve.proc.send_signal(signal.SIGHUP)
+        wait_until("the SIGHUP's reload error", lambda: serve.count(problem) >= 2,
+                   diagnostics=lambda: serve.log)
+        time.sleep(2)  # a late duplicate from a worker would show by now
+        lines = [line for line in list(serve.lines) if problem in line]
+        assert len(lines) == 2, serve.log
+        assert all("rule reload failed, keeping the 1 rules loaded before: " in line
+                   for line in lines), lines
+        following = [serve.lines[serve.lines.index(line) + 1] for line in lines
+                     if serve.lines.index(line) + 1 < len(serve.lines)]
+        assert all(line[:4].isdigit() for line in following), following  # no continuation

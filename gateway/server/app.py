@@ -299,6 +299,7 @@ class Daemon:
 
         assert self.ctx is not None
         text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        text = text.replace(":; ", ": ")  # "invalid rule files:" then its list
         if not self.listen or (isinstance(exc, RulesError) and self.ctx.reload_hooks):
             log.debug("reload failed, keeping the running configuration: %s", text)
             return
