@@ -349,3 +349,44 @@ def test_gateway_down_means_deferred_not_bounced_then_delivered_on_flush(site: S
     wait_until("delivery after the flush", lambda: site.tickets_for(mid) == (1, 1),
           diagnostics=site.diagnostics)
     wait_until("an empty queue", lambda: site.queue() == [], diagnostics=site.diagnostics)
+
+
+def test_a_read_only_database_is_named_in_postfixs_log_and_clears_once_fixed(
+        site: Site) -> None:
+    """The gateway's database and its folder made read-only under the running gateway:
+    Postfix defers each message with the cause in its log line, over LMTP (the 451's
+    category), through the pipe handing over to the daemon and through the pipe working
+    in-process (their one stderr line); after the fix a flush delivers everything."""
+    routes = {"helpdesk.example": "lmtp", "pipe.example": "pipe", "inproc.example": "inproc"}
+    db, folder = site.gw / "tg.db", site.gw
+    modes = {p: stat.S_IMODE(p.stat().st_mode) for p in (db, folder)}
+    for path, mode in modes.items():
+        os.chmod(path, mode & ~0o222)
+    seen = len(site.maillog)  # earlier tests' deferrals do not count
+    try:
+        for domain in routes:
+            site.send([f"support@{domain}"], f"ro-{domain}@customer.example")
+
+        def deferred_lines() -> list[str]:
+            return [line for line in site.maillog[seen:].splitlines()
+                    if "status=deferred" in line and "support@" in line
+                    and any(f"@{d}" in line for d in routes)]
+
+        wait_until("three deferrals", lambda: len(deferred_lines()) >= 3,
+                   diagnostics=site.diagnostics)
+        lines = deferred_lines()
+        lmtp = next(line for line in lines if "@helpdesk.example" in line)
+        assert "451 4.3.0 database read-only, try again later" in lmtp, lmtp
+        handed = next(line for line in lines if "@pipe.example" in line)
+        assert "database read-only (the daemon's reply)" in handed, handed
+        inproc = next(line for line in lines if "@inproc.example" in line)
+        assert f"database at {db} is read-only" in inproc, inproc
+        assert "status=bounced" not in site.maillog[seen:]
+    finally:
+        for path, mode in modes.items():
+            os.chmod(path, mode)
+    site.flush()
+    for domain in routes:
+        mid = f"ro-{domain}@customer.example"
+        wait_until(f"delivery via {domain} after the fix",
+                   lambda m=mid: site.tickets_for(m) == (1, 1), diagnostics=site.diagnostics)
