@@ -28,6 +28,7 @@ import pytest
 from gateway.handoff import lmtp_payload
 
 PROJECT = Path(__file__).resolve().parent.parent
+TICKETGATE = Path(sys.executable).with_name("ticketgate")
 RUN_AS = "nobody"
 
 
@@ -57,12 +58,12 @@ def prepare_code_for_user() -> None:
     """Let RUN_AS run this interpreter and checkout (a pyenv Python under /root...)."""
     if os.geteuid() != 0:
         return
-    probe = [sys.executable, "-c", "import gateway"]
+    probe = [str(TICKETGATE), "--version"]
 
     def works() -> bool:
         try:
             return subprocess.run(probe, **as_user(), capture_output=True, timeout=60,
-                                  check=False, cwd=PROJECT).returncode == 0
+                                  check=False, cwd="/").returncode == 0
         except PermissionError:
             return False
 
@@ -72,7 +73,7 @@ def prepare_code_for_user() -> None:
               PROJECT):
         _traversable_for_others(p if p.is_dir() else p.parent)
     if not works():
-        pytest.fail(f"user {RUN_AS} cannot run {sys.executable}: make the checkout and the "
+        pytest.fail(f"user {RUN_AS} cannot run {TICKETGATE}: make the checkout and the "
                     "virtualenv readable for it")
 
 

@@ -81,14 +81,17 @@ def messages_per_worker(port: int) -> list[int]:
     return [w["messages"] for w in status_json(port).get("workers") or []]
 
 
-def both_workers(cfg: Path, stack: ExitStack) -> list[smtplib.LMTP]:
+def both_workers(cfg: Path, stack: ExitStack, serve: Serve, port: int) -> list[smtplib.LMTP]:
     """Two connections kept open: the master gives each to a different worker (the one
-    with the fewest connections); `messages_per_worker` shows that both took mail."""
+    with the fewest connections). Each stores one message (messages 1 and 2), and the
+    status page shows that each worker took one."""
     clients = []
-    for _ in range(2):
+    for n in (1, 2):
         client = lmtp(cfg.parent / "lmtp.sock")
         stack.callback(client.close)
         clients.append(client)
+        assert deliver(client, message(n))[0] == 250, serve.log
+    wait_until("both workers to have stored one", lambda: messages_per_worker(port) == [1, 1])
     return clients
 
 
@@ -117,13 +120,8 @@ def test_sqlite_made_read_only_and_fixed_under_a_running_daemon(user_site: Path)
     give_to_user(root)
     with ExitStack() as stack:
         serve = start(cfg, stack)
-        clients = both_workers(cfg, stack)
-        n = 0
-        for client in clients:
-            n += 1
-            assert deliver(client, message(n))[0] == 250, serve.log
-        wait_until("both workers to have stored one",
-                   lambda: messages_per_worker(port) == [1, 1])
+        clients = both_workers(cfg, stack, serve, port)
+        n = len(clients)
 
         broken = [root / "db" / "tg.db", root / "db"]
         _read_only(broken)
@@ -258,13 +256,8 @@ def test_postgresql_stopped_and_started_under_a_running_daemon(
         subprocess.run([sys.executable, "-m", "gateway", "-c", str(cfg), "db", "upgrade"],
                        check=True, capture_output=True, timeout=120)
         serve = start(cfg, stack)
-        clients = both_workers(cfg, stack)
-        n = 0
-        for client in clients:
-            n += 1
-            assert deliver(client, message(n))[0] == 250, serve.log
-        wait_until("both workers to have stored one",
-                   lambda: messages_per_worker(port) == [1, 1])
+        clients = both_workers(cfg, stack, serve, port)
+        n = len(clients)
 
         private_pg.stop()
         for client in clients:
