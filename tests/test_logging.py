@@ -88,7 +88,7 @@ def test_a_delivery_line_has_queue_id_outcome_ticket_and_duration_and_no_custome
         daemon.stop()
     delivered = [line for line in _lines(caplog, logging.INFO) if line.startswith("delivered")]
     assert len(delivered) == 1
-    assert re.fullmatch(r"delivered postfix_id=4Xyz12AbCd outcome=created ticket=\d{16} "
+    assert re.fullmatch(r"delivered postfix_id=4Xyz12AbCd disposition=created ticket=\d{16} "
                         r"queue=Support recipients=1 size=\d+ duration=\d+\.\d{3}s",
                         delivered[0]), delivered
     above_debug = " ".join(r.getMessage() for r in caplog.records if r.levelno > logging.DEBUG)

@@ -73,7 +73,7 @@ def test_serve_notifies_systemd_reloads_on_hup_and_exits_0_on_term(tmp_path: Pat
     log = proc.stderr.read().decode()
     proc.stderr.close()
     assert "configuration reloaded" in log
-    assert "outcome=created" in log
+    assert "disposition=created" in log
     # Customer addresses stay out of the log unless -v.
     assert "alice@customer.example" not in log
     assert not lmtp_sock.exists()

@@ -173,7 +173,7 @@ class DeliveryHandler:
         # (which names sender, recipients and Message-ID); those are customer data and
         # appear here only at debug level.
         log.info(
-            "delivered postfix_id=%s outcome=%s ticket=%s queue=%s recipients=%d size=%d "
+            "delivered postfix_id=%s disposition=%s ticket=%s queue=%s recipients=%d size=%d "
             "duration=%.3fs",
             queue_id, disposition.outcome.value,
             disposition.ticket_number or "-", disposition.queue or "-",
