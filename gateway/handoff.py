@@ -56,6 +56,10 @@ def try_handoff(config: Config, raw: bytes, envelope: Envelope) -> int | None:
                               timeout=config.pipe.handoff_timeout)
     except (OSError, smtplib.SMTPException) as exc:
         log.debug("daemon not reachable on %s: %s", path, exc)
+        if required:
+            print(TRANSIENT.line(cause=f"the daemon is not reachable on {path} "
+                                       f"({_words(exc)}) and [pipe] require_daemon is set"),
+                  file=sys.stderr)
         return fallback
     tempfails: list[str] = []
     try:
@@ -67,13 +71,21 @@ def try_handoff(config: Config, raw: bytes, envelope: Envelope) -> int | None:
     except (OSError, smtplib.SMTPException) as exc:
         # Reachable but the session broke: the daemon may or may not have stored it;
         # a retry is safe (intake is idempotent).
-        log.warning("hand-off to the daemon failed: %s", type(exc).__name__)
+        print(TRANSIENT.line(cause=f"the hand-off to the daemon on {path} broke off "
+                                   f"({_words(exc)})"), file=sys.stderr)
         return TRANSIENT.exit_code
     finally:
         try:
             client.quit()
         except (OSError, smtplib.SMTPException):
             client.close()
+
+
+def _words(exc: BaseException) -> str:
+    """What went wrong, in the system's words rather than an exception class name."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or "the connection closed"
 
 
 def _deliver(client: smtplib.LMTP, raw: bytes, envelope: Envelope,

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
+from gateway.handoff import try_handoff
+from gateway.mail.envelope import Envelope
 from gateway.mail.queueid import postfix_queue_id
 from gateway.runtime import JournalFormatter, stderr_is_journal
 from gateway.sysexits import EX_TEMPFAIL
@@ -154,3 +156,15 @@ def test_the_pipe_in_process_names_the_cause_on_its_one_line(tmp_path: Path,
     assert piped.stderr.decode() == (
         f"ticketgate pipe: temporary failure: database at {tmp_path}/tg.db locked for 0.2 s "
         "by another process (database is locked)\n")
+
+
+def test_a_required_daemon_that_is_not_there_is_named_on_the_pipes_line(
+        tmp_path: Path, sqlite_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    sock = short_socket_dir() / "none.sock"
+    config = daemon_config(tmp_path, sqlite_url,
+                           pipe={"handoff_socket": str(sock), "require_daemon": True})
+    assert try_handoff(config, MESSAGE, Envelope("a@b.example", ("support@helpdesk.example",))
+                       ) == EX_TEMPFAIL
+    assert capsys.readouterr().err == (
+        f"ticketgate pipe: temporary failure: the daemon is not reachable on {sock} "
+        "(No such file or directory) and [pipe] require_daemon is set\n")
