@@ -158,7 +158,9 @@ def ensure_schema(engine: Engine) -> None:
 
     One query on `alembic_version` per start; running Alembic on every pipe start is
     not cheap. A database behind this code would fail its inserts on every message (the
-    MTA retrying forever), so it is refused up front with the command that fixes it.
+    MTA retrying forever), so it is refused up front with the command that fixes it; one
+    ahead of this code (a newer ticketgate on another host upgraded it) is refused with
+    `SchemaTooNew`: this host needs upgrading, and `db upgrade` here could not do it.
     """
     try:
         with engine.connect() as conn:
