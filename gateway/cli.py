@@ -176,3 +176,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # tools do (and keep Python from complaining when it flushes stdout at exit).
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + 13  # as if killed by SIGPIPE
+    except Exception as exc:
+        from gateway.cli_core import report_failure
+
+        code = report_failure(exc, args)
+        if code is None:
+            raise
+        return code

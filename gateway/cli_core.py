@@ -1,4 +1,4 @@
-"""CLI handlers: init, db upgrade, spool list/replay."""
+"""CLI handlers: init, db upgrade, spool list/replay; how a command's failure is printed."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from importlib import resources
 from pathlib import Path
 
 from .runtime import load_or_exit, note_defaults, setup_logging
-from .sysexits import EX_USAGE
+from .sysexits import EX_CONFIG, EX_TEMPFAIL, EX_USAGE
 from .terminal import printable
 
 STARTER = "starter"
@@ -135,3 +135,29 @@ def cmd_spool_replay(args: argparse.Namespace) -> int:
               f"{disposition.ticket_number or ''}".rstrip())
     print(f"replayed {len(items) - failed} of {len(items)}")
     return 1 if failed else 0
+
+
+def report_failure(exc: BaseException, args: argparse.Namespace) -> int | None:
+    """One line instead of a traceback for what an admin fixes outside the code: a schema
+    to upgrade (or a host to upgrade), a database that is down, locked or read-only.
+
+    Returns the exit code (78 for the schema, 75 for the rest), or None for a bug, whose
+    traceback is worth seeing.
+    """
+    from ticketstore.db import StoreUnavailable, is_transient
+
+    if isinstance(exc, StoreUnavailable):
+        print(f"ticketgate: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    if not is_transient(exc):
+        return None
+    from .causes import cause_of
+    from .config import ConfigError, load_config
+
+    try:
+        config = load_config(getattr(args, "config", None))
+        url, timeout = config.database_url, config.database.busy_timeout
+    except (ConfigError, OSError):
+        url, timeout = None, None
+    print(f"ticketgate: {cause_of(exc, url, timeout)}", file=sys.stderr)
+    return EX_TEMPFAIL

@@ -180,6 +180,14 @@ class StatusConfig:
     token: str = ""
     max_outbox_backlog: int = 1000
     max_spool_files: int = 0
+    # /healthz fails after this many temp-failed (451) deliveries in a row (0: never) ...
+    max_tempfail_streak: int = 5
+    # ... or when more than this share of the deliveries in the last `tempfail_window`
+    # seconds temp-failed (judged from 10 deliveries on; 1.0: never).
+    max_tempfail_rate: float = 0.5
+    tempfail_window: float = 300.0
+    # ... or when an outbox message has failed this many attempts in a row (0: never).
+    max_outbox_attempts: int = 3
 
 
 @dataclass(frozen=True)
@@ -418,6 +426,15 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(src, "intake.max_message_size", "must be at least 1024 bytes")
     if cfg.autoresponse.max_per_day < 0:
         raise ConfigError(src, "autoresponse.max_per_day", "must not be negative")
+    st = cfg.status
+    for key in ("max_tempfail_streak", "max_outbox_attempts"):
+        if getattr(st, key) < 0:
+            raise ConfigError(src, f"status.{key}", "must not be negative (0 turns the check off)")
+    if not 0.0 < st.max_tempfail_rate <= 1.0:
+        raise ConfigError(src, "status.max_tempfail_rate",
+                          "must be a share above 0 and at most 1.0 (1.0 turns the check off)")
+    if st.tempfail_window <= 0:
+        raise ConfigError(src, "status.tempfail_window", "must be a positive number of seconds")
     if cfg.autoresponse.from_address and not _ADDRESS.match(cfg.autoresponse.from_address):
         raise ConfigError(src, "autoresponse.from_address", "is not an address")
     try:

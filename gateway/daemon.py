@@ -19,6 +19,7 @@ from ticketstore.models import utcnow
 
 from .config import Config
 from .runtime import Store
+from .tempfails import TempfailTracker
 
 # Background services started by `ticketgate serve`, in this order.
 SERVICES: list[str] = ["autoresponse.worker:run", "rules.watch:run", "gateway.status.server:run"]
@@ -48,6 +49,8 @@ class DaemonContext:
     )
     # In-memory counters for what the database cannot tell (e.g. temp-failed deliveries).
     counters: collections.Counter[str] = field(default_factory=collections.Counter)
+    # Each delivery's result (stored or 451), for /healthz's temp-failure checks.
+    tempfails: TempfailTracker = field(default_factory=TempfailTracker)
     # Free-form state services publish for the status page (e.g. "rules": {...}).
     state: dict[str, Any] = field(default_factory=dict)
 

@@ -27,6 +27,7 @@ S421_SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
 S421_TOO_MANY_CONNECTIONS = "421 4.3.2 Too many connections, try again later"
 S421_NO_WORKER = "421 4.3.2 Service not available, try again later"
 S451_TEMPFAIL = "451 4.3.0 Temporary failure, please try again later"
+_TEMPFAIL_SUFFIX = ", try again later"
 S452_TOO_MANY_RECIPIENTS = "452 4.5.3 Error: too many recipients"
 S501_EMPTY_RECIPIENT = "501 5.1.3 Error: empty recipient"
 S501_BAD_PARAMETER = "501 5.5.4 Error: malformed MAIL FROM parameter"
@@ -64,8 +65,8 @@ class Failure:
         return "ticketgate pipe: " + self.message.format(**facts)
 
 
-TRANSIENT = Failure(S451_TEMPFAIL, EX_TEMPFAIL,
-                    "temporary failure (database busy or unavailable)")
+# `{cause}`: gateway.causes' description (in-process) or the daemon's category (hand-off).
+TRANSIENT = Failure(S451_TEMPFAIL, EX_TEMPFAIL, "temporary failure: {cause}")
 UNEXPECTED = Failure(S451_TEMPFAIL, EX_TEMPFAIL, "temporary failure, message kept for retry",
                      quarantine=True)
 # The store, rules or templates could not be set up: every message would fail alike, so
@@ -91,6 +92,24 @@ def failure_of(exc: BaseException) -> Failure:
     from ticketstore.db import is_transient  # SQLAlchemy: not for the pipe's hand-off path
 
     return TRANSIENT if is_transient(exc) else UNEXPECTED
+
+
+def tempfail_reply(category: str) -> str:
+    """`451 4.3.0 database read-only, try again later`: the cause's category, which
+    Postfix copies into its log and its delay notices (the description stays in ours)."""
+    return f"451 4.3.0 {' '.join(category.split())}{_TEMPFAIL_SUFFIX}"
+
+
+def category_of_reply(code: int, text: str) -> str | None:
+    """The category a daemon's `tempfail_reply` carries ("database read-only"), else None."""
+    if not 400 <= code < 500:
+        return None
+    words = text.strip()
+    if words[:1].isdigit():  # the enhanced status code
+        words = words.partition(" ")[2]
+    if not words.endswith(_TEMPFAIL_SUFFIX):
+        return None
+    return words.removesuffix(_TEMPFAIL_SUFFIX).strip() or None
 
 
 def exit_code_for_reply(code: int, text: str = "") -> int:

@@ -18,11 +18,12 @@ import logging
 import os
 import re
 import smtplib
+import sys
 
 from gateway.mail.envelope import Envelope
 
 from .config import Config
-from .failures import TRANSIENT, combine_exit_codes, exit_code_for_reply
+from .failures import TRANSIENT, category_of_reply, combine_exit_codes, exit_code_for_reply
 
 log = logging.getLogger("ticketgate.handoff")
 
@@ -55,13 +56,23 @@ def try_handoff(config: Config, raw: bytes, envelope: Envelope) -> int | None:
                               timeout=config.pipe.handoff_timeout)
     except (OSError, smtplib.SMTPException) as exc:
         log.debug("daemon not reachable on %s: %s", path, exc)
+        if required:
+            print(TRANSIENT.line(cause=f"the daemon is not reachable on {path} "
+                                       f"({_words(exc)}) and [pipe] require_daemon is set"),
+                  file=sys.stderr)
         return fallback
+    tempfails: list[str] = []
     try:
-        return _deliver(client, raw, envelope)
+        code = _deliver(client, raw, envelope, tempfails)
+        if code == TRANSIENT.exit_code and tempfails:
+            # The daemon's cause, in the one line pipe(8) copies into Postfix's log.
+            print(TRANSIENT.line(cause=f"{tempfails[0]} (the daemon's reply)"), file=sys.stderr)
+        return code
     except (OSError, smtplib.SMTPException) as exc:
         # Reachable but the session broke: the daemon may or may not have stored it;
         # a retry is safe (intake is idempotent).
-        log.warning("hand-off to the daemon failed: %s", type(exc).__name__)
+        print(TRANSIENT.line(cause=f"the hand-off to the daemon on {path} broke off "
+                                   f"({_words(exc)})"), file=sys.stderr)
         return TRANSIENT.exit_code
     finally:
         try:
@@ -70,7 +81,23 @@ def try_handoff(config: Config, raw: bytes, envelope: Envelope) -> int | None:
             client.close()
 
 
-def _deliver(client: smtplib.LMTP, raw: bytes, envelope: Envelope) -> int:
+def _words(exc: BaseException) -> str:
+    """What went wrong, in the system's words rather than an exception class name."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or "the connection closed"
+
+
+def _deliver(client: smtplib.LMTP, raw: bytes, envelope: Envelope,
+             tempfails: list[str]) -> int:
+    """LMTP the message; the cause of each 4xx reply is added to `tempfails`."""
+
+    def exit_code(code: int, reply: bytes) -> int:
+        text = reply.decode("utf-8", "replace")
+        if 400 <= code < 500:
+            tempfails.append(category_of_reply(code, text) or " ".join(f"{code} {text}".split()))
+        return exit_code_for_reply(code, text)
+
     code, text = client.ehlo("localhost")
     if code != 250:
         return TRANSIENT.exit_code
@@ -83,7 +110,7 @@ def _deliver(client: smtplib.LMTP, raw: bytes, envelope: Envelope) -> int:
         options.append("SMTPUTF8")
     code, text = client.mail(sender, options)
     if code != 250:
-        return exit_code_for_reply(code, text.decode("utf-8", "replace"))
+        return exit_code(code, text)
     accepted = 0
     refusals: list[int] = []
     for rcpt in envelope.rcpt_tos:
@@ -91,17 +118,17 @@ def _deliver(client: smtplib.LMTP, raw: bytes, envelope: Envelope) -> int:
         if code == 250:
             accepted += 1
         else:
-            refusals.append(exit_code_for_reply(code, text.decode("utf-8", "replace")))
+            refusals.append(exit_code(code, text))
     if not accepted:
         return combine_exit_codes(refusals)
     client.putcmd("data")
     code, text = client.getreply()
     if code != 354:
-        return exit_code_for_reply(code, text.decode("utf-8", "replace"))
+        return exit_code(code, text)
     client.send(lmtp_payload(raw))
     # RFC 2033: one reply per accepted recipient.
     results = []
     for _ in range(accepted):
         code, text = client.getreply()
-        results.append(exit_code_for_reply(code, text.decode("utf-8", "replace")))
+        results.append(exit_code(code, text))
     return combine_exit_codes(results)

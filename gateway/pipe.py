@@ -134,7 +134,16 @@ def _size_rejected(config: Config, size: int, envelope: Envelope) -> int:
     return _fail(failures.TOO_BIG, size=size)
 
 
-def _setup_failed(exc: Exception) -> int:
+def _transient(config: Config, exc: BaseException) -> int:
+    """75 with the cause (gateway.causes) on the one stderr line pipe(8) passes on."""
+    from .causes import cause_of
+
+    cause = cause_of(exc, config.database_url, config.database.busy_timeout)
+    log.debug("transient failure", exc_info=exc)
+    return _fail(failures.TRANSIENT, cause=cause.description)
+
+
+def _setup_failed(config: Config, exc: Exception) -> int:
     """The store, rules or templates could not be set up: 75, and no quarantine copy."""
     from rules.errors import RulesError
 
@@ -143,8 +152,7 @@ def _setup_failed(exc: Exception) -> int:
         return _fail(failures.INVALID_RULES)
     failure = failures.failure_of(exc)
     if failure is failures.TRANSIENT:
-        log.info("transient failure: %s", type(exc).__name__)
-        return _fail(failure)
+        return _transient(config, exc)
     log.error("could not start the intake", exc_info=exc)
     return _fail(failures.CANNOT_START, error=type(exc).__name__)
 
@@ -157,7 +165,7 @@ def process_in_process(config: Config, raw: bytes, envelope: Envelope, started: 
         store = open_store(config)
         intake = build_intake(config, store)
     except Exception as exc:
-        return _setup_failed(exc)
+        return _setup_failed(config, exc)
     try:
         if (envelope.rcpt_tos and config.intake.strict_recipients
                 and not any(intake.recipient_known(r) for r in envelope.rcpt_tos)):
@@ -166,8 +174,7 @@ def process_in_process(config: Config, raw: bytes, envelope: Envelope, started: 
     except Exception as exc:
         failure = failures.failure_of(exc)
         if failure is failures.TRANSIENT:
-            log.info("transient failure: %s", type(exc).__name__)
-            return _fail(failure)
+            return _transient(config, exc)
         try:
             path = quarantine(config.path(config.intake.spool_dir), raw, envelope, exc)
             log.error("unexpected error, message quarantined in %s", path, exc_info=exc)

@@ -36,7 +36,11 @@ def open_store(config: Config, create: bool = True) -> Store:
     engine = make_engine(config.database_url, config.database.busy_timeout,
                          config.database.pool_size)
     if create:
-        ensure_schema(engine)
+        try:
+            ensure_schema(engine)
+        except BaseException:
+            engine.dispose()  # a refused schema leaves no connection behind
+            raise
     return Store(engine, make_sessionmaker(engine))
 
 

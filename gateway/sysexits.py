@@ -10,5 +10,6 @@ EX_USAGE = 64
 EX_DATAERR = 65
 EX_NOUSER = 67
 EX_UNAVAILABLE = 69  # serve could not start (port in use, database unreachable)
+EX_CANTCREAT = 73  # serve cannot write its database or spool (ownership, permissions)
 EX_TEMPFAIL = 75
 EX_CONFIG = 78  # a configuration the admin must fix

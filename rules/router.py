@@ -76,8 +76,9 @@ class ReloadingRouter(RuleRouter):
                 new = load_rules(self.directory, self.queues, self.max_match_chars)
             except RulesError as exc:
                 self.errors, self.errors_at = exc.problems, self.clock()
-                log.error("rule reload failed, keeping the %d rules loaded before:\n%s",
-                          len(self.ruleset.rules), exc)
+                # One line for the daemon (gateway/server/app.py: workers stay quiet).
+                log.error("rule reload failed, keeping the %d rules loaded before: %s",
+                          len(self.ruleset.rules), "; ".join(str(p) for p in exc.problems))
                 return exc.problems
             self.ruleset = new
             self.errors, self.errors_at = (), None

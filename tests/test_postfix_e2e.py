@@ -35,56 +35,17 @@ from typing import Any
 
 import pytest
 
+from tests.ops_helpers import RUN_AS, TICKETGATE, as_user, free_port, prepare_code_for_user
 from tests.support import integration_missing, wait_until
 
 pytestmark = pytest.mark.integration
 
-PROJECT = Path(__file__).resolve().parent.parent
-TICKETGATE = Path(sys.executable).with_name("ticketgate")
-RUN_AS = "nobody"
 DOMAINS = ("helpdesk.example", "unix.example", "pipe.example", "inproc.example")
 
 
 def _as_user() -> dict[str, Any]:
-    """subprocess arguments to run as RUN_AS with its own group only (not root's)."""
-    pw = pwd.getpwnam(RUN_AS)
-    return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _traversable_for_others(path: Path) -> None:
-    """Give 'others' search (x) permission on `path`'s folders, nothing more."""
-    for folder in [path, *path.parents]:
-        if folder.is_dir():
-            mode = folder.stat().st_mode
-            if not mode & stat.S_IXOTH:
-                os.chmod(folder, mode | stat.S_IXOTH)
-
-
-def _prepare_code_for(user: str) -> None:
-    probe = [str(TICKETGATE), "--version"]
-
-    def works() -> bool:
-        try:
-            out = subprocess.run(probe, **_as_user(), capture_output=True, timeout=60,
-                                 check=False, cwd="/")
-        except PermissionError:
-            return False
-        return out.returncode == 0
-
-    if works():
-        return
-    for p in (Path(os.path.realpath(sys.executable)), Path(sys.prefix), Path(sys.base_prefix),
-              PROJECT):
-        _traversable_for_others(p if p.is_dir() else p.parent)
-    if not works():
-        pytest.fail(f"user {user} cannot run {TICKETGATE}: make the checkout and the "
-                    "virtualenv readable for it")
+    """subprocess arguments to run as RUN_AS (the fixture made sure we are root)."""
+    return as_user()
 
 
 @dataclass
@@ -273,9 +234,9 @@ def site() -> Iterator[Site]:
     if os.geteuid() != 0:
         integration_missing("postfix (starting a private instance needs root)")
     user = pwd.getpwnam(RUN_AS)
-    _prepare_code_for(RUN_AS)
+    prepare_code_for_user()
     root = Path(tempfile.mkdtemp(prefix="tg-postfix-", dir="/tmp"))
-    s = Site(root, _free_port(), _free_port())
+    s = Site(root, free_port(), free_port())
     started = False
     try:
         os.chmod(root, 0o755)
@@ -349,3 +310,44 @@ def test_gateway_down_means_deferred_not_bounced_then_delivered_on_flush(site: S
     wait_until("delivery after the flush", lambda: site.tickets_for(mid) == (1, 1),
           diagnostics=site.diagnostics)
     wait_until("an empty queue", lambda: site.queue() == [], diagnostics=site.diagnostics)
+
+
+def test_a_read_only_database_is_named_in_postfixs_log_and_clears_once_fixed(
+        site: Site) -> None:
+    """The gateway's database and its folder made read-only under the running gateway:
+    Postfix defers each message with the cause in its log line, over LMTP (the 451's
+    category), through the pipe handing over to the daemon and through the pipe working
+    in-process (their one stderr line); after the fix a flush delivers everything."""
+    routes = {"helpdesk.example": "lmtp", "pipe.example": "pipe", "inproc.example": "inproc"}
+    db, folder = site.gw / "tg.db", site.gw
+    modes = {p: stat.S_IMODE(p.stat().st_mode) for p in (db, folder)}
+    for path, mode in modes.items():
+        os.chmod(path, mode & ~0o222)
+    seen = len(site.maillog)  # earlier tests' deferrals do not count
+    try:
+        for domain in routes:
+            site.send([f"support@{domain}"], f"ro-{domain}@customer.example")
+
+        def deferred_lines() -> list[str]:
+            return [line for line in site.maillog[seen:].splitlines()
+                    if "status=deferred" in line and "support@" in line
+                    and any(f"@{d}" in line for d in routes)]
+
+        wait_until("three deferrals", lambda: len(deferred_lines()) >= 3,
+                   diagnostics=site.diagnostics)
+        lines = deferred_lines()
+        lmtp = next(line for line in lines if "@helpdesk.example" in line)
+        assert "451 4.3.0 database read-only, try again later" in lmtp, lmtp
+        handed = next(line for line in lines if "@pipe.example" in line)
+        assert "database read-only (the daemon's reply)" in handed, handed
+        inproc = next(line for line in lines if "@inproc.example" in line)
+        assert f"database at {db} is read-only" in inproc, inproc
+        assert "status=bounced" not in site.maillog[seen:]
+    finally:
+        for path, mode in modes.items():
+            os.chmod(path, mode)
+    site.flush()
+    for domain in routes:
+        mid = f"ro-{domain}@customer.example"
+        wait_until(f"delivery via {domain} after the fix",
+                   lambda m=mid: site.tickets_for(m) == (1, 1), diagnostics=site.diagnostics)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import importlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,27 @@ class StoreUnavailable(Exception):
     """The database cannot take the write now (locked, down, disk full): retry later."""
 
 
+class SchemaTooNew(StoreUnavailable):
+    """A newer ticketgate upgraded the schema: this host needs upgrading, not the database.
+
+    Transient for the intake (the MTA keeps the mail while a rolling upgrade reaches this
+    host), a clear one-line error for the CLI.
+    """
+
+    def __init__(self, revision: str) -> None:
+        self.revision = revision
+        super().__init__(f"the database was upgraded by a newer ticketgate (schema {revision}); "
+                         "upgrade this host")
+
+
+# SQLite messages after which the connection itself is suspect: it may have been opened
+# read-only (SQLite silently does so when it cannot open the file for writing) or have
+# lost its file. Invalidating it makes the next transaction open a fresh one, so the
+# daemon recovers by itself once the admin has fixed the file or the disk.
+_SQLITE_REOPEN = ("readonly database", "unable to open database", "disk i/o error",
+                  "database or disk is full", "database disk image is malformed")
+
+
 def make_engine(url: str, busy_timeout: float = 10.0, pool_size: int = 5) -> Engine:
     if url.startswith("sqlite"):
         db_path = url.split("///", 1)[-1]
@@ -34,8 +56,41 @@ def make_engine(url: str, busy_timeout: float = 10.0, pool_size: int = 5) -> Eng
             connect_args={"timeout": busy_timeout, "check_same_thread": False},
         )
         _sqlite_pragmas(engine, busy_timeout)
+        if db_path and db_path != ":memory:":
+            _sqlite_reopen_when_permissions_change(engine, Path(db_path))
         return engine
     return create_engine(url, pool_size=pool_size, pool_pre_ping=True)
+
+
+def _sqlite_reopen_when_permissions_change(engine: Engine, path: Path) -> None:
+    """SQLite's pre-ping: a pooled connection is replaced when the file's writability for
+    this process changed since it was opened.
+
+    A connection opened while the file was not writable stays read-only for good (SQLite
+    falls back to read-only without saying so), and one opened before the file was made
+    read-only keeps writing through its descriptor. Both would hide the admin's change;
+    one `access()` per checkout makes the pool follow it, as `pool_pre_ping` does for a
+    restarted PostgreSQL.
+    """
+
+    def writable() -> bool:
+        return os.access(path, os.W_OK) if path.exists() else os.access(path.parent, os.W_OK)
+
+    @event.listens_for(engine, "connect")
+    def _remember(_dbapi_conn: Any, record: Any) -> None:
+        record.info["writable"] = writable()
+
+    @event.listens_for(engine, "checkout")
+    def _recheck(_dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        if record.info.get("writable") != writable():
+            # The documented way to have the pool discard a connection and open another.
+            raise sa_exc.DisconnectionError("database file permissions changed")
+
+    @event.listens_for(engine, "handle_error")
+    def _invalidate(context: Any) -> None:
+        message = str(context.original_exception).lower()
+        if any(m in message for m in _SQLITE_REOPEN):
+            context.is_disconnect = True
 
 
 def _sqlite_pragmas(engine: Engine, busy_timeout: float) -> None:
@@ -103,7 +158,9 @@ def ensure_schema(engine: Engine) -> None:
 
     One query on `alembic_version` per start; running Alembic on every pipe start is
     not cheap. A database behind this code would fail its inserts on every message (the
-    MTA retrying forever), so it is refused up front with the command that fixes it.
+    MTA retrying forever), so it is refused up front with the command that fixes it; one
+    ahead of this code (a newer ticketgate on another host upgraded it) is refused with
+    `SchemaTooNew`: this host needs upgrading, and `db upgrade` here could not do it.
     """
     try:
         with engine.connect() as conn:
@@ -114,6 +171,8 @@ def ensure_schema(engine: Engine) -> None:
         current = None
     if current == SCHEMA_HEAD:
         return
+    if current is not None and not _known_revision(current):
+        raise SchemaTooNew(current)
     if engine.dialect.name == "sqlite":
         upgrade(engine)
         return
@@ -121,6 +180,14 @@ def ensure_schema(engine: Engine) -> None:
         raise StoreUnavailable("database schema missing: run `ticketgate db upgrade`")
     raise StoreUnavailable(f"database schema is at {current}, this version needs "
                            f"{SCHEMA_HEAD}: run `ticketgate db upgrade`")
+
+
+def _known_revision(revision: str) -> bool:
+    """Is `revision` one of our migrations? (Read only when the schema is not at head.)"""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    return revision in {s.revision for s in script.walk_revisions()}
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import __version__
+from gateway.causes import cause_of
 from gateway.config import Config, load_config
 from gateway.daemon import SERVICES, DaemonContext
 from gateway.failures import S421_SHUTTING_DOWN
@@ -34,6 +35,7 @@ from .activation import inherited_sockets
 from .groupcommit import GroupCommitter
 from .handler import DeliveryHandler
 from .listeners import ListenAddress, ListenError, bind, parse_listen
+from .preflight import CannotStart, check_can_write, exit_code_for
 from .protocol import IntakeLMTP, IntakeSMTP
 from .workers import WorkerPool, worker_count
 
@@ -111,6 +113,12 @@ class Daemon:
         else:
             activated, ours = [], addresses
         store = await asyncio.to_thread(open_store, config)
+        if self.listen:  # the master (or the only process) checks once for the daemon
+            try:
+                await asyncio.to_thread(check_can_write, store.engine, config)
+            except BaseException:
+                store.dispose()
+                raise
         intake = await asyncio.to_thread(build_intake, config, store)
         self.ctx = DaemonContext(config, store, intake)
         workers = worker_count(config.lmtp.workers) if self.spawn_workers else 1
@@ -246,15 +254,20 @@ class Daemon:
             sdnotify.notify("RELOADING=1")
             # Workers first: what this process then reports (and READY=1) is in force
             # in every process that takes mail.
-            ok = await self._reload_workers()
+            workers_ok = await self._reload_workers()
+            ok = True
             try:
                 new_config = await asyncio.to_thread(load_config, self.config_path)
                 new_intake = await asyncio.to_thread(build_intake, new_config, ctx.store)
             except Exception as exc:
                 ok = False
-                log.error("reload failed, keeping the running configuration: %s", exc)
-                ctx.record_error("config", f"reload failed: {exc}")
+                self._reload_failed(exc)
             else:
+                if not workers_ok:
+                    ok = False
+                    log.error("an intake worker did not reload; it keeps its running "
+                              "configuration (`serve -v` logs why)")
+                    ctx.record_error("config", "an intake worker did not reload")
                 if new_config.database_url != ctx.config.database_url:
                     log.warning("database URL changed: takes effect after a restart")
                 if listen_addresses(new_config) != listen_addresses(ctx.config):
@@ -275,14 +288,27 @@ class Daemon:
                 sdnotify.notify("READY=1")
             return ok
 
+    def _reload_failed(self, exc: Exception) -> None:
+        """Report a failed reload once for the daemon, as one line.
+
+        Every process reads the same files and fails alike, so a worker says it only at
+        debug level and the master reports it; a rule-file problem is reported by the
+        rules service (rules/watch.py), which reloads the rules in the master's hooks.
+        """
+        from rules.errors import RulesError
+
+        assert self.ctx is not None
+        text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        text = text.replace(":; ", ": ")  # "invalid rule files:" then its list
+        if not self.listen or (isinstance(exc, RulesError) and self.ctx.reload_hooks):
+            log.debug("reload failed, keeping the running configuration: %s", text)
+            return
+        log.error("reload failed, keeping the running configuration: %s", text)
+        self.ctx.record_error("config", f"reload failed: {text}")
+
     async def _reload_workers(self) -> bool:
         """Have every intake worker re-read the config (and so the rules); True if all did."""
-        if self.pool is None or await self.pool.reload():
-            return True
-        # Each worker logged why; it keeps its running configuration.
-        assert self.ctx is not None
-        self.ctx.record_error("config", "an intake worker did not reload")
-        return False
+        return self.pool is None or await self.pool.reload()
 
     # -- stop -------------------------------------------------------------------------------
 
@@ -353,18 +379,23 @@ async def serve(config: Config, config_path: str | None, verbose: bool = False) 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     try:
         await daemon.start()
+    except CannotStart as exc:
+        log.error("cannot start: %s", exc)
+        await daemon.stop()
+        return exc.exit_code
     except (ListenError, OSError, RuntimeError) as exc:
         log.error("cannot start: %s", exc)
         await daemon.stop()
         return EX_UNAVAILABLE
     except Exception as exc:
-        from ticketstore.db import is_transient
+        from ticketstore.db import StoreUnavailable, is_transient
 
-        if not is_transient(exc):
-            raise
-        log.error("cannot start, database unavailable: %s", type(exc).__name__)
+        if isinstance(exc, StoreUnavailable) or not is_transient(exc):
+            raise  # a schema to upgrade: server_cli says so (EX_CONFIG)
+        cause = cause_of(exc, config.database_url, config.database.busy_timeout)
+        log.error("cannot start: %s", cause)
         await daemon.stop()
-        return EX_UNAVAILABLE
+        return exit_code_for(cause)
     await stop.wait()
     log.info("SIGTERM: draining")
     await asyncio.gather(*reloads, return_exceptions=True)

@@ -6,8 +6,9 @@ refused at MAIL when SIZE= declares too much, else after DATA), at most
 `MAX_RECIPIENTS` recipients, no null recipient, a sender that is valid UTF-8.
 
 A message is parsed (a big one in a worker thread) and handed to the group-commit
-writer; the reply comes after the commit. Any failure is `451 4.3.0` without detail
-(an unexpected one also copies the raw message to the quarantine spool); LMTP answers
+writer; the reply comes after the commit. Any failure is `451 4.3.0` with the cause's
+category (`database read-only`; gateway/causes.py), the full cause in the log (an
+unexpected one also copies the raw message to the quarantine spool); LMTP answers
 once per accepted recipient (RFC 2033).
 """
 
@@ -23,8 +24,10 @@ from typing import Any, Protocol
 from aiosmtpd.lmtp import LMTP
 
 from gateway import failures
+from gateway.causes import Cause, cause_of
 from gateway.daemon import DaemonContext
 from gateway.mail.envelope import Envelope
+from gateway.mail.queueid import postfix_queue_id
 from gateway.spool import quarantine
 from gateway.status.metrics import PROCESSING_SECONDS
 
@@ -107,6 +110,7 @@ class DeliveryHandler:
         # (the master serves /metrics), see gateway/server/worker.py.
         self.on_closed: Callable[[], None] | None = None
         self.durations: list[float] | None = None
+        self.results: list[bool] | None = None  # stored (True) or 451 (False), in order
 
     @property
     def size_limit(self) -> int:
@@ -191,6 +195,7 @@ class DeliveryHandler:
     async def deliver(self, raw: bytes, envelope: Envelope) -> str:
         """Store one message; the reply every accepted recipient gets."""
         started = time.monotonic()
+        queue_id = postfix_queue_id(raw) or "-"
         intake = self.ctx.intake  # one config for the whole message, even across a reload
         try:
             if len(raw) <= INLINE_PREPARE_MAX:
@@ -201,28 +206,48 @@ class DeliveryHandler:
             disposition = await self.committer.store(intake, prepared)
         except Exception as exc:
             failure = failures.failure_of(exc)
-            await self._failed(raw, envelope, exc, failure)
-            return failure.reply
+            config = self.ctx.config
+            cause = cause_of(exc, config.database_url, config.database.busy_timeout)
+            self._record(False)
+            await self._failed(raw, envelope, exc, failure, cause, queue_id,
+                               time.monotonic() - started)
+            return failures.tempfail_reply(cause.category)
         self.ctx.counters[f"server.{disposition.outcome.value}"] += 1
         duration = time.monotonic() - started
         PROCESSING_SECONDS.labels(entry="lmtp").observe(duration)
         if self.durations is not None:
             self.durations.append(duration)
+        self._record(True)
+        # What an admin greps for: Postfix's queue ID joins this line to Postfix's own
+        # (which names sender, recipients and Message-ID); those are customer data and
+        # appear here only at debug level.
         log.info(
-            "message_id=<%s> disposition=%s ticket=%s queue=%s recipients=%d size=%d "
+            "delivered postfix_id=%s disposition=%s ticket=%s queue=%s recipients=%d size=%d "
             "duration=%.3fs",
-            disposition.message_id, disposition.outcome.value, disposition.ticket_number or "-",
-            disposition.queue or "-", len(envelope.rcpt_tos), len(raw), duration,
+            queue_id, disposition.outcome.value,
+            disposition.ticket_number or "-", disposition.queue or "-",
+            len(envelope.rcpt_tos), len(raw), duration,
         )
-        log.debug("message_id=<%s> from=<%s> to=%s", disposition.message_id,
+        log.debug("delivered postfix_id=%s message_id=<%s> from=<%s> to=%s",
+                  queue_id, disposition.message_id,
                   envelope.mail_from or "", ",".join(f"<{r}>" for r in envelope.rcpt_tos))
         return failures.delivered(disposition)
 
+    def _record(self, ok: bool) -> None:
+        self.ctx.tempfails.record(ok)
+        if self.results is not None:
+            self.results.append(ok)
+
     async def _failed(self, raw: bytes, envelope: Envelope, exc: Exception,
-                      failure: failures.Failure) -> None:
+                      failure: failures.Failure, cause: Cause, queue_id: str,
+                      duration: float) -> None:
         self.ctx.counters["server.tempfail"] += 1
         if not failure.quarantine:
-            log.warning("temporary failure, answered 451: %s", type(exc).__name__)
+            log.warning("temporary failure postfix_id=%s duration=%.3fs, answered 451: %s",
+                        queue_id, duration, cause.description)
+            log.debug("temporary failure: from=<%s> to=%s", envelope.mail_from or "",
+                      ",".join(f"<{r}>" for r in envelope.rcpt_tos), exc_info=exc)
+            self.ctx.record_error("intake", f"451 {cause.category}: {cause.description}")
             return
         config = self.ctx.config
         try:

@@ -63,8 +63,12 @@ class Reporter:
             self._newest_sent = ctx.errors[0]
         durations = handler.durations[-MAX_DURATIONS:]
         handler.durations.clear()
-        if counters or errors or durations:
+        results = (handler.results or [])[-MAX_DURATIONS:]
+        if handler.results:
+            handler.results.clear()
+        if counters or errors or durations or results:
             self.send({
+                "deliveries": [int(ok) for ok in results],
                 "counters": counters,
                 # Oldest first: the master's appendleft keeps the newest first.
                 "errors": [[e.at.isoformat(), e.source, e.message] for e in reversed(errors)],
@@ -121,6 +125,7 @@ async def run_worker(config: Config, config_path: str | None) -> int:
     assert daemon.handler is not None
     daemon.handler.on_closed = reporter.connection_closed
     daemon.handler.durations = []
+    daemon.handler.results = []
     loop.add_reader(channel.fileno(), on_channel)
     reporter.send({"ready": True})
 

@@ -12,8 +12,9 @@ The master (`WorkerPool`) talks to each worker over a SOCK_SEQPACKET socket pair
   b"ping" every `[lmtp] heartbeat_interval`;
 - worker -> master: JSON messages, `{"ready": true}` once it serves, `{"closed": n}`
   when connections end, `{"reloaded": ok}` after a SIGHUP, `{"pong": true}` for a ping,
-  and every second `{"counters": {...}, "errors": [...], "seconds": [...]}` so the
-  status page and /metrics show the whole daemon.
+  and every second `{"counters": {...}, "errors": [...], "seconds": [...],
+  "deliveries": [1, 0, ...]}` so the status page, /metrics and /healthz show the whole
+  daemon.
 
 The master counts the open connections of all workers: past `[lmtp] max_connections`
 a new one is answered `421 4.3.2` and closed. A worker that dies is restarted (its open
@@ -358,6 +359,8 @@ class WorkerPool:
         worker.messages += sum(int(v) for k, v in counters.items() if k in MESSAGE_COUNTERS)
         for at, source, text in message.get("errors") or []:
             self.ctx.errors.appendleft(RecentError(dt.datetime.fromisoformat(at), source, text))
+        for ok in message.get("deliveries") or []:  # in order: /healthz's 451 streak
+            self.ctx.tempfails.record(bool(ok))
         if message.get("seconds"):
             child = PROCESSING_SECONDS.labels(entry="lmtp")
             for seconds in message["seconds"]:
