@@ -4,12 +4,21 @@
 more than the delivery itself. When the daemon is reachable the pipe only speaks LMTP
 (smtplib and socket, nothing heavier) and turns the daemon's reply into its exit code:
 
-`gateway.failures.exit_code_for_reply` maps each reply: 250 and 552 5.3.4 (too big,
-the refusal recorded by the daemon) exit 0, 550 5.1.1 for every recipient 67, anything
-else (4xx, another 5xx, a broken session) 75.
+`gateway.failures.exit_code_for_reply` maps each reply: 250 exits 0, 550 5.1.1 for every
+recipient 67, anything else (4xx, another 5xx, a broken session) 75.
 
 Not reachable (no socket, nobody listening, 421 greeting): return None so the pipe
-processes in-process, or 75 with `[pipe] require_daemon`.
+processes in-process, or 75 with `[pipe] require_daemon`. In-process too (whatever
+`require_daemon` says where noted) when the daemon cannot take the message as the pipe
+has it, since each of these would fail the same way on every retry:
+- a 552 (too big): the pipe has checked the size itself, so the daemon's limit differs
+  (it was not reloaded); the refusal is not the pipe's to turn into an exit code;
+- more than `MAX_RECIPIENTS` recipients (the daemon answers 452 beyond them): one
+  in-process transaction records them all. With `require_daemon` they go in batches,
+  one transaction each; the daemon stores the message once, with the first batch's
+  recipients, and acknowledges the later batches as duplicates;
+- an envelope address that is not valid UTF-8, which the daemon refuses at MAIL (even
+  with `require_daemon`: the message is stored, not deferred forever).
 """
 
 from __future__ import annotations
@@ -30,12 +39,24 @@ _LINE_END = re.compile(rb"\r?\n")
 _LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
 
 
+# The daemon's recipients per transaction (gateway/server/handler.py answers 452 beyond).
+MAX_RECIPIENTS = 1000
+
+
 def lmtp_payload(raw: bytes) -> bytes:
     """CRLF line ends, dot-stuffed, ending with the lone dot."""
     data = _LINE_END.sub(b"\r\n", raw)
     if not data.endswith(b"\r\n"):
         data += b"\r\n"
     return _LEADING_DOT.sub(b"..", data) + b".\r\n"
+
+
+def _utf8(address: str) -> bool:
+    try:
+        address.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable argv bytes, kept by Python as surrogates
+        return False
+    return True
 
 
 def try_handoff(config: Config, raw: bytes, envelope: Envelope) -> int | None:
@@ -49,6 +70,12 @@ def try_handoff(config: Config, raw: bytes, envelope: Envelope) -> int | None:
         if required:
             log.warning("require_daemon is set but no recipient (-r) was given")
         return fallback
+    if not all(_utf8(a) for a in (envelope.mail_from or "", *envelope.rcpt_tos)):
+        log.info("an envelope address is not valid UTF-8: the daemon would refuse it, "
+                 "storing the message in-process")
+        return None
+    if len(envelope.rcpt_tos) > MAX_RECIPIENTS and not required:
+        return None
     path = os.path.abspath(config.path(config.pipe.handoff_socket))
     try:
         client = smtplib.LMTP(path, local_hostname="localhost",
@@ -57,7 +84,7 @@ def try_handoff(config: Config, raw: bytes, envelope: Envelope) -> int | None:
         log.debug("daemon not reachable on %s: %s", path, exc)
         return fallback
     try:
-        return _deliver(client, raw, envelope)
+        return _deliver(client, raw, envelope, required)
     except (OSError, smtplib.SMTPException) as exc:
         # Reachable but the session broke: the daemon may or may not have stored it;
         # a retry is safe (intake is idempotent).
@@ -70,38 +97,73 @@ def try_handoff(config: Config, raw: bytes, envelope: Envelope) -> int | None:
             client.close()
 
 
-def _deliver(client: smtplib.LMTP, raw: bytes, envelope: Envelope) -> int:
-    code, text = client.ehlo("localhost")
+class _NotForTheDaemon(Exception):
+    """The daemon cannot take this message as the pipe has it (see the module's notes)."""
+
+
+def _deliver(client: smtplib.LMTP, raw: bytes, envelope: Envelope, required: bool,
+             ) -> int | None:
+    code, _text = client.ehlo("localhost")
     if code != 250:
         return TRANSIENT.exit_code
-    sender = envelope.mail_from or ""
     options: list[str] = []
-    addresses = [sender, *envelope.rcpt_tos]
-    if not all(a.isascii() for a in addresses):
+    if not all(a.isascii() for a in (envelope.mail_from or "", *envelope.rcpt_tos)):
         if not client.has_extn("smtputf8"):
             return TRANSIENT.exit_code
         options.append("SMTPUTF8")
+    payload = lmtp_payload(raw)
+    results: list[int] = []
+    pending = list(envelope.rcpt_tos)
+    try:
+        while pending:
+            codes, pending = _transaction(client, envelope.mail_from or "", options, pending,
+                                          payload, batches=required)
+            results += codes
+    except _NotForTheDaemon as exc:
+        if required:
+            log.warning("the daemon refused the message: %s", exc)
+            return TRANSIENT.exit_code
+        log.info("the daemon refused the message (%s): storing it in-process", exc)
+        return None
+    return combine_exit_codes(results)
+
+
+def _transaction(client: smtplib.LMTP, sender: str, options: list[str], recipients: list[str],
+                 payload: bytes, batches: bool) -> tuple[list[int], list[str]]:
+    """One LMTP transaction for as many of `recipients` as the daemon takes: the exit
+    codes of its replies, and the recipients left for the next transaction (452)."""
     code, text = client.mail(sender, options)
+    if code == 552:
+        raise _NotForTheDaemon("552 at MAIL: its size limit differs from the pipe's")
     if code != 250:
-        return exit_code_for_reply(code, text.decode("utf-8", "replace"))
+        return [exit_code_for_reply(code, text.decode("utf-8", "replace"))], []
     accepted = 0
-    refusals: list[int] = []
-    for rcpt in envelope.rcpt_tos:
+    codes: list[int] = []
+    rest: list[str] = []
+    for i, rcpt in enumerate(recipients):
         code, text = client.rcpt(rcpt)
+        if code == 452 and accepted:  # too many recipients for one transaction
+            if not batches:
+                client.rset()
+                raise _NotForTheDaemon(f"452 after {accepted} recipients")
+            rest = recipients[i:]
+            break
         if code == 250:
             accepted += 1
         else:
-            refusals.append(exit_code_for_reply(code, text.decode("utf-8", "replace")))
+            codes.append(exit_code_for_reply(code, text.decode("utf-8", "replace")))
     if not accepted:
-        return combine_exit_codes(refusals)
+        client.rset()
+        return codes, rest
     client.putcmd("data")
     code, text = client.getreply()
     if code != 354:
-        return exit_code_for_reply(code, text.decode("utf-8", "replace"))
-    client.send(lmtp_payload(raw))
+        return [*codes, exit_code_for_reply(code, text.decode("utf-8", "replace"))], []
+    client.send(payload)
     # RFC 2033: one reply per accepted recipient.
-    results = []
-    for _ in range(accepted):
-        code, text = client.getreply()
-        results.append(exit_code_for_reply(code, text.decode("utf-8", "replace")))
-    return combine_exit_codes(results)
+    replies = [client.getreply() for _ in range(accepted)]
+    if any(code == 552 for code, _text in replies):
+        raise _NotForTheDaemon("552 after DATA: its size limit differs from the pipe's")
+    codes += [exit_code_for_reply(code, text.decode("utf-8", "replace"))
+              for code, text in replies]
+    return codes, rest

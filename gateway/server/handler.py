@@ -25,6 +25,7 @@ from aiosmtpd.lmtp import LMTP
 from gateway import failures
 from gateway.daemon import DaemonContext
 from gateway.mail.envelope import Envelope
+from gateway.mail.size import message_size
 from gateway.spool import quarantine
 from gateway.status.metrics import PROCESSING_SECONDS
 
@@ -123,8 +124,9 @@ class DeliveryHandler:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         raw: bytes = envelope.original_content
         message = _envelope_of(envelope)
-        if len(raw) > self.size_limit:
-            await self.size_rejected(len(raw), message)
+        size = message_size(raw)  # line ends count as one byte, as the MTA counted them
+        if size > self.size_limit:
+            await self.size_rejected(size, message)
             reply = failures.TOO_BIG.reply
         else:
             reply = await self.deliver(raw, message)
