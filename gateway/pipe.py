@@ -137,7 +137,7 @@ def _size_rejected(config: Config, size: int, envelope: Envelope) -> int:
 
     try:
         store = open_store(config)
-        build_intake(config, store).record_size_rejected(size, envelope)
+        build_intake(config, store).record_size_rejected(size, envelope.as_text())
     except Exception:
         log.exception("could not record size rejection")
         return failures.TRANSIENT.exit_code
