@@ -9,6 +9,7 @@ real `ticketgate pipe`, and must be stored with its raw bytes unchanged.
 from __future__ import annotations
 
 import json
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from gateway.mail.envelope import Envelope, address_bytes, address_text
 from gateway.runtime import Store
 from gateway.sysexits import EX_OK
 from tests.pipe_helpers import SUPPORT, ticketgate, write_config
+from tests.server_helpers import RunningDaemon, daemon_config, prepare_database
 from ticketstore.models import Article, Attachment, Ticket
 
 LONG_ID = "a" * 1200 + "@customer.example"  # 998 characters is the column
@@ -180,3 +182,44 @@ def test_long_rule_values_are_cut_and_still_thread(intake: Intake, store: Store)
         assert {len(t.customer_id) for t in tickets} == {200}
         assert {len(t.thread_key or "") for t in tickets} == {500}
         assert session.scalars(select(Attachment.content_type)).all()
+
+
+def _replies(sock: socket.socket, data: bytes, count: int) -> list[bytes]:
+    sock.sendall(data)
+    got: list[bytes] = []
+    with sock.makefile("rb") as f:
+        while len(got) < count:
+            line = f.readline()
+            assert line, got
+            if line[3:4] != b"-":
+                got.append(line.rstrip())
+    return got
+
+
+def test_lmtp_refuses_a_sender_that_is_not_utf8_and_stores_such_a_recipient(
+    tmp_path: Path, db_url: str,
+) -> None:
+    """MAIL FROM: a permanent `553 5.1.7` (Postfix bounces; never 451). RCPT TO: stored,
+    the undecodable byte kept as `\\xNN`."""
+    prepare_database(db_url)
+    d = RunningDaemon(daemon_config(tmp_path, db_url)).start()
+    try:
+        with socket.create_connection(("127.0.0.1", d.port), timeout=30) as sock:
+            assert _replies(sock, b"", 1)[0].startswith(b"220")
+            (_lhlo, mail) = _replies(sock, b"LHLO c\r\nMAIL FROM:<" + NOT_UTF8 + b">\r\n", 2)
+            assert mail.startswith(b"553 5.1.7")
+            rcpt = b"supp\xf6rt@helpdesk.example"
+            got = _replies(sock, b"RSET\r\nMAIL FROM:<ana@customer.example>\r\nRCPT TO:<"
+                           + rcpt + b">\r\nDATA\r\n", 4)
+            assert [g[:3] for g in got] == [b"250", b"250", b"250", b"354"], got
+            raw = message().replace(b"\n", b"\r\n")
+            (done,) = _replies(sock, raw + b".\r\n", 1)
+            assert done.startswith(b"250 "), done
+        (article,) = rows(db_url, "select * from articles")
+        assert bytes(article.raw) == raw
+        recipients = article.envelope_recipients
+        recipients = json.loads(recipients) if isinstance(recipients, str) else recipients
+        assert recipients == ["supp\\xf6rt@helpdesk.example"]
+        assert address_bytes(recipients[0]) == rcpt
+    finally:
+        d.stop()
