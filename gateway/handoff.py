@@ -97,6 +97,31 @@ def try_handoff(config: Config, raw: bytes, envelope: Envelope) -> int | None:
             client.close()
 
 
+def report_size(config: Config, size: int, envelope: Envelope) -> bool:
+    """Have the daemon record a message the pipe refused for its size (`require_daemon`):
+    `MAIL FROM` declaring `SIZE=size`, which it answers 552 and records. True if it did."""
+    addresses = (envelope.mail_from or "", *envelope.rcpt_tos)
+    if not config.pipe.handoff_socket or not all(_utf8(a) for a in addresses):
+        return False
+    path = os.path.abspath(config.path(config.pipe.handoff_socket))
+    try:
+        with smtplib.LMTP(path, local_hostname="localhost",
+                          timeout=config.pipe.handoff_timeout) as client:
+            client.ehlo("localhost")
+            options = [f"SIZE={size}"]
+            if not all(a.isascii() for a in addresses):
+                options.append("SMTPUTF8")
+            code, _text = client.mail(envelope.mail_from or "", options)
+            client.rset()
+    except (OSError, smtplib.SMTPException) as exc:
+        log.warning("could not have the daemon record a size refusal: %s",
+                    type(exc).__name__)
+        return False
+    if code != 552:
+        log.warning("the daemon did not refuse the size (%d): its limit differs", code)
+    return code == 552
+
+
 class _NotForTheDaemon(Exception):
     """The daemon cannot take this message as the pipe has it (see the module's notes)."""
 

@@ -43,15 +43,17 @@ def read_message(stream: BinaryIO, limit: int) -> bytes:
     Its size is `message_size` (line ends count as one byte), as the daemon counts it
     after the hand-off's CRLF conversion: what the pipe accepts, the daemon accepts too.
     """
-    data = bytearray()
-    crlf = 0
-    while len(data) - crlf <= limit:
-        chunk = stream.read(min(1 << 20, limit + 1 - (len(data) - crlf)))
+    chunks: list[bytes] = []
+    size = 0
+    last = b""
+    while size <= limit:
+        chunk = stream.read(min(1 << 20, limit + 1 - size))
         if not chunk:
             break
-        crlf += chunk.count(b"\r\n") + (data[-1:] == b"\r" and chunk[:1] == b"\n")
-        data += chunk
-    return bytes(data)
+        size += len(chunk) - chunk.count(b"\r\n") - (last == b"\r" and chunk[:1] == b"\n")
+        chunks.append(chunk)
+        last = chunk[-1:]
+    return b"".join(chunks)
 
 
 def drain(stream: BinaryIO) -> int:
@@ -131,8 +133,16 @@ def _setup_logging(verbose: bool) -> None:
 def _size_rejected(config: Config, size: int, envelope: Envelope) -> int:
     """Too large: record the refusal and bounce (DESIGN.md), or 75 if we cannot record it.
 
-    The pipe decides this itself, on the message's bytes as it was given them.
+    The pipe decides this itself, on the message's bytes as it was given them. With
+    `[pipe] require_daemon` the daemon records it if it can (the pipe may not be allowed
+    to write the database), else the pipe tries.
     """
+    limit = config.intake.max_message_size
+    if config.pipe.require_daemon:
+        from .handoff import report_size
+
+        if report_size(config, size, envelope):
+            return _fail(failures.TOO_BIG, size=size, limit=limit)
     from .runtime import build_intake, open_store
 
     try:
@@ -141,7 +151,7 @@ def _size_rejected(config: Config, size: int, envelope: Envelope) -> int:
     except Exception:
         log.exception("could not record size rejection")
         return failures.TRANSIENT.exit_code
-    return _fail(failures.TOO_BIG, size=size, limit=config.intake.max_message_size)
+    return _fail(failures.TOO_BIG, size=size, limit=limit)
 
 
 def _setup_failed(exc: Exception) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from gateway.config import Config, load_config
 from gateway.handoff import lmtp_payload, try_handoff
 from gateway.intake.core import Intake
 from gateway.mail.envelope import Envelope
+from gateway.pipe import read_message
 from gateway.sysexits import EX_NOUSER, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE
 from tests.pipe_helpers import ticketgate, write_config
 from tests.server_helpers import MESSAGE, RunningDaemon, daemon_config, short_socket_dir
@@ -212,3 +214,31 @@ def test_a_sender_that_is_not_utf8_is_stored_in_process(
     (article,) = inbound_articles(d)
     assert article.raw == MESSAGE
     assert article.envelope_sender == "caf\\xe9@customer.example"
+
+
+def test_require_daemon_has_the_daemon_record_an_oversize_message(
+    piped: tuple[RunningDaemon, Path], tmp_path: Path,
+) -> None:
+    """The pipe refuses it itself (69, 5.3.4) and the daemon records it: the pipe does not
+    open the database it may not write."""
+    d, _path = piped
+    cfg = tmp_path / "required.toml"
+    cfg.write_text(f'[database]\nurl = "sqlite:///{tmp_path}/unused.db"\n'
+                   f'[pipe]\nhandoff_socket = "{d.config.pipe.handoff_socket}"\n'
+                   'require_daemon = true\n[intake]\nmax_message_size = 100000\n')
+    r = ticketgate(cfg, "pipe", "-f", "alice@customer.example", "-r", "support@helpdesk.example",
+                   stdin=MESSAGE + b"x" * 150_000 + b"\r\n")
+    assert r.returncode == EX_UNAVAILABLE and r.stderr.startswith(b"5.3.4 "), r.stderr
+    with d.ctx.store.factory() as session:
+        (event,) = session.scalars(select(Event).where(Event.kind == "size-rejected"))
+    assert event.detail["size"] > 150_000 and event.detail["mail_from"] == "alice@customer.example"
+    assert not (tmp_path / "unused.db").exists()
+
+
+def test_read_message_counts_line_ends_as_one_byte() -> None:
+    crlf = b"ab\r\n" * 1000  # 4,000 bytes, 3,000 as the limit counts them
+    assert read_message(io.BytesIO(crlf), 3000) == crlf
+    assert len(read_message(io.BytesIO(crlf + b"x"), 3000)) > 3000
+    # A CRLF split between two reads is still one line end.
+    halves = io.BufferedReader(io.BytesIO(b"a\r\nb"), buffer_size=2)
+    assert read_message(halves, 3) == b"a\r\nb"
