@@ -13,14 +13,12 @@ import re
 import sqlite3
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from gateway.pipe import normalise_sender
 from gateway.sysexits import EX_DATAERR, EX_NOUSER, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE
-from tests.pipe_helpers import SUPPORT, ticketgate, write_config
+from tests.pipe_helpers import SUPPORT, query, ticketgate, write_config
 from tests.support import mail
 
 REPLIES = ["reply_outlook_aw.eml", "reply_outlook_re.eml", "reply_gmail.eml",
@@ -37,15 +35,6 @@ INBOUND = "select * from articles where direction = 'in'"
 
 def inbound(db_url: str) -> int:
     return len(query(db_url, INBOUND))
-
-
-def query(db_url: str, sql: str) -> list[Any]:
-    engine = create_engine(db_url)
-    try:
-        with engine.connect() as conn:
-            return list(conn.execute(text(sql)).all())
-    finally:
-        engine.dispose()
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import select
 
 from gateway.intake.columns import message_id_key
 from gateway.intake.core import Intake
@@ -23,7 +23,7 @@ from gateway.intake.ports import Route
 from gateway.mail.envelope import Envelope, address_bytes, address_text
 from gateway.runtime import Store
 from gateway.sysexits import EX_OK
-from tests.pipe_helpers import SUPPORT, ticketgate, write_config
+from tests.pipe_helpers import SUPPORT, query, ticketgate, write_config
 from tests.server_helpers import RunningDaemon, daemon_config, prepare_database
 from ticketstore.models import Article, Attachment, Ticket
 
@@ -81,19 +81,10 @@ CASES = [
 ]
 
 
-def rows(db_url: str, sql: str) -> list[Any]:
-    engine = create_engine(db_url)
-    try:
-        with engine.connect() as conn:
-            return list(conn.execute(text(sql)).all())
-    finally:
-        engine.dispose()
-
-
 def check_stored(db_url: str, case: Case) -> None:
-    (article,) = rows(db_url, "select * from articles where direction = 'in'")
+    (article,) = query(db_url, "select * from articles where direction = 'in'")
     assert bytes(article.raw) == case.raw
-    assert len(rows(db_url, "select id from tickets")) == 1
+    assert len(query(db_url, "select id from tickets")) == 1
     # The envelope is kept losslessly (the sender cut to its 320 characters):
     # `address_bytes` gives back what argv held.
     assert article.envelope_sender == address_text(case.mail_from)[:320]
@@ -104,9 +95,9 @@ def check_stored(db_url: str, case: Case) -> None:
     recipients = json.loads(recipients) if isinstance(recipients, str) else recipients
     assert [address_bytes(r) for r in recipients] == [case.rcpt_to.encode("utf-8",
                                                                           "surrogateescape")]
-    (ticket,) = rows(db_url, "select * from tickets")
+    (ticket,) = query(db_url, "select * from tickets")
     assert len(ticket.customer_address) <= 320 and len(ticket.customer_domain) <= 255
-    (att,) = rows(db_url, "select content_type from attachments")
+    (att,) = query(db_url, "select content_type from attachments")
     assert len(att.content_type) <= 255
 
 
@@ -215,7 +206,7 @@ def test_lmtp_refuses_a_sender_that_is_not_utf8_and_stores_such_a_recipient(
             raw = message().replace(b"\n", b"\r\n")
             (done,) = _replies(sock, raw + b".\r\n", 1)
             assert done.startswith(b"250 "), done
-        (article,) = rows(db_url, "select * from articles")
+        (article,) = query(db_url, "select * from articles")
         assert bytes(article.raw) == raw
         recipients = article.envelope_recipients
         recipients = json.loads(recipients) if isinstance(recipients, str) else recipients
