@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .sysexits import EX_DATAERR, EX_NOUSER, EX_OK, EX_TEMPFAIL
+from .sysexits import EX_DATAERR, EX_NOUSER, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE
 
 if TYPE_CHECKING:
     from .intake.outcome import Disposition
@@ -61,8 +61,17 @@ class Failure:
     message: str  # may name `{size}`; never a bug's exception text: bounces quote it
     quarantine: bool = False  # keep a copy of the raw message in the spool
 
+    @property
+    def permanent(self) -> bool:
+        """The MTA bounces the message: a 5xx reply, and a pipe exit code but 0 or 75."""
+        return self.reply.startswith("5") and self.exit_code not in (EX_OK, EX_TEMPFAIL)
+
     def line(self, **facts: object) -> str:
-        return "ticketgate pipe: " + self.message.format(**facts)
+        """The pipe's stderr line. A permanent failure's starts with its enhanced status
+        code (`5.3.4 ...`): pipe(8) uses a leading RFC 3463 code as the DSN status of the
+        bounce, ahead of the one it derives from the exit code."""
+        text = "ticketgate pipe: " + self.message.format(**facts)
+        return f"{self.reply.split()[1]} {text}" if self.permanent else text
 
 
 # `{cause}`: gateway.causes' description (in-process) or the daemon's category (hand-off).
@@ -77,13 +86,16 @@ CANNOT_START = Failure(S451_TEMPFAIL, EX_TEMPFAIL, "temporary failure: cannot st
 BAD_CONFIG = Failure(S451_TEMPFAIL, EX_TEMPFAIL, "config error: {error}")
 CRASHED = Failure(S451_TEMPFAIL, EX_TEMPFAIL, "temporary failure, message not accepted")
 UNKNOWN_RECIPIENT = Failure(S550_NO_SUCH_USER, EX_NOUSER, "unknown recipient")
-# The refusal is recorded as an event; the pipe then has nothing left to do (exit 0).
-TOO_BIG = Failure(S552_TOO_BIG, EX_OK, "message of {size} bytes exceeds the limit; discarded")
+# Refused and recorded as a `size-rejected` event. The pipe exits EX_UNAVAILABLE (whose
+# default DSN status in Postfix is 5.3.0, the class of 5.3.4) with `5.3.4` at the start
+# of its line: the MTA bounces the message to its sender, who learns it was not taken.
+TOO_BIG = Failure(S552_TOO_BIG, EX_UNAVAILABLE,
+                  "message of {size} bytes exceeds the limit of {limit} bytes")
 # The pipe only: a listener stores an empty DATA like any other malformed message.
 EMPTY = Failure("", EX_DATAERR, "empty message")
 
 # The only codes `ticketgate pipe` may exit with.
-PIPE_EXIT_CODES = frozenset({EX_OK, EX_DATAERR, EX_NOUSER, EX_TEMPFAIL})
+PIPE_EXIT_CODES = frozenset({EX_OK, EX_DATAERR, EX_NOUSER, EX_UNAVAILABLE, EX_TEMPFAIL})
 
 
 def failure_of(exc: BaseException) -> Failure:
@@ -115,14 +127,13 @@ def category_of_reply(code: int, text: str) -> str | None:
 def exit_code_for_reply(code: int, text: str = "") -> int:
     """The pipe's exit code for one reply of the daemon it handed a message to.
 
-    550 5.1.1 is our unknown recipient and 552 our size refusal (recorded by the daemon);
-    any other 5xx from our own daemon is a bug or a version mismatch, and mail must not
-    bounce for that.
+    550 5.1.1 is our unknown recipient. Any other 5xx from our own daemon is a bug or a
+    version mismatch, and mail must not bounce for that; a 552 in particular is not the
+    pipe's decision (it checks the size itself before the hand-off), so the hand-off
+    does not map it here but stores the message in-process (gateway/handoff.py).
     """
     if 200 <= code < 300:
         return EX_OK
-    if code == 552:
-        return TOO_BIG.exit_code
     if code == 550 and text.startswith("5.1.1"):
         return UNKNOWN_RECIPIENT.exit_code
     return EX_TEMPFAIL

@@ -2,9 +2,10 @@
 
 Used by Postfix pipe(8), procmail and .forward. Which failure exits with which code,
 and says what on stderr, is `gateway.failures`: 0 stored (or ignored, or a duplicate),
-65 empty input, 67 unknown recipient in strict mode, 75 anything transient or unexpected
-(the MTA keeps the message and retries). No other code may leave this process: Postfix
-bounces on unknown codes.
+65 empty input, 67 unknown recipient in strict mode, 69 larger than the size limit (the
+line starts with `5.3.4`; the MTA bounces it to the sender), 75 anything transient or
+unexpected (the MTA keeps the message and retries). No other code may leave this
+process: Postfix bounces on unknown codes.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 from typing import BinaryIO
 
 from gateway.mail.envelope import Envelope
+from gateway.mail.size import message_size
 
 from . import failures
 from .config import Config
@@ -35,15 +37,22 @@ def normalise_sender(sender: str | None) -> str | None:
 
 
 def read_message(stream: BinaryIO, limit: int) -> bytes:
-    """Read at most limit+1 bytes, so an oversize message is detected without reading it all."""
+    """Read until the end, or until the message is larger than `limit`: an oversize
+    message is detected without reading it all.
+
+    Its size is `message_size` (line ends count as one byte), as the daemon counts it
+    after the hand-off's CRLF conversion: what the pipe accepts, the daemon accepts too.
+    """
     chunks: list[bytes] = []
-    total = 0
-    while total <= limit:
-        chunk = stream.read(min(1 << 20, limit + 1 - total))
+    size = 0
+    last = b""
+    while size <= limit:
+        chunk = stream.read(min(1 << 20, limit + 1 - size))
         if not chunk:
             break
+        size += len(chunk) - chunk.count(b"\r\n") - (last == b"\r" and chunk[:1] == b"\n")
         chunks.append(chunk)
-        total += len(chunk)
+        last = chunk[-1:]
     return b"".join(chunks)
 
 
@@ -87,8 +96,8 @@ def _pipe(args: argparse.Namespace, stdin: BinaryIO) -> int:
     raw = read_message(stdin, limit)
     if not raw.strip():
         return _fail(failures.EMPTY)
-    if len(raw) > limit:
-        size = len(raw) + drain(stdin)
+    if message_size(raw) > limit:
+        size = message_size(raw) + drain(stdin)
         return _size_rejected(config, size, envelope)
 
     from .handoff import try_handoff
@@ -122,16 +131,27 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _size_rejected(config: Config, size: int, envelope: Envelope) -> int:
-    """Too large: record the refusal (DESIGN.md), or 75 if we cannot record it."""
+    """Too large: record the refusal and bounce (DESIGN.md), or 75 if we cannot record it.
+
+    The pipe decides this itself, on the message's bytes as it was given them. With
+    `[pipe] require_daemon` the daemon records it if it can (the pipe may not be allowed
+    to write the database), else the pipe tries.
+    """
+    limit = config.intake.max_message_size
+    if config.pipe.require_daemon:
+        from .handoff import report_size
+
+        if report_size(config, size, envelope):
+            return _fail(failures.TOO_BIG, size=size, limit=limit)
     from .runtime import build_intake, open_store
 
     try:
         store = open_store(config)
-        build_intake(config, store).record_size_rejected(size, envelope)
+        build_intake(config, store).record_size_rejected(size, envelope.as_text())
     except Exception:
         log.exception("could not record size rejection")
         return failures.TRANSIENT.exit_code
-    return _fail(failures.TOO_BIG, size=size)
+    return _fail(failures.TOO_BIG, size=size, limit=limit)
 
 
 def _transient(config: Config, exc: BaseException) -> int:

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import create_engine, text
+
 from tests.support import toml_value
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,3 +48,13 @@ def ticketgate(config: Path | None, *args: str, stdin: bytes = b"",
         cmd += ["-c", str(config)]
     return subprocess.run([*cmd, *args], input=stdin, capture_output=True, env=env,
                           timeout=120, cwd=config.parent if config else ROOT, check=False)
+
+
+def query(db_url: str, sql: str) -> list[Any]:
+    """The rows of `sql`, on a connection of its own (what a subprocess wrote)."""
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(text(sql)).all())
+    finally:
+        engine.dispose()

@@ -11,7 +11,7 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from gateway import causes, failures
-from gateway.sysexits import EX_NOUSER, EX_OK, EX_TEMPFAIL
+from gateway.sysexits import EX_NOUSER, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE
 from ticketstore.db import SchemaTooNew, StoreUnavailable, make_engine
 
 
@@ -35,9 +35,20 @@ def test_our_failures_never_bounce() -> None:
 
 
 def test_one_stderr_line_without_the_exception_text() -> None:
-    line = failures.TOO_BIG.line(size=5000)
-    assert line == "ticketgate pipe: message of 5000 bytes exceeds the limit; discarded"
+    line = failures.TOO_BIG.line(size=5000, limit=4096)
+    assert line == (
+        "5.3.4 ticketgate pipe: message of 5000 bytes exceeds the limit of 4096 bytes")
     assert "\n" not in failures.TRANSIENT.line(cause="database locked")
+
+
+def test_a_permanent_failure_s_line_starts_with_its_dsn_status() -> None:
+    """pipe(8) takes a leading enhanced status code as the bounce's DSN status."""
+    assert failures.TOO_BIG.exit_code == EX_UNAVAILABLE
+    assert failures.TOO_BIG.line(size=1, limit=0).startswith("5.3.4 ")
+    assert failures.UNKNOWN_RECIPIENT.line().startswith("5.1.1 ")
+    assert failures.TRANSIENT.line(cause="disk full").startswith("ticketgate pipe: ")
+    for temporary in (failures.UNEXPECTED, failures.EMPTY):
+        assert temporary.line().startswith("ticketgate pipe: ")
 
 
 @pytest.mark.parametrize(("code", "text", "expected"), [
@@ -46,7 +57,7 @@ def test_one_stderr_line_without_the_exception_text() -> None:
     (421, "4.3.2 shutting down", EX_TEMPFAIL),
     (550, "5.1.1 No such recipient", EX_NOUSER),
     (550, "5.7.1 policy", EX_TEMPFAIL),
-    (552, "5.3.4 too big", EX_OK),
+    (552, "5.3.4 too big", EX_TEMPFAIL),  # not the pipe's decision: never 0 (handoff.py)
     (554, "5.0.0 whatever", EX_TEMPFAIL),
     (500, "Error: bad syntax", EX_TEMPFAIL),
 ])

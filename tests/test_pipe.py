@@ -13,14 +13,12 @@ import re
 import sqlite3
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from gateway.pipe import normalise_sender
-from gateway.sysexits import EX_DATAERR, EX_NOUSER, EX_OK, EX_TEMPFAIL
-from tests.pipe_helpers import SUPPORT, ticketgate, write_config
+from gateway.sysexits import EX_DATAERR, EX_NOUSER, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE
+from tests.pipe_helpers import SUPPORT, query, ticketgate, write_config
 from tests.support import mail
 
 REPLIES = ["reply_outlook_aw.eml", "reply_outlook_re.eml", "reply_gmail.eml",
@@ -37,15 +35,6 @@ INBOUND = "select * from articles where direction = 'in'"
 
 def inbound(db_url: str) -> int:
     return len(query(db_url, INBOUND))
-
-
-def query(db_url: str, sql: str) -> list[Any]:
-    engine = create_engine(db_url)
-    try:
-        with engine.connect() as conn:
-            return list(conn.execute(text(sql)).all())
-    finally:
-        engine.dispose()
 
 
 @pytest.fixture
@@ -150,12 +139,15 @@ def test_unknown_recipient_is_67_only_in_strict_mode(tmp_path: Path, sqlite_url:
     assert [q[0] for q in queues] == ["Support", "Postmaster"]
 
 
-def test_oversize_message_records_an_event_and_exits_0(tmp_path: Path, sqlite_url: str) -> None:
+def test_oversize_message_is_recorded_and_bounced(tmp_path: Path, sqlite_url: str) -> None:
+    """Issue 17: a permanent code, and `5.3.4` first on the one stderr line (pipe(8) takes
+    it as the bounce's DSN status), not a silent exit 0."""
     config = write_config(tmp_path, sqlite_url, intake={"max_message_size": 2048})
     raw = mail("new_ticket_de.eml") + b"x" * 5000 + b"\n"
     r = pipe(config, raw, "-f", "ana@x.example", "-r", SUPPORT)
-    assert r.returncode == EX_OK
-    assert b"exceeds the limit" in r.stderr
+    assert r.returncode == EX_UNAVAILABLE
+    assert r.stderr.startswith(b"5.3.4 ") and r.stderr.count(b"\n") == 1, r.stderr
+    assert b"exceeds the limit of 2048 bytes" in r.stderr
     assert inbound(sqlite_url) == 0
     (ev,) = query(sqlite_url, "select kind, detail from events")
     assert ev.kind == "size-rejected"

@@ -8,6 +8,7 @@ four domains to ticketgate:
     unix.example      ticketgate-lmtp:unix:<gateway socket>  (as in docs/postfix.md)
     pipe.example      pipe(8) -> ticketgate pipe -> hand-off to the daemon
     inproc.example    pipe(8) -> ticketgate pipe, processing in-process
+    small.example     pipe(8) -> ticketgate pipe with a 2 KiB size limit (bounces)
 
 The gateway and pipe(8) run as `nobody` (pipe(8) refuses root), so the test makes the
 interpreter, the virtualenv and the checkout traversable for other users when they
@@ -178,7 +179,7 @@ myhostname = mx.tgtest.invalid
 mydomain = tgtest.invalid
 mydestination =
 mynetworks = 127.0.0.0/8
-relay_domains = {", ".join(DOMAINS)}
+relay_domains = {", ".join(DOMAINS)}, small.example
 transport_maps = texthash:{site.conf}/transport
 smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
 alias_maps =
@@ -193,6 +194,7 @@ lmtp_connect_timeout = 5s
 # flags=D (Delivered-To) needs one recipient per pipe(8) delivery.
 tgpipe_destination_recipient_limit = 1
 tginproc_destination_recipient_limit = 1
+tgsmall_destination_recipient_limit = 1
 """
     master = f"""
 127.0.0.1:{site.smtpd_port} inet n - n - - smtpd
@@ -219,11 +221,13 @@ scache    unix  - - n - 1 scache
 postlog   unix-dgram n - n - 1 postlogd
 tgpipe    unix  - n n - - {pipe.replace("CFG", str(site.gw / "tg.toml"))}
 tginproc  unix  - n n - - {pipe.replace("CFG", str(site.gw / "inproc.toml"))}
+tgsmall   unix  - n n - - {pipe.replace("CFG", str(site.gw / "small.toml"))}
 """
     transport = (f"helpdesk.example lmtp:inet:127.0.0.1:{site.gateway_port}\n"
                  f"unix.example ticketgate-lmtp:unix:{site.gw}/run/postfix.sock\n"
                  "pipe.example tgpipe:\n"
-                 "inproc.example tginproc:\n")
+                 "inproc.example tginproc:\n"
+                 "small.example tgsmall:\n")
     return main, master, transport
 
 
@@ -246,6 +250,8 @@ def site() -> Iterator[Site]:
         shutil.chown(root / "data", "postfix")
         (s.gw / "tg.toml").write_text(_gateway_config(s, handoff=True))
         (s.gw / "inproc.toml").write_text(_gateway_config(s, handoff=False))
+        (s.gw / "small.toml").write_text(_gateway_config(s, handoff=True).replace(
+            "[intake]\n", "[intake]\nmax_message_size = 2048\n"))
         for path in [s.gw, *s.gw.rglob("*")]:
             os.chown(path, user.pw_uid, user.pw_gid)
         main, master, transport = _postfix_config(s)
@@ -351,3 +357,32 @@ def test_a_read_only_database_is_named_in_postfixs_log_and_clears_once_fixed(
         mid = f"ro-{domain}@customer.example"
         wait_until(f"delivery via {domain} after the fix",
                    lambda m=mid: site.tickets_for(m) == (1, 1), diagnostics=site.diagnostics)
+
+
+def test_oversize_mail_through_the_pipe_is_bounced_with_5_3_4(site: Site) -> None:
+    """Issue 17: pipe(8) bounces it to the sender with the DSN status the pipe printed,
+    instead of the pipe's old exit 0 that discarded it. (Last in this file: the other
+    tests check that nothing bounced.)"""
+    mid = "too-big-1@customer.example"
+    site.send(["support@small.example"], mid, subject="A small one")
+    site_big = EmailMessage()
+    site_big["From"] = "carol@customer.example"
+    site_big["To"] = "support@small.example"
+    site_big["Subject"] = "A big one"
+    site_big["Message-ID"] = "<too-big-2@customer.example>"
+    site_big.set_content("line of text\n" * 400)
+    with smtplib.SMTP("127.0.0.1", site.smtpd_port, local_hostname="localhost",
+                      timeout=30) as s:
+        s.send_message(site_big, from_addr="carol@customer.example",
+                       to_addrs=["support@small.example"])
+
+    def bounced() -> list[str]:
+        return [line for line in site.maillog.splitlines()
+                if "to=<support@small.example>" in line and "status=bounced" in line]
+
+    (line,) = wait_until("the bounce", bounced, diagnostics=site.diagnostics)
+    assert "dsn=5.3.4" in line and "exceeds the limit of 2048 bytes" in line, line
+    assert site.tickets_for("too-big-2@customer.example") == (0, 0)
+    # The small one went through the same transport.
+    wait_until("the small one", lambda: site.tickets_for(mid) == (1, 1),
+               diagnostics=site.diagnostics)

@@ -22,6 +22,7 @@ from gateway.mail.envelope import Envelope
 from gateway.mail.parse import parse_message
 from ticketstore.models import utcnow
 
+from .columns import message_id_key
 from .dedupe import content_hash, find_duplicate
 from .followup import find_ticket
 from .outcome import Disposition, Outcome
@@ -74,11 +75,14 @@ class Intake:
     # -- the two halves -----------------------------------------------------------------
 
     def prepare(self, raw: bytes, envelope: Envelope) -> Prepared:
+        # Undecodable envelope bytes as `\xNN` text, and a Message-ID that fits its column
+        # (columns.py): such a message would otherwise fail on every retry.
+        envelope = envelope.as_text()
         msg = parse_message(raw)
         classification = classify(msg, envelope, self.config.autoresponse.loop_header)
         route = self.router.route(msg, envelope, classification)
         chash = content_hash(raw)
-        message_id = msg.message_id or f"{chash[:40]}@ticketgate.invalid"
+        message_id = message_id_key(msg.message_id or f"{chash[:40]}@ticketgate.invalid")
         recipients = envelope.rcpt_tos or (
             msg.headers.get("delivered-to", ()) + msg.headers.get("x-original-to", ())
             + msg.to + msg.cc

@@ -20,6 +20,7 @@ from ticketstore import numbers
 from ticketstore.models import Article, OutboxMessage, Ticket
 from ticketstore.snapshots import SELECT_TICKETS, TicketSnapshot, ticket_snapshot
 
+from .columns import message_id_key, thread_key
 from .prepared import Prepared
 
 # The most numbers and Message-IDs looked up for one message (a References header can be
@@ -65,7 +66,8 @@ def find_ticket(conn: Connection, config: TicketsConfig, p: Prepared) -> TicketS
     if ticket is None and BOUNCE in p.classification.labels:
         ticket = _by_message_id(conn, tuple(bounced_message_ids(p.raw)), p, outgoing=True)
     if ticket is None and p.route.thread_key:
-        row = conn.execute(_BY_THREAD_KEY, {"key": p.route.thread_key}).mappings().first()
+        row = conn.execute(_BY_THREAD_KEY, {"key": thread_key(p.route.thread_key)}
+                           ).mappings().first()
         ticket = ticket_snapshot(row) if row is not None else None
     return ticket
 
@@ -86,7 +88,8 @@ def _by_number(conn: Connection, config: TicketsConfig, p: Prepared) -> TicketSn
 def _by_message_id(conn: Connection, ids: tuple[str, ...], p: Prepared,
                    outgoing: bool = False) -> TicketSnapshot | None:
     """The ticket of the first of `ids` that is a stored Message-ID (not `p`'s own)."""
-    wanted = [i for i in dict.fromkeys(ids) if i != p.message_id][:MAX_MESSAGE_IDS]
+    keys = (message_id_key(i) for i in ids)  # as stored: a long one is cut (columns.py)
+    wanted = [i for i in dict.fromkeys(keys) if i != p.message_id][:MAX_MESSAGE_IDS]
     if not wanted:
         return None
     rows = conn.execute(_OF_OUTGOING if outgoing else _OF_MESSAGES, {"ids": wanted}).mappings()

@@ -20,6 +20,7 @@ from ticketstore.db import dialect_insert
 from ticketstore.models import Article, Attachment, Event, Queue, Ticket
 from ticketstore.snapshots import ArticleSnapshot, TicketSnapshot, ticket_snapshot
 
+from .columns import fit, thread_key
 from .prepared import Prepared
 
 _T, _A, _ATT = Ticket.__table__, Article.__table__, Attachment.__table__
@@ -42,7 +43,7 @@ STREAM_ABOVE = 1 << 20
 
 def ticket_values(config: TicketsConfig, p: Prepared, number: str, now: dt.datetime,
                   refused: bool = False, linked_to: int | None = None) -> dict[str, Any]:
-    """The columns of the ticket `p` opens, but its id and queue id."""
+    """The columns of the ticket `p` opens, but its id and queue id (cut to fit: columns.py)."""
     address = p.msg.from_address or (p.envelope.mail_from or "").lower()
     state = "closed" if refused else (p.route.state or "new")
     return dict(
@@ -50,12 +51,12 @@ def ticket_values(config: TicketsConfig, p: Prepared, number: str, now: dt.datet
         title=(strip_tags(p.msg.subject, config.hook) or "(no subject)")[:1000],
         state=state,
         priority=p.route.priority or 3,
-        customer_address=address,
+        customer_address=fit(_T.c.customer_address, address),
         customer_name=p.msg.from_name,
-        customer_domain=address.rpartition("@")[2],
-        customer_id=p.route.customer or "",
+        customer_domain=fit(_T.c.customer_domain, address.rpartition("@")[2]),
+        customer_id=fit(_T.c.customer_id, p.route.customer or ""),
         tags=sorted(set(p.route.tags)),
-        thread_key=p.route.thread_key,
+        thread_key=thread_key(p.route.thread_key),
         linked_ticket_id=linked_to,
         created_at=now,
         updated_at=now,
@@ -81,7 +82,11 @@ def update_ticket(conn: Connection, ticket: TicketSnapshot, changes: dict[str, A
 
 
 def article_values(p: Prepared, ticket_id: int, now: dt.datetime) -> dict[str, Any]:
-    """The columns of the incoming article `p` is stored as, but its id."""
+    """The columns of the incoming article `p` is stored as, but its id.
+
+    `p.message_id` is already a key that fits (`columns.message_id_key`), the envelope's
+    addresses are text any database takes (`Envelope.as_text`, in `Intake.prepare`).
+    """
     m = p.msg
     kind = "email"
     if BOUNCE in p.classification.labels:
@@ -96,7 +101,7 @@ def article_values(p: Prepared, ticket_id: int, now: dt.datetime) -> dict[str, A
         content_hash=p.content_hash,
         in_reply_to=" ".join(f"<{i}>" for i in m.in_reply_to),
         references=" ".join(f"<{i}>" for i in m.references),
-        from_address=m.from_address,
+        from_address=fit(_A.c.from_address, m.from_address),
         from_name=m.from_name,
         to=", ".join(m.to),
         cc=", ".join(m.cc),
@@ -105,7 +110,7 @@ def article_values(p: Prepared, ticket_id: int, now: dt.datetime) -> dict[str, A
         body_html=m.html,
         raw=p.raw,
         size=len(p.raw),
-        envelope_sender=p.envelope.mail_from or "",
+        envelope_sender=fit(_A.c.envelope_sender, p.envelope.mail_from or ""),
         envelope_recipients=list(p.envelope.rcpt_tos),
         classification=sorted(p.classification.labels),
         created_at=now,
@@ -118,7 +123,8 @@ def insert_article(conn: Connection, p: Prepared, ticket_id: int, now: dt.dateti
     values = article_values(p, ticket_id, now)
     values["id"] = conn.execute(_INSERT_ARTICLE, values).scalar_one()
     rows = [dict(article_id=values["id"], filename=att.filename,
-                 content_type=att.content_type, size=len(att.content), sha256=att.sha256,
+                 content_type=fit(_ATT.c.content_type, att.content_type),
+                 size=len(att.content), sha256=att.sha256,
                  content=att.content) for att in p.msg.attachments]
     if conn.dialect.name == "sqlite" and any(r["size"] > STREAM_ABOVE for r in rows):
         for row in rows:

@@ -28,6 +28,7 @@ from gateway.causes import Cause, cause_of
 from gateway.daemon import DaemonContext
 from gateway.mail.envelope import Envelope
 from gateway.mail.queueid import postfix_queue_id
+from gateway.mail.size import message_size
 from gateway.spool import quarantine
 from gateway.status.metrics import PROCESSING_SECONDS
 
@@ -121,8 +122,10 @@ class DeliveryHandler:
         """Bytes a session buffers in DATA before it drops the rest and refuses the message.
 
         Never below what `handle_DATA` accepts: that check decides, this one bounds memory.
+        The limit counts line ends as one byte, the wire carries CRLF and dot-stuffing, so
+        a message under the limit can take up to twice its size here (all empty lines).
         """
-        return self.size_limit
+        return 2 * self.size_limit + 2
 
     def admit(self, conn: Connection) -> bool:
         """Register a new session, unless `[lmtp] max_connections` are open already."""
@@ -176,8 +179,9 @@ class DeliveryHandler:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         raw: bytes = envelope.original_content
         message = envelope_of(envelope)
-        if len(raw) > self.size_limit:
-            self.size_rejected(len(raw), message)
+        size = message_size(raw)  # line ends count as one byte, as the MTA counted them
+        if size > self.size_limit:
+            self.size_rejected(size, message)
             reply = failures.TOO_BIG.reply
         else:
             reply = await self.deliver(raw, message)

@@ -9,11 +9,12 @@ drains, and mend aiosmtpd's own replies through the documented `push` and
 ENHANCEDSTATUSCODES promises (RFC 2034), never echo a client's control bytes, and in
 LMTP come once per recipient after DATA (RFC 2033).
 
-DATA is buffered in memory up to the size limit only: aiosmtpd's `data_size_limit`,
-set for the DATA command, makes it drop the rest and answer 552, which becomes our
-`552 5.3.4` with the refusal recorded. So a session holds at most about
-`[intake] max_message_size` bytes of mail (twice that in memory: aiosmtpd keeps it
-line by line), and the daemon `[lmtp] max_connections` times that.
+DATA is buffered in memory up to the handler's `buffer_limit` only (the wire form of
+a message at the size limit): aiosmtpd's `data_size_limit`, set for the DATA command,
+makes it drop the rest and answer 552, which becomes our `552 5.3.4` with the refusal
+recorded. So a session holds about `[intake] max_message_size` bytes of ordinary mail
+(twice that in memory: aiosmtpd keeps it line by line), and the daemon
+`[lmtp] max_connections` times that.
 """
 
 from __future__ import annotations
