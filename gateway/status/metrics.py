@@ -110,16 +110,15 @@ class DatabaseCollector(Collector):
 
     def _query(self) -> list[Metric]:
         from .queries import (
-            OPEN_STATES,
             OTHER_CHECK,
             UNSENT_STATES,
             O,
-            Q,
             R,
-            T,
             _age,
             _as_utc,
             by_check,
+            open_tickets,
+            queue_names,
             read_only,
             suppression_checks,
         )
@@ -134,12 +133,8 @@ class DatabaseCollector(Collector):
                            R.c.bucket == ALL_TIME)
                     .group_by(R.c.series, R.c.key))
             }
-            open_rows = conn.execute(
-                select(Q.c.name, T.c.state, func.count())
-                .join(Q, Q.c.id == T.c.queue_id)
-                .where(T.c.state.in_(OPEN_STATES))
-                .group_by(Q.c.name, T.c.state)
-            ).all()
+            names = queue_names(conn)
+            open_rows = [(names[qid], state, n) for qid, state, n in open_tickets(conn, names)]
             # Unsent rows only (index state, next_attempt_at): sent rows grow forever.
             outbox = dict(conn.execute(
                 select(O.c.state, func.count())

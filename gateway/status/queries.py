@@ -260,9 +260,26 @@ def outbox(conn: Connection, now: dt.datetime) -> dict[str, Any]:
 # -- queues and tickets ---------------------------------------------------------------
 
 
+def open_tickets(conn: Connection, names: dict[int, str]) -> list[tuple[int, str, int]]:
+    """(queue id, state, count) of the open tickets of the queues `names` lists."""
+    if not names:
+        return []
+    # queue_id IN (...) AND state IN (...) is answered from index (queue_id, state) alone
+    # (a join with queues instead reads every open ticket's row: 10-20x slower).
+    return [(r.queue_id, r.state, int(r.n)) for r in conn.execute(
+        select(T.c.queue_id, T.c.state, func.count().label("n"))
+        .where(T.c.queue_id.in_(list(names)), T.c.state.in_(OPEN_STATES))
+        .group_by(T.c.queue_id, T.c.state)
+    )]
+
+
+def queue_names(conn: Connection) -> dict[int, str]:
+    return dict(conn.execute(select(Q.c.id, Q.c.name)).all())
+
+
 def queues(conn: Connection, now: dt.datetime) -> list[dict[str, Any]]:
     """Open tickets per queue and state, and each queue's oldest unanswered ticket."""
-    names = dict(conn.execute(select(Q.c.id, Q.c.name)).all())
+    names = queue_names(conn)
     per: dict[int, dict[str, Any]] = {
         qid: {"queue": name, "states": {s: 0 for s in OPEN_STATES}, "open": 0,
               "oldest_unanswered": None, "oldest_unanswered_age_seconds": None}
@@ -270,15 +287,10 @@ def queues(conn: Connection, now: dt.datetime) -> list[dict[str, Any]]:
     }
     if not per:
         return []
-    # queue_id IN (...) AND state IN (...) is answered from index (queue_id, state) alone.
-    for r in conn.execute(
-        select(T.c.queue_id, T.c.state, func.count().label("n"))
-        .where(T.c.queue_id.in_(list(per)), T.c.state.in_(OPEN_STATES))
-        .group_by(T.c.queue_id, T.c.state)
-    ):
-        entry = per[r.queue_id]
-        entry["states"][r.state] = int(r.n)
-        entry["open"] += int(r.n)
+    for qid, state, n in open_tickets(conn, names):
+        entry = per[qid]
+        entry["states"][state] = n
+        entry["open"] += n
     answered = exists().where(
         A.c.ticket_id == T.c.id, A.c.direction == "out", A.c.kind.in_(HUMAN_REPLY_KINDS)
     )
@@ -488,9 +500,9 @@ def snapshot(engine: Engine, src: Sources, now: dt.datetime,
 SCOPES: dict[str, tuple[str, ...]] = {
     "site": ("database", "mail_flow", "autoresponses", "outbox", "queues", "latest_tickets",
              "daily_volume", "domain_months"),
-    "instance": ("instance", "version", "health", "started_at", "uptime_seconds", "rules", "workers",
-                 "mail_flow.quarantined", "temp_failed_since_start", "spool", "latest_errors",
-                 "counters"),
+    "instance": ("instance", "version", "health", "started_at", "uptime_seconds", "rules",
+                 "workers", "mail_flow.quarantined", "temp_failed_since_start", "spool",
+                 "latest_errors", "counters"),
 }
 
 
