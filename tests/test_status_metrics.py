@@ -40,7 +40,7 @@ def test_metrics_are_computed_from_the_database_and_survive_a_restart(
     with store.factory() as s, s.begin():
         s.add(Event(kind="autoresponse-sent", created_at=utcnow()))
         s.add(Event(kind="autoresponse-suppressed", created_at=utcnow(),
-                    detail={"reason": "bulk"}))
+                    detail={"check": "precedence", "reason": "precedence: bulk"}))
         s.add(OutboxMessage(kind="auto-reply", rcpt_to="a@x.example", message_id="o1@x",
                             message=b"x", state="pending"))
         s.add(OutboxMessage(kind="auto-reply", rcpt_to="a@x.example", message_id="o2@x",
@@ -66,9 +66,9 @@ def test_metrics_are_computed_from_the_database_and_survive_a_restart(
     assert value(text, "ticketgate_articles_total", direction="in") == 3
     assert value(text, "ticketgate_tickets_open", queue="Support", state="new") == 1
     assert value(text, "ticketgate_tickets_open", queue="Billing", state="new") == 1
-    assert value(text, "ticketgate_autoresponses_total", outcome="sent", reason="") == 1
+    assert value(text, "ticketgate_autoresponses_total", outcome="sent", check="") == 1
     assert value(text, "ticketgate_autoresponses_total", outcome="suppressed",
-                 reason="bulk") == 1
+                 check="precedence") == 1
     assert value(text, "ticketgate_outbox_messages", state="pending") == 1
     assert value(text, "ticketgate_outbox_messages", state="failed") == 1
     assert value(text, "ticketgate_outbox_backlog") == 1
@@ -91,7 +91,7 @@ def test_metrics_are_computed_from_the_database_and_survive_a_restart(
         store2.dispose()
     assert value(text2, "ticketgate_messages_total", disposition="created") == 2
     assert value(text2, "ticketgate_tickets_created_total") == 2
-    assert value(text2, "ticketgate_autoresponses_total", outcome="sent", reason="") == 1
+    assert value(text2, "ticketgate_autoresponses_total", outcome="sent", check="") == 1
     assert value(text2, "ticketgate_temp_failed_total") == 0
 
 

@@ -95,7 +95,7 @@ def test_mail_flow_windows(config: Config, store: Store, timed_intake: Intake,
 def test_autoresponses_and_outbox(config: Config, store: Store, intake: Intake) -> None:
     d = deliver(intake, message("Hello"))
     with store.factory() as s, s.begin():
-        for reason, n in (("bulk", 2), ("out-of-office", 1)):
+        for reason, n in (("precedence", 2), ("out-of-office", 1)):
             for _ in range(n):
                 s.add(Event(kind="autoresponse-suppressed", created_at=NOW,
                             detail={"reason": reason, "check": reason}))
@@ -115,8 +115,8 @@ def test_autoresponses_and_outbox(config: Config, store: Store, intake: Intake) 
     ar = data["autoresponses"]
     assert ar["sent"] == {"hour": 1, "day": 1, "month": 3}
     assert ar["suppressed"] == {"hour": 3, "day": 3, "month": 3}
-    assert ar["suppressed_by_reason_30d"] == {"bulk": 2, "out-of-office": 1}
-    assert list(ar["suppressed_by_reason_30d"]) == ["bulk", "out-of-office"]
+    assert ar["suppressed_by_check_30d"] == {"precedence": 2, "out-of-office": 1}
+    assert list(ar["suppressed_by_check_30d"]) == ["precedence", "out-of-office"]
     ob = data["outbox"]
     assert ob["states"] == {"pending": 2, "sending": 1, "failed": 1}
     assert ob["backlog"] == 3

@@ -217,3 +217,15 @@ class OutboxMessage(Base):
         Index("ix_outbox_rcpt_created", "rcpt_to", "created_at"),
     )
 
+
+class Rollup(Base):
+    """Running counts per hour / month, kept by triggers (see ticketstore/rollups.py)."""
+
+    __tablename__ = "rollups"
+    series: Mapped[str] = mapped_column(String(40), primary_key=True)
+    # 'YYYY-MM-DD HH' (UTC hour), 'YYYY-MM' (month) or '' (all time).
+    bucket: Mapped[str] = mapped_column(String(16), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    # The writing connection on PostgreSQL (its backend pid), 0 on SQLite.
+    shard: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    n: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -1,0 +1,190 @@
+"""The rollups behind the status page: kept exact by every writer, filled by the migration,
+and never a point where concurrent PostgreSQL writers wait for each other."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Connection, Engine, func, select, text, update
+
+from autoresponse.autoresponder import AutoResponder
+from gateway.config import Config
+from gateway.intake.core import Intake
+from gateway.intake.ports import NullRouter, Route
+from gateway.mail.envelope import Envelope
+from gateway.runtime import Store
+from gateway.status.queries import read_only, windowed
+from tests.status_helpers import deliver, message
+from ticketstore import rollups
+from ticketstore.db import make_engine, upgrade
+from ticketstore.models import Event, Rollup, Ticket
+
+R, T = Rollup.__table__, Ticket.__table__
+NOW = dt.datetime(2026, 11, 22, 12, 34, 56, 789000, tzinfo=dt.UTC)
+
+
+class IgnoreSpam(NullRouter):
+    def route(self, msg, envelope, classification):  # type: ignore[no-untyped-def]
+        return Route(ignore=True, matched=("spam",)) if "SPAM" in msg.subject else Route()
+
+
+def counts(conn: Connection) -> dict[tuple[str, str, str], int]:
+    """Every rollup cell summed over its shards, zero cells left out."""
+    rows = conn.execute(
+        select(R.c.series, R.c.bucket, R.c.key, func.sum(R.c.n))
+        .group_by(R.c.series, R.c.bucket, R.c.key)
+    ).all()
+    return {(s, b, k): int(n) for s, b, k, n in rows if n}
+
+
+def recount(engine: Engine) -> dict[tuple[str, str, str], int]:
+    """What rebuilding from the stored rows gives (rolled back: the table stays as is)."""
+    with engine.connect() as conn:
+        trans = conn.begin()
+        rollups.rebuild(conn)
+        fresh = counts(conn)
+        trans.rollback()
+    return fresh
+
+
+def test_every_writer_keeps_the_rollups_exact(config: Config, store: Store) -> None:
+    clock = [NOW - dt.timedelta(days=40)]
+    intake = Intake(config, store.factory, router=IgnoreSpam(),
+                    responder=AutoResponder(config), clock=lambda: clock[0])
+    intake.sync_queues()
+    numbers = []
+    for i, ago in enumerate((dt.timedelta(days=40), dt.timedelta(days=3),
+                             dt.timedelta(hours=2), dt.timedelta(minutes=1))):
+        clock[0] = NOW - ago
+        d = deliver(intake, message(f"Question {i}", sender=f"u{i}@dom{i % 2}.example"))
+        numbers.append(d.ticket_number)
+        deliver(intake, message(f"Re: [Ticket#{d.ticket_number}] Question {i}",
+                                sender=f"u{i}@dom{i % 2}.example"))
+        deliver(intake, message(f"robot {i}", extra=f"Auto-Submitted: auto-generated-{i}\r\n"))
+        deliver(intake, message("Buy SPAM"))
+    intake.record_size_rejected(10**9, Envelope("a@b.example", ("support@helpdesk.example",)))
+    # The CLI and agents close, reopen and close again: domain-closed moves with closed_at.
+    with store.engine.begin() as conn:
+        closed = NOW - dt.timedelta(days=35)
+        conn.execute(update(T).where(T.c.number == numbers[0])
+                     .values(state="closed", closed_at=closed))
+        conn.execute(update(T).where(T.c.number == numbers[1])
+                     .values(state="closed", closed_at=NOW))
+        conn.execute(update(T).where(T.c.number == numbers[1])
+                     .values(state="open", closed_at=None))
+        conn.execute(update(T).where(T.c.number == numbers[2])
+                     .values(state="closed", closed_at=NOW))
+    with store.factory() as s, s.begin():  # an ORM writer (as autoresponse/sent.py)
+        s.add(Event(kind="autoresponse-sent", created_at=NOW, detail={}))
+
+    with store.engine.connect() as conn:
+        kept = counts(conn)
+    assert kept == recount(store.engine)
+    assert kept[("domain-closed", "2026-10", "dom0.example")] == 1
+    assert kept[("domain-closed", "2026-11", "dom0.example")] == 1  # numbers[2]
+    assert ("domain-closed", "2026-11", "dom1.example") not in kept  # reopened
+    assert kept[("events", "", "created")] == 8  # robots open tickets too
+    assert kept[("events", "", "ignored")] == 4
+    assert kept[("suppressed", "", "auto-submitted")] == 4
+    assert kept[("articles", "", "in")] == 12
+    assert kept[("tickets", "", "")] == 8
+    assert kept[("events", "2026-11-22 12", "created")] == 2
+
+
+def _events_at(engine: Engine, times: list[dt.datetime]) -> None:
+    with engine.begin() as conn:
+        conn.execute(Event.__table__.insert(),
+                     [{"kind": "created", "detail": {}, "created_at": t} for t in times])
+
+
+def test_windows_are_exact_at_their_edges(store: Store) -> None:
+    """Whole hours come from the rollups, the window's first partial hour from the rows."""
+    second = dt.timedelta(seconds=1)
+    hour, day, month = dt.timedelta(hours=1), dt.timedelta(days=1), dt.timedelta(days=30)
+    _events_at(store.engine, [
+        NOW - hour + second, NOW - hour - second,    # in / out of the last hour
+        NOW - day + second, NOW - day - second,      # in / out of the last 24 h
+        NOW - month + second, NOW - month - second,  # in / out of the last 30 days
+        NOW - dt.timedelta(minutes=30),              # a whole-hour bucket inside every window
+    ])
+    with read_only(store.engine) as conn:
+        got = windowed(conn, "events", NOW, ("created", "follow-up"))
+    assert got["created"] == {"hour": 2, "day": 4, "month": 6}
+    assert got["follow-up"] == {"hour": 0, "day": 0, "month": 0}
+
+
+def test_the_migration_counts_the_mail_already_stored(
+    tmp_path: Path, request: pytest.FixtureRequest, backend: str
+) -> None:
+    url = (f"sqlite:///{tmp_path / 'old.db'}" if backend == "sqlite"
+           else request.getfixturevalue("pg_url"))
+    engine = make_engine(url)
+    try:
+        upgrade(engine, "0003_outbox_answer")
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO queues (name, created_at) VALUES ('Support', :t)"),
+                         {"t": NOW})
+            for i, (created, closed) in enumerate([
+                    (NOW - dt.timedelta(days=45), NOW - dt.timedelta(days=44)),
+                    (NOW - dt.timedelta(hours=5), None)]):
+                conn.execute(text(
+                    "INSERT INTO tickets (number, title, queue_id, state, priority, "
+                    "customer_address, customer_name, customer_domain, customer_id, tags, "
+                    "created_at, updated_at, closed_at) VALUES (:n, 't', 1, 'open', 3, "
+                    "'a@old.example', '', 'old.example', '', '[]', :c, :c, :x)"),
+                    {"n": f"2026{i}", "c": created, "x": closed})
+            detail = ":d" if backend == "sqlite" else "CAST(:d AS JSON)"
+            conn.execute(text(f"INSERT INTO events (kind, detail, created_at) "
+                              f"VALUES (:k, {detail}, :t)"), [
+                {"k": "created", "d": "{}", "t": NOW - dt.timedelta(hours=5)},
+                {"k": "autoresponse-suppressed", "t": NOW - dt.timedelta(hours=5),
+                 "d": '{"check": "list", "reason": "list: List-Id <x.example>"}'},
+            ])
+        upgrade(engine)
+        with engine.connect() as conn:
+            kept = counts(conn)
+        hour = (NOW - dt.timedelta(hours=5)).strftime("%Y-%m-%d %H")
+        assert kept[("tickets", "", "")] == 2
+        assert kept[("tickets", hour, "")] == 1
+        assert kept[("domain-created", "2026-10", "old.example")] == 1
+        assert kept[("domain-closed", "2026-10", "old.example")] == 1
+        assert kept[("domain-created", "2026-11", "old.example")] == 1
+        assert kept[("events", hour, "created")] == 1
+        assert kept[("suppressed", hour, "list")] == 1
+        assert kept == recount(engine)
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def test_postgresql_writers_never_wait_for_each_others_rollup_rows(pg_databases: Any) -> None:
+    """Two open transactions count the same kind in the same hour: the second must not
+    wait for the first's row lock (a shared counter row would serialise every writer)."""
+    engine = make_engine(pg_databases.migrated())
+    try:
+        with engine.connect() as first, engine.connect() as second:
+            first.begin()
+            _insert_created(first)
+            second.begin()
+            second.execute(text("SET LOCAL lock_timeout = '2s'"))
+            _insert_created(second)  # raises LockNotAvailable if it had to wait
+            second.commit()
+            first.commit()
+        with engine.connect() as conn:
+            shards = conn.execute(select(R.c.shard, R.c.n).where(
+                R.c.series == "events", R.c.key == "created", R.c.bucket == "")).all()
+        assert sorted(n for _, n in shards) == [1, 1]
+        assert len({s for s, _ in shards}) == 2
+    finally:
+        engine.dispose()
+
+
+def _insert_created(conn: Connection) -> None:
+    conn.execute(Event.__table__.insert(), {"kind": "created", "detail": {}, "created_at": NOW})
