@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init", help="write a commented starter config, rules and templates")
     p.add_argument("dir", help="folder to create the files in")
+    p.add_argument("--secret-only", action="store_true",
+                   help="write only the site secret (site.secret), for a site made before it")
     _handler(p, "gateway.cli_core:cmd_init")
 
     p = sub.add_parser("db", help="database schema")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import secrets
 import sys
 from importlib import resources
 from pathlib import Path
@@ -14,13 +16,23 @@ STARTER = "starter"
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    """Copy the starter config, rules and templates into DIR; never overwrite a file."""
+    """Copy the starter config, rules and templates into DIR, and make a site secret;
+    never overwrite a file."""
     target = Path(args.dir)
+    secret = target / SITE_SECRET
+    if args.secret_only:
+        if secret.exists():
+            print(f"ticketgate init: refusing to overwrite {secret}", file=sys.stderr)
+            return 1
+        target.mkdir(parents=True, exist_ok=True)
+        write_site_secret(secret)
+        print(f"wrote {secret} (mode 0600); restart the server to use it")
+        return 0
     root = resources.files("gateway").joinpath(STARTER)
     plan: list[tuple[Path, bytes]] = []
     for src, rel in _walk(root, Path()):
         plan.append((target / rel, src.read_bytes()))
-    existing = [str(p) for p, _ in plan if p.exists()]
+    existing = [str(p) for p in [secret, *(p for p, _ in plan)] if p.exists()]
     if existing:
         print("ticketgate init: refusing to overwrite existing files:", file=sys.stderr)
         for p in existing:
@@ -31,9 +43,20 @@ def cmd_init(args: argparse.Namespace) -> int:
         path.write_bytes(data)
     for folder in ("rules", "templates", "var"):
         (target / folder).mkdir(parents=True, exist_ok=True)
+    write_site_secret(secret)
     print(f"wrote {len(plan)} files to {target}/ — edit {target / 'ticketgate.toml'}, then "
           f"`ticketgate -c {target / 'ticketgate.toml'} serve`")
     return 0
+
+
+SITE_SECRET = "site.secret"  # the default of [verify] site_secret_file
+
+
+def write_site_secret(path: Path) -> None:
+    """256 random bits, hex, readable by the owner only (created so, never widened)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32) + "\n")
 
 
 def _walk(node: object, rel: Path) -> list[tuple[object, Path]]:
