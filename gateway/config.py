@@ -176,6 +176,8 @@ class VerifyConfig:
     dns_timeout: float = 2.0
     # Seconds a DKIM key (or its absence) is remembered; failed lookups for a minute.
     dns_cache_ttl: float = 3600.0
+    # DNS servers for DKIM keys ("192.0.2.53", "127.0.0.1:5353"); empty: the system's.
+    nameservers: tuple[str, ...] = ()
     # The site secret (`ticketgate init` writes it, mode 0600): the key of our loop header.
     site_secret_file: str = "site.secret"
 
@@ -374,6 +376,7 @@ def _join(prefix: str, key: str) -> str:
 
 
 _ADDRESS = re.compile(r"^[^@\s]+@[^@\s]+$")
+_NAMESERVER = re.compile(r"^(?:[0-9.]+(?::\d{1,5})?|[0-9a-fA-F:]+|\[[0-9a-fA-F:]+\]:\d{1,5})$")
 _AUTHSERV_ID = re.compile(r"^[A-Za-z0-9._-]+$")
 GENERATORS = ("date-checksum", "date", "autoincrement")
 
@@ -428,6 +431,10 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(src, "verify.dns_timeout", "must be more than 0 and at most 30 seconds")
     if v.dns_cache_ttl < 0:
         raise ConfigError(src, "verify.dns_cache_ttl", "must not be negative")
+    for i, server in enumerate(v.nameservers):
+        if not _NAMESERVER.match(server):
+            raise ConfigError(src, f"verify.nameservers[{i}]",
+                              f"{server!r} is not an IP address, optionally with :port")
     for i, ident in enumerate(v.trusted_authserv_ids):
         if not _AUTHSERV_ID.match(ident):
             raise ConfigError(src, f"verify.trusted_authserv_ids[{i}]",

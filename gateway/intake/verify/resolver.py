@@ -15,6 +15,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
 TxtLookup = Callable[[str, float], "bytes | None"]
 
@@ -26,18 +27,45 @@ class DnsTempError(Exception):
     """A lookup failed or ran out of time: the verdict is temperror, not fail."""
 
 
-def dnspython_txt(name: str, timeout: float) -> bytes | None:
-    """The TXT record of `name` via dnspython (the system's resolvers), None if there is
-    none; raises on SERVFAIL, timeouts and other DNS trouble."""
-    import dns.resolver
+def dnspython_lookup(nameservers: tuple[str, ...] = ()) -> TxtLookup:
+    """A `TxtLookup` via dnspython: the given servers ("192.0.2.53" or "127.0.0.1:5353"),
+    else the system's (/etc/resolv.conf, read at the first lookup). It returns None when
+    there is no record and raises on SERVFAIL, timeouts and other DNS trouble."""
+    made: list[Any] = []  # the dnspython Resolver, built at the first lookup
 
-    try:
-        answer = dns.resolver.resolve(name, "TXT", lifetime=timeout, search=False)
-    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+    def resolver() -> Any:
+        if not made:
+            import dns.nameserver
+            import dns.resolver
+
+            if nameservers:
+                r = dns.resolver.Resolver(configure=False)
+                r.nameservers = [dns.nameserver.Do53Nameserver(*_host_port(s))
+                                 for s in nameservers]
+            else:
+                r = dns.resolver.Resolver()
+            made.append(r)
+        return made[0]
+
+    def lookup(name: str, timeout: float) -> bytes | None:
+        import dns.resolver
+
+        try:
+            answer = resolver().resolve(name, "TXT", lifetime=timeout, search=False)
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            return None
+        for rdata in answer:
+            return b"".join(rdata.strings)
         return None
-    for rdata in answer:
-        return b"".join(rdata.strings)
-    return None
+
+    return lookup
+
+
+def _host_port(server: str) -> tuple[str, int]:
+    host, sep, port = server.rpartition(":")
+    if sep and port.isdigit() and (host.count(":") == 0 or host.endswith("]")):
+        return host.strip("[]"), int(port)
+    return server.strip("[]"), 53
 
 
 class CachingResolver:

@@ -18,7 +18,7 @@ from gateway.mail.verdict import NO_VERDICT, SenderVerdict
 
 from .alignment import aligns
 from .authresults import trusted_results
-from .resolver import Budget, CachingResolver, TxtLookup, dnspython_txt
+from .resolver import Budget, CachingResolver, TxtLookup, dnspython_lookup
 from .signatures import Signature, check_signatures
 
 log = logging.getLogger("ticketgate.verify")
@@ -52,8 +52,11 @@ class Verifier:
         self.resolver = resolver
 
     @classmethod
-    def from_config(cls, config: Config, lookup: TxtLookup = dnspython_txt) -> Verifier:
-        return cls(config.verify, CachingResolver(lookup, ttl=config.verify.dns_cache_ttl))
+    def from_config(cls, config: Config, lookup: TxtLookup | None = None) -> Verifier:
+        """DNS through `lookup`, else dnspython (the configured or the system's servers)."""
+        v = config.verify
+        return cls(v, CachingResolver(lookup or dnspython_lookup(v.nameservers),
+                                      ttl=v.dns_cache_ttl))
 
     def may_block(self, raw: bytes) -> bool:
         """True when `verdict` may wait for DNS: keep such messages off an event loop."""
