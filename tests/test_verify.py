@@ -200,7 +200,8 @@ def test_untrusted_authserv_id_claiming_pass_is_not_believed() -> None:
 
 def test_trusted_authserv_id_is_believed() -> None:
     v = _authres("mx.helpdesk.example; dkim=pass (2048-bit key) header.d=customer.example "
-                 "header.i=@customer.example header.b=abcd; dmarc=pass header.from=customer.example")
+                 "header.i=@customer.example header.b=abcd; "
+                 "dmarc=pass header.from=customer.example")
     assert v == SenderVerdict("pass", True, "pass", False, "authres:mx.helpdesk.example")
     other = _authres("MX.helpdesk.example; dkim=pass header.d=evil.example")
     assert (other.dkim, other.aligned, other.dmarc) == ("pass", False, "none")
