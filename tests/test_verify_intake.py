@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from gateway.config import Config
 from gateway.intake.core import Intake
 from gateway.intake.verify.verifier import Verifier
 from gateway.mail.envelope import Envelope
-from gateway.runtime import Store, open_store
+from gateway.runtime import open_store
 from rules.loader import load_router
 from tests.pipe_helpers import SUPPORT, ticketgate, write_config
 from tests.server_helpers import RunningDaemon, daemon_config, prepare_database, send
@@ -186,24 +187,24 @@ def test_pipe_forged_recovery_does_not_close_and_tickets_show_the_verdict(
 
 
 @pytest.fixture
-def mta_site(tmp_path: Path, db_url: str) -> Store:
+def mta_site(tmp_path: Path, db_url: str) -> Config:
     rules = tmp_path / "rules"
     rules.mkdir()
     (rules / "close.toml").write_text(
         '[[rule]]\nname = "verified robot closes"\nfrom = "robot@customer.example"\n'
         'aligned = true\nstate = "closed"\n')
     return make_config(tmp_path, db_url, verify={
-        "dkim": False, "trusted_authserv_ids": ["mx.helpdesk.example"]})  # type: ignore[return-value]
+        "dkim": False, "trusted_authserv_ids": ["mx.helpdesk.example"]})
 
 
 def test_trusted_and_untrusted_authentication_results_through_the_core(
-    mta_site: object, db_url: str
+    mta_site: Config, db_url: str
 ) -> None:
     config = mta_site
-    store = open_store(config)  # type: ignore[arg-type]
+    store = open_store(config)
     try:
-        intake = Intake(config, store.factory, router=load_router(config),  # type: ignore[arg-type]
-                        verifier=Verifier.from_config(config, records_lookup({})))  # type: ignore[arg-type]
+        intake = Intake(config, store.factory, router=load_router(config),
+                        verifier=Verifier.from_config(config, records_lookup({})))
         intake.sync_queues()
         env = Envelope("robot@customer.example", (SUPPORT,))
         robot = "Robot <robot@customer.example>"
