@@ -4,6 +4,7 @@ real subprocess), on SQLite and PostgreSQL. DNS is a real DNS server on loopback
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import threading
 from importlib import resources
@@ -17,6 +18,7 @@ from gateway.intake.core import Intake
 from gateway.intake.verify.verifier import Verifier
 from gateway.mail.envelope import Envelope
 from gateway.runtime import open_store
+from gateway.status.queries import sender_verdicts
 from rules.loader import load_router
 from tests.pipe_helpers import SUPPORT, ticketgate, write_config
 from tests.server_helpers import RunningDaemon, daemon_config, prepare_database, send
@@ -93,6 +95,15 @@ def test_lmtp_stores_the_verdict(tmp_path: Path, db_url: str, key: SigningKey) -
         "bad@customer.example": ("fail", False, True, "dkimpy"),
         "plain@customer.example": ("none", False, False, "dkimpy"),
     }
+    # The status page counts them.
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            counts = sender_verdicts(conn, dt.datetime.now(dt.UTC))
+    finally:
+        engine.dispose()
+    assert {k: v["day"] for k, v in counts.items()} == {
+        "aligned": 1, "aligned_failed": 1, "unverified": 1}
 
 
 def test_lmtp_dns_timeout_is_temperror_and_blocks_no_other_session(
