@@ -96,6 +96,14 @@ def test_no_signature_is_none_and_no_dns(key: SigningKey) -> None:
     assert not v.may_block(mail()) and v.may_block(sign(mail(), CUSTOMER, key))
 
 
+def test_switched_off_nothing_is_checked(key: SigningKey) -> None:
+    calls: list[str] = []
+    v = Verifier(VerifyConfig(dkim=False), CachingResolver(records_lookup({}, calls)))
+    signed = sign(mail(), CUSTOMER, key)
+    assert not v.may_block(signed)
+    assert _verdict(v, signed) == NO_VERDICT and calls == []
+
+
 def test_a_missing_key_fails_and_a_malformed_signature_is_permerror(key: SigningKey) -> None:
     nokey = _verdict(_verifier(key, ()), sign(mail(), CUSTOMER, key))
     assert (nokey.dkim, nokey.aligned) == ("fail", False)
