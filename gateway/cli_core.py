@@ -44,7 +44,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     for folder in ("rules", "templates", "var"):
         (target / folder).mkdir(parents=True, exist_ok=True)
     write_site_secret(secret)
-    print(f"wrote {len(plan)} files to {target}/ — edit {target / 'ticketgate.toml'}, then "
+    print(f"wrote {len(plan)} files and a site secret ({secret.name}, mode 0600) to "
+          f"{target}/ — edit {target / 'ticketgate.toml'}, then "
           f"`ticketgate -c {target / 'ticketgate.toml'} serve`")
     return 0
 
