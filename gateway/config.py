@@ -172,6 +172,9 @@ class VerifyConfig:
     dkim: bool = True
     # authserv-ids (RFC 8601) of our own MTA: only their Authentication-Results are read.
     trusted_authserv_ids: tuple[str, ...] = ()
+    # ARC sealers (their ARC-Seal d=) whose recorded DKIM results count when the author's
+    # signature broke on the way (a mailing list's footer): e.g. ["lists.example.org"].
+    trusted_arc_sealers: tuple[str, ...] = ()
     # Seconds all DNS lookups of one message may take together (a timeout: temperror).
     dns_timeout: float = 2.0
     # Seconds a DKIM key (or its absence) is remembered; failed lookups for a minute.
@@ -435,6 +438,10 @@ def _validate(cfg: Config) -> None:
         if not _NAMESERVER.match(server):
             raise ConfigError(src, f"verify.nameservers[{i}]",
                               f"{server!r} is not an IP address, optionally with :port")
+    for i, sealer in enumerate(v.trusted_arc_sealers):
+        if not _AUTHSERV_ID.match(sealer) or "." not in sealer:
+            raise ConfigError(src, f"verify.trusted_arc_sealers[{i}]",
+                              f"{sealer!r} is not a domain (the ARC-Seal's d=)")
     for i, ident in enumerate(v.trusted_authserv_ids):
         if not _AUTHSERV_ID.match(ident):
             raise ConfigError(src, f"verify.trusted_authserv_ids[{i}]",

@@ -21,6 +21,7 @@ from tests.verify_helpers import (
     LoopbackDns,
     SigningKey,
     dkim_key,
+    forward_through_list,
     key_name,
     mail,
     records_lookup,
@@ -117,6 +118,21 @@ def test_the_best_signature_counts(key: SigningKey) -> None:
     twice = b"DKIM-Signature: v=1; a=rsa-sha256; d=list.example; s=x; h=from; bh=AA==; b=AA==\r\n"
     v = _verdict(_verifier(key), twice + raw)
     assert (v.dkim, v.aligned) == ("pass", True)
+
+
+def test_a_trusted_arc_sealer_vouches_for_a_signature_a_list_broke(key: SigningKey) -> None:
+    listed = forward_through_list(sign(mail(), CUSTOMER, key), key, "lists.example")
+    domains = (CUSTOMER, "lists.example")
+    broken = _verdict(_verifier(key, domains), listed)
+    assert (broken.dkim, broken.aligned, broken.aligned_failed) == ("fail", False, True)
+    untrusted = _verdict(_verifier(key, domains, trusted_arc_sealers=("other.example",)), listed)
+    assert untrusted == broken
+    trusted = _verdict(_verifier(key, domains, trusted_arc_sealers=("lists.example",)), listed)
+    assert trusted == SenderVerdict("pass", True, "pass", False, "arc:lists.example")
+    # A chain that does not validate (the message changed after sealing) counts for nothing.
+    tampered = listed.replace(b"on fire", b"paid to a new IBAN")
+    assert _verdict(_verifier(key, domains, trusted_arc_sealers=("lists.example",)),
+                    tampered).aligned is False
 
 
 # -- DNS failures ---------------------------------------------------------------------------
@@ -247,6 +263,8 @@ def test_verify_settings_are_validated(tmp_path: Path) -> None:
                       ({"trusted_authserv_ids": ["mx; dkim=pass"]},
                        "verify.trusted_authserv_ids[0]"),
                       ({"nameservers": ["dns.example"]}, "verify.nameservers[0]"),
+                      ({"trusted_arc_sealers": ["localhost"]},
+                       "verify.trusted_arc_sealers[0]"),
                       ({"dkim": "yes"}, "verify.dkim")):
         with pytest.raises(ConfigError, match=key_.replace("[", r"\[").replace("]", r"\]")):
             cfg(**bad)

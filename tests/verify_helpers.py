@@ -68,6 +68,16 @@ def sign(raw: bytes, domain: str, key: SigningKey, selector: str = SELECTOR) -> 
     return header + raw
 
 
+def forward_through_list(raw: bytes, key: SigningKey, sealer: str = "lists.example") -> bytes:
+    """What a mailing list does: note the DKIM result it saw, add a footer (breaking the
+    author's signature), and seal the result with ARC as `sealer`."""
+    seen = f"Authentication-Results: {sealer}; dkim=pass header.d=customer.example\r\n"
+    changed = seen.encode() + raw + b"-- \r\nYou are subscribed to the users list.\r\n"
+    seal = dkim.arc_sign(changed, SELECTOR.encode(), sealer.encode(), key.private_pem,
+                         sealer.encode())
+    return b"".join(seal) + changed
+
+
 def mail(sender: str = "Ana <ana@customer.example>", subject: str = "Printer on fire",
          body: str = "Hello,\r\nthe printer is on fire.\r\n", extra: str = "",
          message_id: str = "") -> bytes:

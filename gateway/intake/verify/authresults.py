@@ -39,26 +39,31 @@ def trusted_results(values: tuple[str, ...], trusted: tuple[str, ...]) -> Truste
     ids = {t.lower() for t in trusted}
     if not ids or not values:
         return None
+    for value in values:
+        found = results_of(value)
+        if found is not None and found.authserv_id.lower() in ids:
+            return found
+    return None
+
+
+def results_of(value: str) -> TrustedResults | None:
+    """One header value's DKIM and DMARC results, or None when it cannot be parsed."""
     import authres  # only when there is a header to read
 
-    for value in values:
-        try:
-            header = authres.AuthenticationResultsHeader.parse_value(value)
-        except Exception as exc:  # authres.AuthResError, or worse on odd input
-            log.debug("unreadable Authentication-Results header skipped: %s", exc)
-            continue
-        if (header.authserv_id or "").lower() not in ids:
-            continue
-        sigs: list[Signature] = []
-        dmarc: str | None = None
-        for result in header.results:
-            method, verdict = result.method.lower(), (result.result or "").lower()
-            if method == "dkim":
-                sigs.append(Signature(_signing_domain(result), _DKIM.get(verdict, "permerror")))
-            elif method == "dmarc" and dmarc is None:
-                dmarc = _DMARC.get(verdict, "permerror")
-        return TrustedResults(header.authserv_id, tuple(sigs), dmarc)
-    return None
+    try:
+        header = authres.AuthenticationResultsHeader.parse_value(value)
+    except Exception as exc:  # authres.AuthResError, or worse on odd input
+        log.debug("unreadable Authentication-Results header skipped: %s", exc)
+        return None
+    sigs: list[Signature] = []
+    dmarc: str | None = None
+    for result in header.results:
+        method, verdict = result.method.lower(), (result.result or "").lower()
+        if method == "dkim":
+            sigs.append(Signature(_signing_domain(result), _DKIM.get(verdict, "permerror")))
+        elif method == "dmarc" and dmarc is None:
+            dmarc = _DMARC.get(verdict, "permerror")
+    return TrustedResults(header.authserv_id or "", tuple(sigs), dmarc)
 
 
 def _signing_domain(result: authres.AuthenticationResult) -> str:

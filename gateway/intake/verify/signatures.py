@@ -20,9 +20,9 @@ log = logging.getLogger("ticketgate.verify")
 MAX_SIGNATURES = 5
 # dkimpy logs key and DNS problems at ERROR with the sender's domain: they are a
 # message's property, not our failure. We log the outcome ourselves, at debug.
-_QUIET = logging.getLogger("ticketgate.verify.dkimpy")
-_QUIET.addHandler(logging.NullHandler())
-_QUIET.propagate = False
+QUIET = logging.getLogger("ticketgate.verify.dkimpy")
+QUIET.addHandler(logging.NullHandler())
+QUIET.propagate = False
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ def check_signatures(
 
     out: list[Signature] = []
     try:
-        d = dkim.DKIM(raw, logger=_QUIET, minkey=1024)
+        d = dkim.DKIM(raw, logger=QUIET, minkey=1024)
     except Exception as exc:  # an unreadable message: every signature is unusable
         log.debug("dkim: message not readable: %s", exc)
         return (Signature("", "permerror"),) * min(count, MAX_SIGNATURES)

@@ -17,6 +17,7 @@ from gateway.mail.parse import ParsedMessage
 from gateway.mail.verdict import NO_VERDICT, SenderVerdict
 
 from .alignment import aligns
+from .arc import trusted_arc_results
 from .authresults import trusted_results
 from .resolver import Budget, CachingResolver, TxtLookup, dnspython_lookup
 from .signatures import Signature, check_signatures
@@ -75,6 +76,12 @@ class Verifier:
             budget = Budget(self.resolver, s.dns_timeout)
             sigs = check_signatures(msg.raw, count, budget.dnsfunc)
             v = verdict_of(sigs, msg.from_domain, "dkimpy")
+            if not v.aligned and s.trusted_arc_sealers and msg.has_header("arc-seal"):
+                sealed = trusted_arc_results(msg.raw, s.trusted_arc_sealers, budget.dnsfunc)
+                if sealed is not None:
+                    arc = verdict_of(sealed.results.signatures, msg.from_domain,
+                                     f"arc:{sealed.sealer}", sealed.results.dmarc)
+                    v = arc if arc.aligned else v
         else:
             found = trusted_results(msg.headers.get("authentication-results", ()),
                                     s.trusted_authserv_ids)
