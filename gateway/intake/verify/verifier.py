@@ -1,7 +1,8 @@
 """The sender verdict of one message: dkimpy's, or the trusted MTA's, or none.
 
-With `[verify] dkim = true` (the default) every DKIM signature is checked by dkimpy and
-Authentication-Results headers are not read; with `dkim = false` the topmost header of a
+With `[verify] dkim = true` (the default) every DKIM signature is checked by dkimpy (and,
+when none aligns, a trusted ARC sealer's word counts) and Authentication-Results headers
+are not read; with `dkim = false` the topmost header of a
 trusted authserv-id is the verdict; with neither the verdict is "not checked" (source
 "off"). A message's DNS lookups together take at most `[verify] dns_timeout` seconds.
 """
@@ -68,27 +69,35 @@ class Verifier:
         return _SIGNED.search(raw if end < 0 else raw[:end]) is not None
 
     def verdict(self, msg: ParsedMessage) -> SenderVerdict:
-        s = self.settings
-        if s.dkim:
-            count = len(msg.headers.get("dkim-signature", ()))
-            if not count:
-                return verdict_of((), msg.from_domain, "dkimpy")
-            budget = Budget(self.resolver, s.dns_timeout)
-            sigs = check_signatures(msg.raw, count, budget.dnsfunc)
-            v = verdict_of(sigs, msg.from_domain, "dkimpy")
-            if not v.aligned and s.trusted_arc_sealers and msg.has_header("arc-seal"):
-                sealed = trusted_arc_results(msg.raw, s.trusted_arc_sealers, budget.dnsfunc)
-                if sealed is not None:
-                    arc = verdict_of(sealed.results.signatures, msg.from_domain,
-                                     f"arc:{sealed.sealer}", sealed.results.dmarc)
-                    v = arc if arc.aligned else v
-        else:
-            found = trusted_results(msg.headers.get("authentication-results", ()),
-                                    s.trusted_authserv_ids)
-            if found is None:
-                return NO_VERDICT
-            v = verdict_of(found.signatures, msg.from_domain, f"authres:{found.authserv_id}",
-                           found.dmarc)
-        log.debug("message_id=<%s> dkim=%s aligned=%s dmarc=%s source=%s", msg.message_id,
-                  v.dkim, v.aligned, v.dmarc, v.source)
+        v = self._checked(msg) if self.settings.dkim else self._reported(msg)
+        if v is not NO_VERDICT:
+            log.debug("message_id=<%s> dkim=%s aligned=%s dmarc=%s source=%s",
+                      msg.message_id, v.dkim, v.aligned, v.dmarc, v.source)
         return v
+
+    def _checked(self, msg: ParsedMessage) -> SenderVerdict:
+        """dkimpy's verdict; ARC's when a trusted sealer vouches for a broken signature."""
+        s = self.settings
+        count = len(msg.headers.get("dkim-signature", ()))
+        if not count:
+            return verdict_of((), msg.from_domain, "dkimpy")
+        budget = Budget(self.resolver, s.dns_timeout)
+        v = verdict_of(check_signatures(msg.raw, count, budget.dnsfunc), msg.from_domain,
+                       "dkimpy")
+        if v.aligned or not s.trusted_arc_sealers or not msg.has_header("arc-seal"):
+            return v
+        sealed = trusted_arc_results(msg.raw, s.trusted_arc_sealers, budget.dnsfunc)
+        if sealed is None:
+            return v
+        arc = verdict_of(sealed.results.signatures, msg.from_domain, f"arc:{sealed.sealer}",
+                         sealed.results.dmarc)
+        return arc if arc.aligned else v
+
+    def _reported(self, msg: ParsedMessage) -> SenderVerdict:
+        """The trusted MTA's verdict, or NO_VERDICT."""
+        found = trusted_results(msg.headers.get("authentication-results", ()),
+                                self.settings.trusted_authserv_ids)
+        if found is None:
+            return NO_VERDICT
+        return verdict_of(found.signatures, msg.from_domain, f"authres:{found.authserv_id}",
+                          found.dmarc)
