@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import insert
 
+from gateway.config import read_site_secret
 from gateway.intake.outcome import Outcome
 from gateway.intake.ports import Responder
-from gateway.mail.classify import BOUNCE, LOOP, bounced_message_ids, bounced_recipients
+from gateway.mail.classify import BOUNCE, bounced_message_ids, bounced_recipients
+from gateway.mail.loopmark import loop_mark
 from gateway.mail.subject import tag_subject
 from ticketstore.models import Event, OutboxMessage
 
@@ -96,6 +98,8 @@ class AutoResponder(Responder):
             ours.add(config.autoresponse.from_address.lower())
         self.system_addresses = frozenset(ours)
         self.noreply = re.compile(config.autoresponse.noreply_pattern, re.IGNORECASE)
+        # Keys our loop header (docs/identity.md); None: a site without a secret.
+        self.loop_secret = read_site_secret(config)
 
     @property
     def templates(self) -> Templates:
@@ -175,9 +179,10 @@ class AutoResponder(Responder):
     # -- agents ---------------------------------------------------------------------------
 
     def _notify_agents(self, conn: Connection, stored: StoredMessage, qcfg: QueueConfig) -> None:
-        """Agents hear about new tickets and follow-ups, except our own mail coming back."""
+        """Agents hear about new tickets and follow-ups, except our own mail coming back:
+        our loop header with a valid mark (anyone can write an X-Loop), or our address."""
         sender = stored.msg.from_address
-        if LOOP in stored.classification.labels or (sender and self._is_ours(sender)):
+        if stored.classification.own_loop or (sender and self._is_ours(sender)):
             self._suppressed(conn, stored, "agent-notification", "loop",
                              "our own mail came back")
             return
@@ -226,6 +231,7 @@ class AutoResponder(Responder):
         t, m = stored.ticket, stored.msg
         sender = self.from_address(qcfg)
         tcfg = self.config.tickets
+        message_id = new_message_id(sender.rpartition("@")[2])
         return Outgoing(
             from_name=self.config.autoresponse.company_name,
             from_address=sender,
@@ -234,12 +240,13 @@ class AutoResponder(Responder):
             subject=tag_subject(m.subject or t.title, tcfg.hook, t.number, tcfg.subject_tag),
             text=rendered.text,
             html=rendered.html,
-            message_id=new_message_id(sender.rpartition("@")[2]),
+            message_id=message_id,
             in_reply_to=m.message_id,  # "" when the customer's message had none
             references=m.references,
             auto_submitted="auto-generated" if event == "agent-notification" else "auto-replied",
             loop_header=self.config.autoresponse.loop_header,
-            loop_value=sender,
+            loop_value=(loop_mark(self.loop_secret, message_id) if self.loop_secret
+                        else sender),
             date=stored.now,
         )
 

@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(e.g. /var/lib/ticketgate; default DIR/var)")
     p.add_argument("--run-dir", help="with an absolute DIR: the hand-off socket's folder "
                    "(e.g. /run/ticketgate; default STATE_DIR/run)")
+    p.add_argument("--secret-only", action="store_true",
+                   help="write only the site secret (site.secret), for a site made before it")
     _handler(p, "gateway.cli_core:cmd_init")
 
     p = _command(sub, "db", "database schema")

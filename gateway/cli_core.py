@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import secrets
 import sys
 from importlib import resources
 from pathlib import Path
@@ -16,8 +18,18 @@ STARTER = "starter"
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    """Copy the starter config, rules and templates into DIR; never overwrite a file."""
+    """Copy the starter config, rules and templates into DIR, and make a site secret;
+    never overwrite a file."""
     target = Path(args.dir)
+    secret = target / SITE_SECRET
+    if args.secret_only:
+        if secret.exists():
+            print(f"ticketgate init: refusing to overwrite {secret}", file=sys.stderr)
+            return 1
+        target.mkdir(parents=True, exist_ok=True)
+        write_site_secret(secret)
+        print(f"wrote {secret} (mode 0600); restart the server to use it")
+        return 0
     given = [d for d in (args.state_dir, args.run_dir) if d]
     if given and not (target.is_absolute() and all(Path(d).is_absolute() for d in given)):
         print("ticketgate init: --state-dir and --run-dir need absolute paths, and an "
@@ -32,7 +44,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         if rel == Path("ticketgate.toml") and target.is_absolute():
             data = absolute_paths(data.decode(), target, state, run).encode()
         plan.append((target / rel, data))
-    existing = [str(p) for p, _ in plan if p.exists()]
+    existing = [str(p) for p in [secret, *(p for p, _ in plan)] if p.exists()]
     if existing:
         print("ticketgate init: refusing to overwrite existing files:", file=sys.stderr)
         for p in existing:
@@ -43,10 +55,12 @@ def cmd_init(args: argparse.Namespace) -> int:
         path.write_bytes(data)
     for folder in ("rules", "templates", *(() if args.state_dir else ("var",))):
         (target / folder).mkdir(parents=True, exist_ok=True)
+    write_site_secret(secret)
     if args.state_dir or args.run_dir:
         print(f"the database and spool go to {state}, the hand-off socket to {run}: "
               "the service user must own them (docs/operations.md)")
-    print(f"wrote {len(plan)} files to {target}/ — edit {target / 'ticketgate.toml'}, then "
+    print(f"wrote {len(plan)} files and a site secret ({secret.name}, mode 0600) to "
+          f"{target}/ — edit {target / 'ticketgate.toml'}, then "
           f"`ticketgate -c {target / 'ticketgate.toml'} serve`")
     return 0
 
@@ -58,6 +72,7 @@ _PATH_LINES = {
     'handoff_socket = "var/run/lmtp.sock"': 'handoff_socket = "{run}/lmtp.sock"',
     'dir = "rules"': 'dir = "{target}/rules"',
     'dir = "templates"': 'dir = "{target}/templates"',
+    'site_secret_file = "site.secret"': 'site_secret_file = "{target}/site.secret"',
 }
 
 
@@ -69,6 +84,16 @@ def absolute_paths(text: str, target: Path, state: Path, run: Path) -> str:
             raise AssertionError(f"starter config lost its line {relative!r}")
         text = text.replace(relative, absolute.format(state=state, run=run, target=target))
     return text
+
+
+SITE_SECRET = "site.secret"  # the default of [verify] site_secret_file
+
+
+def write_site_secret(path: Path) -> None:
+    """256 random bits, hex, readable by the owner only (created so, never widened)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32) + "\n")
 
 
 def _walk(node: object, rel: Path) -> list[tuple[object, Path]]:

@@ -62,7 +62,16 @@ def article_json(a: Article) -> dict[str, Any]:
              "size": x.size, "sha256": x.sha256} for x in a.attachments
         ],
         "created_at": a.created_at.isoformat(),
+        "verdict": {"dkim": a.dkim, "aligned": a.aligned, "dmarc": a.dmarc,
+                    "aligned_failed": a.aligned_failed, "source": a.verdict_source},
     }
+
+
+def _sender(a: Article) -> str:
+    """The verdict in a table cell: `-` when it was not checked."""
+    if a.verdict_source == "off":
+        return "-"
+    return a.dkim + (" aligned" if a.aligned else " ALIGNED-FAILED" if a.aligned_failed else "")
 
 
 def _split(addresses: str) -> list[str]:
@@ -162,9 +171,10 @@ def cmd_show(args: argparse.Namespace) -> int:
               f"{t.updated_at:%Y-%m-%d %H:%M:%S %Z}")
         print("\nArticles:")
         rows = [[str(a.id), a.direction, a.kind, a.created_at.strftime("%Y-%m-%d %H:%M"),
-                 _short(a.from_address, 30), _short(a.subject, 40), _short(a.message_id, 40)]
-                for a in t.articles]
-        print(_table(rows, ["ID", "DIR", "KIND", "CREATED", "FROM", "SUBJECT", "MESSAGE-ID"]))
+                 _short(a.from_address, 30), _sender(a), _short(a.subject, 40),
+                 _short(a.message_id, 40)] for a in t.articles]
+        print(_table(rows, ["ID", "DIR", "KIND", "CREATED", "FROM", "SENDER", "SUBJECT",
+                            "MESSAGE-ID"]))
         print("\nHistory:")
         rows = [[e.created_at.strftime("%Y-%m-%d %H:%M:%S"), e.kind,
                  _short(json.dumps(e.detail, ensure_ascii=False), 80)] for e in t.events]

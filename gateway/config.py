@@ -175,6 +175,26 @@ class OutboundConfig:
 
 
 @dataclass(frozen=True)
+class VerifyConfig:
+    # Verify DKIM signatures with dkimpy; false for sites whose MTA already does it (then
+    # only a trusted Authentication-Results header gives a verdict).
+    dkim: bool = True
+    # authserv-ids (RFC 8601) of our own MTA: only their Authentication-Results are read.
+    trusted_authserv_ids: tuple[str, ...] = ()
+    # ARC sealers (their ARC-Seal d=) whose recorded DKIM results count when the author's
+    # signature broke on the way (a mailing list's footer): e.g. ["lists.example.org"].
+    trusted_arc_sealers: tuple[str, ...] = ()
+    # Seconds all DNS lookups of one message may take together (a timeout: temperror).
+    dns_timeout: float = 2.0
+    # Seconds a DKIM key (or its absence) is remembered; failed lookups for a minute.
+    dns_cache_ttl: float = 3600.0
+    # DNS servers for DKIM keys ("192.0.2.53", "127.0.0.1:5353"); empty: the system's.
+    nameservers: tuple[str, ...] = ()
+    # The site secret (`ticketgate init` writes it, mode 0600): the key of our loop header.
+    site_secret_file: str = "site.secret"
+
+
+@dataclass(frozen=True)
 class StatusConfig:
     listen: str = "127.0.0.1:8025"
     token: str = ""
@@ -204,6 +224,7 @@ class Config:
     autoresponse: AutoResponseConfig = field(default_factory=AutoResponseConfig)
     outbound: OutboundConfig = field(default_factory=OutboundConfig)
     status: StatusConfig = field(default_factory=StatusConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
     # Where the config came from and what relative paths are resolved against.
     source: str = "<defaults>"
     base_dir: str = "."
@@ -377,6 +398,8 @@ def _join(prefix: str, key: str) -> str:
 
 
 _ADDRESS = re.compile(r"^[^@\s]+@[^@\s]+$")
+_NAMESERVER = re.compile(r"^(?:[0-9.]+(?::\d{1,5})?|[0-9a-fA-F:]+|\[[0-9a-fA-F:]+\]:\d{1,5})$")
+_AUTHSERV_ID = re.compile(r"^[A-Za-z0-9._-]+$")
 GENERATORS = ("date-checksum", "date", "autoincrement")
 
 
@@ -441,6 +464,35 @@ def _validate(cfg: Config) -> None:
         re.compile(cfg.autoresponse.noreply_pattern)
     except re.error as exc:
         raise ConfigError(src, "autoresponse.noreply_pattern", f"bad regex: {exc}") from None
+    v = cfg.verify
+    if not 0 < v.dns_timeout <= 30:
+        raise ConfigError(src, "verify.dns_timeout", "must be more than 0 and at most 30 seconds")
+    if v.dns_cache_ttl < 0:
+        raise ConfigError(src, "verify.dns_cache_ttl", "must not be negative")
+    for i, server in enumerate(v.nameservers):
+        if not _NAMESERVER.match(server):
+            raise ConfigError(src, f"verify.nameservers[{i}]",
+                              f"{server!r} is not an IP address, optionally with :port")
+    for i, sealer in enumerate(v.trusted_arc_sealers):
+        if not _AUTHSERV_ID.match(sealer) or "." not in sealer:
+            raise ConfigError(src, f"verify.trusted_arc_sealers[{i}]",
+                              f"{sealer!r} is not a domain (the ARC-Seal's d=)")
+    for i, ident in enumerate(v.trusted_authserv_ids):
+        if not _AUTHSERV_ID.match(ident):
+            raise ConfigError(src, f"verify.trusted_authserv_ids[{i}]",
+                              f"{ident!r} is not an authserv-id (a host name, e.g. mx.example.com)")
     d = cfg.outbound.dkim
     if d.domain and not (d.selector and d.key_file):
         raise ConfigError(src, "outbound.dkim", "domain needs selector and key_file too")
+
+
+def read_site_secret(config: Config) -> bytes | None:
+    """The site secret's bytes, or None when the file is missing or empty (a site made
+    before `ticketgate init` wrote one). Read once at start by whoever signs or checks
+    our loop header; the value is never logged."""
+    path = config.path(config.verify.site_secret_file)
+    try:
+        data = path.read_bytes().strip()
+    except FileNotFoundError:
+        return None
+    return data or None

@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.intake.core import Intake
+from gateway.intake.verify.verifier import Verifier
 from ticketstore.db import ensure_schema, make_engine, make_sessionmaker
 
 from .config import Config, ConfigError, load_config
@@ -76,13 +77,14 @@ def cli_user() -> str:
         return f"uid {os.getuid()}"
 
 
-def build_intake(config: Config, store: Store) -> Intake:
-    """The intake with the configured rules and auto-responder plugged in."""
+def build_intake(config: Config, store: Store, verifier: Verifier | None = None) -> Intake:
+    """The intake with the configured rules and auto-responder plugged in (and the DKIM
+    verifier: the system's DNS unless one is given)."""
     from autoresponse.factory import load_responder
     from rules.loader import load_router
 
     intake = Intake(config, store.factory, router=load_router(config),
-                    responder=load_responder(config))
+                    responder=load_responder(config), verifier=verifier)
     intake.sync_queues()
     return intake
 

@@ -57,6 +57,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     out.append(f"message: from {p.msg.from_address or '(none)'}, subject {p.msg.subject!r}, "
                f"{len(p.raw)} bytes")
     out.append("classification: " + ("; ".join(p.classification.reasons) or "none"))
+    out.append(f"sender: {p.verdict.summary()}")
     out.append(f"rules: {len(result.ruleset.rules)} loaded from "
                f"{config.path(config.rules.dir)}")
     for t in result.decision.trace:

@@ -214,14 +214,39 @@ class Label(Condition):
         return Verdict(bool(hit), why)
 
 
-@dataclass(frozen=True)
-class Dkim(Condition):
-    """dkim: the verdict in the topmost Authentication-Results header (see authresults)."""
+def _source(view: MessageView) -> str:
+    source = view.verdict.source
+    return "not checked" if source == "off" else f"by {source}"
 
+
+@dataclass(frozen=True)
+class Result(Condition):
+    """dkim / dmarc: the sender verdict's result (dkimpy's, or a trusted MTA's)."""
+
+    field: str  # "dkim" or "dmarc"
     results: tuple[str, ...]
 
     def test(self, view: MessageView) -> Verdict:
-        r = view.dkim
+        r = getattr(view.verdict, self.field)
         held = r in self.results
-        return Verdict(held, lambda: f"dkim result {r} {'is' if held else 'is not'} "
-                                     f"{' or '.join(self.results)}")
+        return Verdict(held, lambda: f"{self.field} result {r} ({_source(view)}) "
+                                     f"{'is' if held else 'is not'} {' or '.join(self.results)}")
+
+
+@dataclass(frozen=True)
+class Aligned(Condition):
+    """aligned: a valid DKIM signature of the From domain (or a parent of it)."""
+
+    wanted: bool
+
+    def test(self, view: MessageView) -> Verdict:
+        v = view.verdict
+        held = v.aligned == self.wanted
+
+        def why() -> str:
+            state = ("a valid signature aligned with the From domain" if v.aligned
+                     else "no valid signature aligned with the From domain")
+            return (f"{state} (dkim {v.dkim}, {_source(view)}); "
+                    f"{'wanted' if held else 'required'}: aligned = {str(self.wanted).lower()}")
+
+        return Verdict(held, why)

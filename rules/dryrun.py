@@ -10,6 +10,7 @@ created (the answer is then "new ticket").
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +58,8 @@ class DryRun:
             "message": {"from": p.msg.from_address, "subject": p.msg.subject,
                         "message_id": p.message_id, "size": len(p.raw),
                         "classification": sorted(p.classification.labels),
-                        "classification_reasons": list(p.classification.reasons)},
+                        "classification_reasons": list(p.classification.reasons),
+                        "verdict": dataclasses.asdict(p.verdict)},
             "rules": [t.as_dict() for t in self.decision.trace],
             "route": {"queue": self.queue, "queue_source": self.queue_source,
                       "priority": r.priority, "state": r.state, "tags": list(r.tags),
@@ -77,7 +79,7 @@ def dry_run(config: Config, raw: bytes, envelope: Envelope) -> DryRun:
     ruleset, problems = check_rules(rules_dir, config.queue_names, config.rules.max_match_chars)
     intake = Intake(config, None, router=RuleRouter(ruleset))  # type: ignore[arg-type]
     p = intake.prepare(raw, envelope)
-    decision = evaluate(ruleset, p.msg, p.envelope, p.classification)
+    decision = evaluate(ruleset, p.msg, p.envelope, p.classification, p.verdict)
     result = DryRun(str(rules_dir), ruleset, problems, p, decision)
     route = decision.route
     if route.queue:

@@ -17,6 +17,7 @@ from gateway.intake.ports import Route
 from gateway.mail.classify import Classification
 from gateway.mail.envelope import Envelope
 from gateway.mail.parse import ParsedMessage
+from gateway.mail.verdict import NO_VERDICT, SenderVerdict
 
 from .conditions import Condition, Verdict
 from .model import Rule, RuleSet
@@ -148,16 +149,18 @@ def _decide(ruleset: RuleSet, view: MessageView, explain: bool) -> Decision:
 
 
 def route_only(
-    ruleset: RuleSet, msg: ParsedMessage, envelope: Envelope, classification: Classification
+    ruleset: RuleSet, msg: ParsedMessage, envelope: Envelope, classification: Classification,
+    verdict: SenderVerdict = NO_VERDICT,
 ) -> Route:
     """The route, without reasons: what the intake asks for every message."""
-    view = MessageView(msg, envelope, classification, ruleset.max_match_chars)
+    view = MessageView(msg, envelope, classification, ruleset.max_match_chars, verdict)
     return _decide(ruleset, view, explain=False).route
 
 
 def evaluate(
-    ruleset: RuleSet, msg: ParsedMessage, envelope: Envelope, classification: Classification
+    ruleset: RuleSet, msg: ParsedMessage, envelope: Envelope, classification: Classification,
+    verdict: SenderVerdict = NO_VERDICT,
 ) -> Decision:
     """The route and, for every rule, whether it matched and why (for `rules test`)."""
-    view = MessageView(msg, envelope, classification, ruleset.max_match_chars)
+    view = MessageView(msg, envelope, classification, ruleset.max_match_chars, verdict)
     return _decide(ruleset, view, explain=True)

@@ -12,24 +12,26 @@ from typing import Any
 
 import regex
 
-from .authresults import RESULTS as DKIM_RESULTS
+from gateway.mail.verdict import DKIM_RESULTS, DMARC_RESULTS
+
 from .conditions import (
+    Aligned,
     AllOf,
     Condition,
     Contains,
-    Dkim,
     Glob,
     HeaderExists,
     Label,
     Matches,
+    Result,
     SenderDomain,
     Size,
 )
 from .errors import ValueProblem
 
 REGEX_FLAGS = regex.IGNORECASE | regex.MULTILINE | regex.V0
-LABELS = ("auto-submitted", "bulk", "list", "bounce", "out-of-office", "loop", "null-sender",
-          "suppress-requested")
+LABELS = ("auto-submitted", "bulk", "list", "bounce", "out-of-office", "loop", "loop-forged",
+          "null-sender", "suppress-requested")
 
 
 def _strings(value: Any) -> tuple[str, ...]:
@@ -102,6 +104,12 @@ def _bytes(v: Any) -> int:
     return v
 
 
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueProblem("must be true or false")
+    return v
+
+
 def _choices(v: Any, allowed: tuple[str, ...]) -> tuple[str, ...]:
     vals = _lower(v)
     bad = [s for s in vals if s not in allowed]
@@ -122,7 +130,9 @@ BUILDERS: dict[str, Builder] = {
     "to": lambda k, n, v: Glob(k, n, "to", _lower(v)),
     "cc": lambda k, n, v: Glob(k, n, "cc", _lower(v)),
     "classification": lambda k, n, v: Label(k, n, _choices(v, LABELS)),
-    "dkim": lambda k, n, v: Dkim(k, n, _choices(v, DKIM_RESULTS)),
+    "dkim": lambda k, n, v: Result(k, n, "dkim", _choices(v, DKIM_RESULTS)),
+    "aligned": lambda k, n, v: Aligned(k, n, _bool(v)),
+    "dmarc": lambda k, n, v: Result(k, n, "dmarc", _choices(v, DMARC_RESULTS)),
     "size_over": lambda k, n, v: Size(k, n, _bytes(v), True),
     "size_under": lambda k, n, v: Size(k, n, _bytes(v), False),
     "header_exists": lambda k, n, v: HeaderExists(k, n, _strings(v)),

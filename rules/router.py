@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway.intake.ports import Route
+from gateway.mail.verdict import NO_VERDICT, SenderVerdict
 
 from .errors import Problem, RulesError
 from .evaluate import route_only
@@ -37,9 +38,10 @@ class RuleRouter:
         self.ruleset = ruleset
 
     def route(
-        self, msg: ParsedMessage, envelope: Envelope, classification: Classification
+        self, msg: ParsedMessage, envelope: Envelope, classification: Classification,
+        verdict: SenderVerdict = NO_VERDICT,
     ) -> Route:
-        return route_only(self.ruleset, msg, envelope, classification)
+        return route_only(self.ruleset, msg, envelope, classification, verdict)
 
 
 class ReloadingRouter(RuleRouter):

@@ -12,8 +12,7 @@ from functools import cached_property
 from gateway.mail.classify import Classification
 from gateway.mail.envelope import Envelope
 from gateway.mail.parse import ParsedMessage
-
-from .authresults import dkim_result
+from gateway.mail.verdict import NO_VERDICT, SenderVerdict
 
 
 class MessageView:
@@ -23,8 +22,10 @@ class MessageView:
         envelope: Envelope,
         classification: Classification,
         max_match_chars: int,
+        verdict: SenderVerdict = NO_VERDICT,
     ) -> None:
         self.msg = msg
+        self.verdict = verdict
         self.envelope = envelope
         self.labels = classification.labels
         self.limit = max_match_chars
@@ -82,7 +83,3 @@ class MessageView:
     @property
     def size(self) -> int:
         return len(self.msg.raw)
-
-    @cached_property
-    def dkim(self) -> str:
-        return dkim_result(self.msg.headers.get("authentication-results", ()))

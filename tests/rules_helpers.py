@@ -10,6 +10,7 @@ from email.message import EmailMessage
 from gateway.mail.classify import classify
 from gateway.mail.envelope import Envelope
 from gateway.mail.parse import parse_message
+from gateway.mail.verdict import NO_VERDICT, SenderVerdict
 from rules.evaluate import Decision, evaluate, route_only
 from rules.model import RuleSet
 from rules.reader import parse_rule_text
@@ -47,12 +48,13 @@ def ruleset(text: str, queues: tuple[str, ...] = QUEUES, max_match_chars: int = 
 
 
 def decide(
-    rs: RuleSet, raw: bytes, mail_from: str | None = None, rcpt: tuple[str, ...] = ()
+    rs: RuleSet, raw: bytes, mail_from: str | None = None, rcpt: tuple[str, ...] = (),
+    verdict: SenderVerdict = NO_VERDICT,
 ) -> Decision:
     msg = parse_message(raw)
     env = Envelope(mail_from=mail_from, rcpt_tos=rcpt)
     cls = classify(msg, env)
-    decision = evaluate(rs, msg, env, cls)
+    decision = evaluate(rs, msg, env, cls, verdict)
     # The routing path (domain index, no explanations) must decide exactly the same.
-    assert route_only(rs, msg, env, cls) == decision.route
+    assert route_only(rs, msg, env, cls, verdict) == decision.route
     return decision

@@ -29,7 +29,7 @@ BILLING_N = "2026112210000022"
 TICKET_KEYS = {"number", "title", "queue", "state", "priority", "customer", "tags",
                "thread_key", "created_at", "updated_at", "closed_at", "linked_ticket"}
 ARTICLE_KEYS = {"id", "message_id", "direction", "kind", "from", "from_name", "to", "cc",
-                "subject", "size", "attachments", "created_at"}
+                "subject", "size", "attachments", "created_at", "verdict"}
 EVENT_KEYS = {"id", "kind", "article_id", "detail", "created_at"}
 
 
@@ -106,6 +106,9 @@ def test_tickets_show_json(cfg: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert a["subject"] == f"Re: [Ticket#{N}] Drucker im Büro druckt nur Streifen"
     assert a["to"] == ["support@helpdesk.example"] and a["cc"] == []
     assert a["size"] == len(mail("reply_gmail.eml"))
+    # Unsigned mail, verified by dkimpy (the default): nothing aligned.
+    assert a["verdict"] == {"dkim": "none", "aligned": False, "dmarc": "none",
+                            "aligned_failed": False, "source": "dkimpy"}
     assert [e["kind"] for e in data["history"]] == ["created", "follow-up"]
     assert all(set(e) == EVENT_KEYS for e in data["history"])
     assert data["history"][1]["article_id"] == a["id"]

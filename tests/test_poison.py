@@ -156,7 +156,7 @@ def test_two_long_message_ids_with_the_same_beginning_stay_apart(intake: Intake,
 class LongRoute:
     """A router whose rules put long captures into customer and thread_key."""
 
-    def route(self, msg: Any, envelope: Any, classification: Any) -> Route:
+    def route(self, msg: Any, envelope: Any, classification: Any, verdict: Any = None) -> Route:
         return Route(customer="c" * 300, thread_key="k" * 700 + msg.subject[-1])
 
 

@@ -10,8 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.mail.verdict import NO_VERDICT, SenderVerdict
 from rules.evaluate import MATCHED, NOT_MATCHED, SKIPPED
 from rules.parse_conditions import BUILDERS
+from rules.reader import parse_rule_text
 from tests.rules_helpers import QUEUES, decide, message, ruleset
 
 # condition key -> (value, a message it holds for, a message it does not hold for,
@@ -19,6 +21,7 @@ from tests.rules_helpers import QUEUES, decide, message, ruleset
 # envelope sender (_env) and recipients (_rcpt). Every condition is listed:
 # test_every_condition_is_covered_by_the_table fails when a new one is not.
 PDF = (("report.pdf", "application/pdf", b"%PDF-1.4"),)
+SIGNED = SenderVerdict("pass", True, "pass", False, "dkimpy")
 CASES: dict[str, tuple[Any, dict[str, Any], dict[str, Any], str, str]] = {
     "from": ("*@customer.example", {}, {"sender": "x@other.example"},
              "from jane@customer.example matches '*@customer.example'",
@@ -48,9 +51,15 @@ CASES: dict[str, tuple[Any, dict[str, Any], dict[str, Any], str, str]] = {
                        {"subject": "Out of office", "headers": {"Auto-Submitted": "auto-replied"}},
                        {}, "classified out-of-office (labels: ",
                        "not classified out-of-office (labels: none)"),
-    "dkim": ("pass", {"headers": {"Authentication-Results": "mx.helpdesk.example; dkim=pass"}},
-             {"headers": {"Authentication-Results": "mx.helpdesk.example; dkim=fail"}},
-             "dkim result pass is pass", "dkim result fail is not pass"),
+    "dkim": ("pass", {"_verdict": SIGNED}, {"_verdict": SenderVerdict("fail", source="dkimpy")},
+             "dkim result pass (by dkimpy) is pass", "dkim result fail (by dkimpy) is not pass"),
+    "aligned": (True, {"_verdict": SIGNED}, {},
+                "a valid signature aligned with the From domain (dkim pass, by dkimpy)",
+                "no valid signature aligned with the From domain (dkim none, not checked)"),
+    "dmarc": ("pass", {"_verdict": SIGNED},
+              {"_verdict": SenderVerdict("fail", False, "fail", True, "authres:mx.example")},
+              "dmarc result pass (by dkimpy) is pass",
+              "dmarc result fail (by authres:mx.example) is not pass"),
     "size_over": (5000, {"body": "x" * 6000}, {}, "bytes is over 5000", "bytes is not over 5000"),
     "size_under": (5000, {}, {"body": "x" * 6000}, "bytes is under 5000",
                    "bytes is not under 5000"),
@@ -82,11 +91,12 @@ CASES: dict[str, tuple[Any, dict[str, Any], dict[str, Any], str, str]] = {
 }
 
 
-def _build(spec: dict[str, Any]) -> tuple[bytes, str | None, tuple[str, ...]]:
+def _build(spec: dict[str, Any]) -> tuple[bytes, str | None, tuple[str, ...], SenderVerdict]:
     spec = dict(spec)
     env = spec.pop("_env", None)
     rcpt = spec.pop("_rcpt", ())
-    return message(**spec), env, rcpt
+    verdict = spec.pop("_verdict", NO_VERDICT)
+    return message(**spec), env, rcpt, verdict
 
 
 def _toml_value(v: Any) -> str:
@@ -94,6 +104,8 @@ def _toml_value(v: Any) -> str:
         return "{ " + ", ".join(f'"{k}" = {_toml_value(x)}' for k, x in v.items()) + " }"
     if isinstance(v, str):
         return "'" + v + "'"
+    if isinstance(v, bool):
+        return str(v).lower()
     return str(v)
 
 
@@ -107,9 +119,9 @@ def test_every_condition_routes_and_explains_in_both_forms(key: str) -> None:
     plain = ruleset(f"[[rule]]\nname = 'r'\n{key} = {_toml_value(value)}\ntags = ['hit']\n")
     negated = ruleset(f"[[rule]]\nname = 'r'\nnot_{key} = {_toml_value(value)}\ntags = ['hit']\n")
     for spec, expected, why in ((yes, True, why_yes), (no, False, why_no)):
-        raw, env, rcpt = _build(spec)
+        raw, env, rcpt, verdict = _build(spec)
         for rs, form, holds in ((plain, key, expected), (negated, f"not_{key}", not expected)):
-            d = decide(rs, raw, env, rcpt)
+            d = decide(rs, raw, env, rcpt, verdict)
             assert (d.route.matched == ("r",)) is holds, (form, spec)
             assert d.trace[0].status == (MATCHED if holds else NOT_MATCHED)
             # The negated form explains what the plain test saw.
@@ -264,16 +276,22 @@ def test_recipient_falls_back_to_delivery_headers_without_an_envelope() -> None:
     assert decide(rs, raw, rcpt=("support@helpdesk.example",)).route.queue is None
 
 
-def test_dkim_reads_only_the_topmost_authentication_results() -> None:
+def test_dkim_reads_the_verdict_not_the_headers() -> None:
+    """A sender's own `Authentication-Results: ...; dkim=pass` is not the verdict; which
+    headers the intake believes is tested in test_verify.py."""
     rs = ruleset("[[rule]]\nname = 'r'\ndkim = 'pass'\ntags = ['signed']\n")
-    forged = (b"Authentication-Results: mx.helpdesk.example; dkim=fail (bad sig) header.d=x\r\n"
-              b"Authentication-Results: attacker.example; dkim=pass\r\n")
-    raw = forged + message()
-    assert decide(rs, raw).route.tags == ()
-    two_sigs = (b"Authentication-Results: mx.helpdesk.example;\r\n dkim=fail header.d=a;"
-                b" dkim=pass (ok) header.d=b\r\n")
-    assert decide(rs, two_sigs + message()).route.tags == ("signed",)
-    assert decide(rs, message()).route.tags == ()
+    forged = b"Authentication-Results: mx.helpdesk.example; dkim=pass header.d=x\r\n"
+    assert decide(rs, forged + message()).route.tags == ()
+    assert decide(rs, message(), verdict=SIGNED).route.tags == ("signed",)
+
+
+def test_aligned_takes_only_true_or_false() -> None:
+    _rules, problems = parse_rule_text("[[rule]]\nname = 'r'\naligned = 'yes'\ntags = ['x']\n",
+                                       "t.toml", QUEUES)
+    assert "must be true or false" in str(problems[0])
+    _rules, problems = parse_rule_text("[[rule]]\nname = 'r'\ndmarc = 'quarantine'\n"
+                                       "tags = ['x']\n", "t.toml", QUEUES)
+    assert "unknown value 'quarantine'" in str(problems[0])
 
 
 def test_classification_condition_uses_the_core_labels() -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.mail.verdict import SenderVerdict
 from rules.errors import RulesError
 from rules.reader import check_rules, load_rules
 from tests.rules_helpers import QUEUES, decide, message
@@ -157,7 +158,7 @@ tags = ["t"]
         f"{p}:8: rule 'd': from_domain: '*@acme.example': use a domain (example.com) or "
         "*.example.com (the domain and its subdomains)",
         f"{p}:9: rule 'd': not_classification: unknown value 'robot'; one of auto-submitted, "
-        "bulk, list, bounce, out-of-office, loop, null-sender, suppress-requested",
+        "bulk, list, bounce, out-of-office, loop, loop-forged, null-sender, suppress-requested",
     ]
 
 
@@ -177,12 +178,16 @@ def test_starter_rules_are_valid_with_the_starter_config(tmp_path: Path) -> None
     assert spam.route.ignore
     for word in ("Invoice 1", "Factura 2", "Ihre Rechnung"):
         assert decide(rs, message(subject=word)).route.queue == "Billing"
+    signed = SenderVerdict("pass", True, "pass", False, "dkimpy")
     alert = decide(rs, message(subject="** PROBLEM Service Alert: web01/HTTP is CRITICAL **",
-                               sender="nagios@mon.example"))
+                               sender="nagios@monitoring.example"), verdict=signed)
     assert alert.route.thread_key == "nagios:web01/HTTP" and alert.route.no_auto_response
-    rec = decide(rs, message(subject="** RECOVERY Service Alert: web01/HTTP is OK **",
-                             sender="nagios@mon.example"))
+    recovery = message(subject="** RECOVERY Service Alert: web01/HTTP is OK **",
+                       sender="nagios@monitoring.example")
+    rec = decide(rs, recovery, verdict=signed)
     assert rec.route.thread_key == "nagios:web01/HTTP" and rec.route.state == "closed"
+    # Not verified: not a monitoring alert, so it closes nothing (docs/identity.md).
+    assert decide(rs, recovery).route.state is None
     acme = decide(rs, message(sender="a@eu.acme.example"))
     assert acme.route.customer == "acme"
     other = decide(rs, message(sender="bob@widgets.example"))

@@ -34,7 +34,7 @@ class Clock:
 class IgnoreSpam(NullRouter):
     """A router that ignores subjects containing 'SPAM' (the rules engine's `ignore`)."""
 
-    def route(self, msg, envelope, classification):  # type: ignore[no-untyped-def]
+    def route(self, msg, envelope, classification, verdict=None):  # type: ignore[no-untyped-def]
         if "SPAM" in msg.subject:
             return Route(ignore=True, matched=("drop-spam",))
         return Route()

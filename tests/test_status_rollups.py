@@ -27,7 +27,7 @@ NOW = dt.datetime(2026, 11, 22, 12, 34, 56, 789000, tzinfo=dt.UTC)
 
 
 class IgnoreSpam(NullRouter):
-    def route(self, msg, envelope, classification):  # type: ignore[no-untyped-def]
+    def route(self, msg, envelope, classification, verdict=None):  # type: ignore[no-untyped-def]
         return Route(ignore=True, matched=("spam",)) if "SPAM" in msg.subject else Route()
 
 

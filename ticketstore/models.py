@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -20,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -125,6 +127,12 @@ class Article(Base):
     # The classification the intake computed (auto-submitted, bounce, ...), for later audit.
     classification: Mapped[list[str]] = mapped_column(JSON, default=list)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The sender verdict (gateway/mail/verdict.py); source "off": not checked.
+    dkim: Mapped[str] = mapped_column(String(16), default="none", server_default="none")
+    aligned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    dmarc: Mapped[str] = mapped_column(String(16), default="none", server_default="none")
+    aligned_failed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    verdict_source: Mapped[str] = mapped_column(String(300), default="off", server_default="off")
 
     ticket: Mapped[Ticket] = relationship(back_populates="articles", foreign_keys=[ticket_id])
     attachments: Mapped[list[Attachment]] = relationship(

@@ -70,6 +70,11 @@ class ArticleSnapshot:
     envelope_recipients: list[str]
     classification: list[str]
     created_at: dt.datetime
+    dkim: str = "none"
+    aligned: bool = False
+    dmarc: str = "none"
+    aligned_failed: bool = False
+    verdict_source: str = "off"
 
 
 # Every ticket column plus `queue_name`: the row `ticket_snapshot` reads.

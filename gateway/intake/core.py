@@ -16,7 +16,7 @@ from functools import cached_property
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from gateway.config import Config
+from gateway.config import Config, read_site_secret
 from gateway.mail.classify import classify
 from gateway.mail.envelope import Envelope
 from gateway.mail.parse import parse_message
@@ -33,6 +33,7 @@ from .recipients import QueueMap
 from .size_events import SizeRejection, record_size_rejections
 from .store import event_row, insert_article, insert_events, insert_ticket, queue_id, update_ticket
 from .transaction import store_alone
+from .verify.verifier import Verifier
 
 __all__ = ["Intake", "Prepared"]
 
@@ -47,6 +48,7 @@ class Intake:
         router: Router | None = None,
         responder: Responder | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
+        verifier: Verifier | None = None,
     ) -> None:
         self.config = config
         self.factory = factory
@@ -54,6 +56,9 @@ class Intake:
         self.responder: Responder = responder or NullResponder()
         self.clock = clock
         self.queues = QueueMap.from_config(config)
+        # DKIM's DNS is I/O: passed in (tests give a resolver), else the system's DNS.
+        self.verifier = verifier or Verifier.from_config(config)
+        self.loop_secret = read_site_secret(config)
 
     @cached_property
     def engine(self) -> Engine:
@@ -74,13 +79,20 @@ class Intake:
 
     # -- the two halves -----------------------------------------------------------------
 
+    def prepare_may_block(self, raw: bytes) -> bool:
+        """True when `prepare` may wait for DNS (a signed message to verify): an event
+        loop must run it on an executor."""
+        return self.verifier.may_block(raw)
+
     def prepare(self, raw: bytes, envelope: Envelope) -> Prepared:
         # Undecodable envelope bytes as `\xNN` text, and a Message-ID that fits its column
         # (columns.py): such a message would otherwise fail on every retry.
         envelope = envelope.as_text()
         msg = parse_message(raw)
-        classification = classify(msg, envelope, self.config.autoresponse.loop_header)
-        route = self.router.route(msg, envelope, classification)
+        classification = classify(msg, envelope, self.config.autoresponse.loop_header,
+                                  self.loop_secret)
+        verdict = self.verifier.verdict(msg)
+        route = self.router.route(msg, envelope, classification, verdict)
         chash = content_hash(raw)
         message_id = message_id_key(msg.message_id or f"{chash[:40]}@ticketgate.invalid")
         recipients = envelope.rcpt_tos or (
@@ -88,7 +100,8 @@ class Intake:
             + msg.to + msg.cc
         )
         queue = self.queues.queue_for(recipients) or self.config.tickets.default_queue
-        return Prepared(raw, envelope, msg, classification, route, message_id, chash, queue)
+        return Prepared(raw, envelope, msg, classification, route, message_id, chash, queue,
+                        verdict)
 
     def store(self, conn: Connection, p: Prepared) -> Disposition:
         """Thread and write one prepared message on `conn`, inside its transaction."""

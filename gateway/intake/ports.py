@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 from gateway.mail.classify import Classification
 from gateway.mail.envelope import Envelope
 from gateway.mail.parse import ParsedMessage
+from gateway.mail.verdict import NO_VERDICT, SenderVerdict
 
 from .outcome import Outcome
 
@@ -38,8 +39,10 @@ class Route:
 
 
 class Router(Protocol):
+    # `verdict`: where the message really comes from (rules' dkim/aligned/dmarc conditions).
     def route(
-        self, msg: ParsedMessage, envelope: Envelope, classification: Classification
+        self, msg: ParsedMessage, envelope: Envelope, classification: Classification,
+        verdict: SenderVerdict = NO_VERDICT,
     ) -> Route: ...
 
 
@@ -47,7 +50,8 @@ class NullRouter:
     """No rules loaded: every message gets the empty route."""
 
     def route(
-        self, msg: ParsedMessage, envelope: Envelope, classification: Classification
+        self, msg: ParsedMessage, envelope: Envelope, classification: Classification,
+        verdict: SenderVerdict = NO_VERDICT,
     ) -> Route:
         return Route()
 

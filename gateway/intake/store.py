@@ -114,6 +114,11 @@ def article_values(p: Prepared, ticket_id: int, now: dt.datetime) -> dict[str, A
         envelope_recipients=list(p.envelope.rcpt_tos),
         classification=sorted(p.classification.labels),
         created_at=now,
+        dkim=p.verdict.dkim,
+        aligned=p.verdict.aligned,
+        dmarc=p.verdict.dmarc,
+        aligned_failed=p.verdict.aligned_failed,
+        verdict_source=p.verdict.source[:300],
     )
 
 

@@ -16,6 +16,7 @@ from email.parser import BytesHeaderParser
 
 from gateway.mail.envelope import Envelope
 from gateway.mail.headers import message_ids
+from gateway.mail.loopmark import mark_is_valid
 from gateway.mail.message import ParsedMessage
 from gateway.mail.mimetree import MimeTree
 
@@ -25,6 +26,8 @@ LIST = "list"
 BOUNCE = "bounce"
 OUT_OF_OFFICE = "out-of-office"
 LOOP = "loop"
+# Our loop header with a mark that is not ours: ignored (it silences nothing) and flagged.
+LOOP_FORGED = "loop-forged"
 NULL_SENDER = "null-sender"
 SUPPRESS_REQUESTED = "suppress-requested"
 
@@ -44,6 +47,8 @@ _OOO_SUBJECT = re.compile(
 class Classification:
     labels: frozenset[str]
     reasons: tuple[str, ...]
+    # Our loop header with a valid mark: our own mail came back (not just any X-Loop).
+    own_loop: bool = False
 
     def __contains__(self, label: object) -> bool:
         return label in self.labels
@@ -166,9 +171,19 @@ def _out_of_office(msg: ParsedMessage, env: Envelope, loop_header: str) -> str |
 def _loop(msg: ParsedMessage, env: Envelope, loop_header: str) -> str | None:
     if msg.has_header("x-loop"):
         return "X-Loop header"
-    if msg.has_header(loop_header):
-        return f"{loop_header} header"
     return None
+
+
+def _own_loop(msg: ParsedMessage, loop_header: str, secret: bytes | None) -> tuple[str, str] | None:
+    """(label, reason) for our loop header: `loop` when its mark is the HMAC of the
+    Message-ID under the site secret, `loop-forged` when it is not. Without a secret the
+    header cannot be checked and is ignored (docs/identity.md)."""
+    values = msg.headers.get(loop_header.lower(), ())
+    if not values or secret is None:
+        return None
+    if any(mark_is_valid(secret, msg.message_id, v) for v in values):
+        return LOOP, f"{loop_header} header with our mark"
+    return LOOP_FORGED, f"{loop_header} header with a mark that is not ours (ignored)"
 
 
 def _null_sender(msg: ParsedMessage, env: Envelope, loop_header: str) -> str | None:
@@ -196,7 +211,8 @@ CHECKS: tuple[tuple[str, Check], ...] = (
 
 
 def classify(
-    msg: ParsedMessage, env: Envelope, loop_header: str = "X-Ticketgate-Loop"
+    msg: ParsedMessage, env: Envelope, loop_header: str = "X-Ticketgate-Loop",
+    loop_secret: bytes | None = None,
 ) -> Classification:
     labels: set[str] = set()
     reasons: list[str] = []
@@ -205,4 +221,9 @@ def classify(
         if reason:
             labels.add(label)
             reasons.append(f"{label}: {reason}")
-    return Classification(frozenset(labels), tuple(reasons))
+    own = _own_loop(msg, loop_header, loop_secret)
+    if own is not None:
+        labels.add(own[0])
+        reasons.append(f"{own[0]}: {own[1]}")
+    return Classification(frozenset(labels), tuple(reasons), own_loop=own is not None
+                          and own[0] == LOOP)

@@ -22,5 +22,16 @@ class SenderVerdict:
     # Who decided: "dkimpy", "authres:<authserv-id>", or "off" (not checked).
     source: str = "off"
 
+    def summary(self) -> str:
+        """One line for people: `tickets show`, `rules test`."""
+        if self.source == "off":
+            return "not checked"
+        flags = " aligned" if self.aligned else " ALIGNED-FAILED" if self.aligned_failed else ""
+        return f"dkim={self.dkim} dmarc={self.dmarc}{flags} (by {self.source})"
+
 
 NO_VERDICT = SenderVerdict()
+
+# The values `dkim` and `dmarc` take (rule conditions check against these).
+DKIM_RESULTS = ("pass", "fail", "none", "temperror", "permerror")
+DMARC_RESULTS = ("pass", "fail", "none", "temperror", "permerror")

@@ -120,6 +120,10 @@ class Daemon:
                 store.dispose()
                 raise
         intake = await asyncio.to_thread(build_intake, config, store)
+        if intake.loop_secret is None:
+            log.warning("no site secret (%s): our loop header is neither signed nor trusted; "
+                        "`ticketgate init --secret-only DIR` makes one (docs/identity.md)",
+                        config.verify.site_secret_file)
         self.ctx = DaemonContext(config, store, intake)
         workers = worker_count(config.lmtp.workers) if self.spawn_workers else 1
         if workers == 1:

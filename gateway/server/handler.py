@@ -202,7 +202,7 @@ class DeliveryHandler:
         queue_id = postfix_queue_id(raw) or "-"
         intake = self.ctx.intake  # one config for the whole message, even across a reload
         try:
-            if len(raw) <= INLINE_PREPARE_MAX:
+            if len(raw) <= INLINE_PREPARE_MAX and not intake.prepare_may_block(raw):
                 prepared = intake.prepare(raw, envelope)
             else:
                 prepared = await asyncio.get_running_loop().run_in_executor(

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, case, exists, func, or_, select
+from sqlalchemy import Connection, Engine, case, exists, func, literal, or_, select
 
 from ticketstore import rollups
 from ticketstore.models import Article, Event, OutboxMessage, Queue, Rollup, Ticket
@@ -176,6 +176,21 @@ def event_counts(conn: Connection, kinds: Iterable[str], now: dt.datetime) -> di
 
 def inbound_articles(conn: Connection, now: dt.datetime) -> dict[str, int]:
     return windowed(conn, "articles", now, ("in",))["in"]
+
+
+def sender_verdicts(conn: Connection, now: dt.datetime) -> dict[str, dict[str, int]]:
+    """Incoming articles whose sender was verified (aligned), whose own domain's signature
+    failed (aligned_failed), and that were checked but neither (unverified)."""
+    since = now - WINDOWS[-1][1]
+    kinds = {"aligned": A.c.aligned, "aligned_failed": A.c.aligned_failed,
+             "unverified": (A.c.verdict_source != "off") & ~A.c.aligned & ~A.c.aligned_failed}
+    cols = [func.sum(case((cond & (A.c.created_at >= literal(now - delta, A.c.created_at.type)),
+                           1), else_=0)).label(f"{kind}_{name}")
+            for kind, cond in kinds.items() for name, delta in WINDOWS]
+    row = conn.execute(select(*cols).where(A.c.direction == "in", A.c.created_at >= since)
+                       ).first()
+    return {kind: {name: int(getattr(row, f"{kind}_{name}") or 0) if row is not None else 0
+                   for name, _ in WINDOWS} for kind in kinds}
 
 
 def spool_files(spool_dir: Path, now: dt.datetime) -> dict[str, Any]:
@@ -476,6 +491,7 @@ def snapshot(engine: Engine, src: Sources, now: dt.datetime,
             "rules": _rules(src.rules),
             "workers": src.workers,
             "mail_flow": flow,
+            "senders": sender_verdicts(conn, now),
             "temp_failed_since_start": temp_failed,
             "spool": {"quarantined": spool["total"], "oldest": spool["oldest"]},
             "autoresponses": {
@@ -499,7 +515,7 @@ def snapshot(engine: Engine, src: Sources, now: dt.datetime,
 # single fields inside a site-wide object.
 SCOPES: dict[str, tuple[str, ...]] = {
     "site": ("database", "mail_flow", "autoresponses", "outbox", "queues", "latest_tickets",
-             "daily_volume", "domain_months"),
+             "daily_volume", "domain_months", "senders"),
     "instance": ("instance", "version", "health", "started_at", "uptime_seconds", "rules",
                  "workers", "mail_flow.quarantined", "temp_failed_since_start", "spool",
                  "latest_errors", "counters"),
