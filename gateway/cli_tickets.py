@@ -1,4 +1,4 @@
-"""CLI handlers: tickets list/show/set and article raw.
+"""CLI handlers: tickets list/show/set/participants and article raw.
 
 The `--json` shapes are documented in docs/cli-json.md and kept stable: fields are only
 ever added, never renamed or removed.
@@ -16,7 +16,15 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from ticketstore.models import TICKET_STATES, Article, Event, Queue, Ticket, utcnow
+from ticketstore.models import (
+    TICKET_STATES,
+    Article,
+    Event,
+    Participant,
+    Queue,
+    Ticket,
+    utcnow,
+)
 
 from .runtime import Store, load_or_exit, open_store
 from .sysexits import EX_USAGE
@@ -61,7 +69,17 @@ def article_json(a: Article) -> dict[str, Any]:
              "size": x.size, "sha256": x.sha256} for x in a.attachments
         ],
         "created_at": a.created_at.isoformat(),
+        "from_stranger": a.from_stranger,
     }
+
+
+def participant_json(p: Participant) -> dict[str, Any]:
+    return {"address": p.address, "source": p.source, "added_at": p.added_at.isoformat()}
+
+
+def _participants(session: Session, ticket_id: int) -> list[Participant]:
+    return list(session.execute(select(Participant).where(Participant.ticket_id == ticket_id)
+                                .order_by(Participant.id)).scalars())
 
 
 def _split(addresses: str) -> list[str]:
@@ -145,6 +163,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             data = ticket_json(t, _linked_numbers(session, [t]))
             data["articles"] = [article_json(a) for a in t.articles]
             data["history"] = [event_json(e) for e in t.events]
+            data["participants"] = [participant_json(p) for p in _participants(session, t.id)]
             json.dump(data, sys.stdout, indent=2, ensure_ascii=False)
             print()
             return 0
@@ -154,10 +173,14 @@ def cmd_show(args: argparse.Namespace) -> int:
               + (f"  id {t.customer_id}" if t.customer_id else ""))
         if t.tags:
             print(f"Tags:     {', '.join(t.tags)}")
+        people = _participants(session, t.id)
+        print("Participants: " + (", ".join(f"{p.address} ({p.source})" for p in people)
+                                  or "-"))
         print(f"Created:  {t.created_at:%Y-%m-%d %H:%M:%S %Z}   Updated: "
               f"{t.updated_at:%Y-%m-%d %H:%M:%S %Z}")
         print("\nArticles:")
-        rows = [[str(a.id), a.direction, a.kind, a.created_at.strftime("%Y-%m-%d %H:%M"),
+        rows = [[str(a.id), a.direction, a.kind + (" STRANGER" if a.from_stranger else ""),
+                 a.created_at.strftime("%Y-%m-%d %H:%M"),
                  _short(a.from_address, 30), _short(a.subject, 40), _short(a.message_id, 40)]
                 for a in t.articles]
         print(_table(rows, ["ID", "DIR", "KIND", "CREATED", "FROM", "SUBJECT", "MESSAGE-ID"]))
@@ -219,3 +242,50 @@ def cmd_article_raw(args: argparse.Namespace) -> int:
     sys.stdout.buffer.flush()
     return 0
 
+
+
+def cmd_participants(args: argparse.Namespace) -> int:
+    """`tickets participants add|remove|list NUMBER [ADDRESS]`: changes are history events."""
+    from gateway.intake.participants import add_participants, mailbox, remove_participant
+
+    if args.action != "list" and not args.address:
+        print(f"ticketgate: participants {args.action} needs an ADDRESS", file=sys.stderr)
+        return EX_USAGE
+    box = mailbox(args.address or "")
+    if args.action != "list" and (box.count("@") != 1 or box.startswith("@")
+                                  or box.endswith("@")):
+        print(f"ticketgate: {args.address!r} is not an address", file=sys.stderr)
+        return EX_USAGE
+    now = utcnow()
+    with _store(args) as store, store.factory() as session, session.begin():
+        t = session.execute(select(Ticket).where(Ticket.number == args.number)).scalar_one_or_none()
+        if t is None:
+            print(f"ticketgate: no ticket {args.number}", file=sys.stderr)
+            return 1
+        known = {p.address for p in _participants(session, t.id)}
+        conn = session.connection()
+        if args.action == "add" and box not in known:
+            add_participants(conn, t.id, [(box, "admin")], now)
+            session.add(Event(ticket_id=t.id, kind="participants-added", created_at=now,
+                              detail={"added": [{"address": box, "source": "admin"}],
+                                      "by": "cli"}))
+            print(f"ticket {t.number}: {box} added")
+        elif args.action == "add":
+            print(f"ticket {t.number}: {box} is already a participant")
+        elif args.action == "remove" and remove_participant(conn, t.id, box):
+            session.add(Event(ticket_id=t.id, kind="participants-removed", created_at=now,
+                              detail={"removed": [box], "by": "cli"}))
+            print(f"ticket {t.number}: {box} removed")
+        elif args.action == "remove":
+            print(f"ticketgate: {box} is not a participant of {t.number}", file=sys.stderr)
+            return 1
+        else:
+            people = _participants(session, t.id)
+            if args.json:
+                json.dump([participant_json(p) for p in people], sys.stdout, indent=2,
+                          ensure_ascii=False)
+                print()
+            else:
+                print(_table([[p.address, p.source, p.added_at.strftime("%Y-%m-%d %H:%M")]
+                              for p in people], ["ADDRESS", "SOURCE", "ADDED"]))
+    return 0

@@ -115,10 +115,12 @@ def articles(intake: Intake, number: str) -> list[Article]:
 
 
 def events(intake: Intake, number: str) -> list[str]:
+    """The ticket's history, but who joined it (tests/test_participants.py checks that)."""
     with intake.factory() as s:
         return list(s.execute(
             select(Event.kind).join(Ticket, Event.ticket_id == Ticket.id)
-            .where(Ticket.number == number).order_by(Event.id)
+            .where(Ticket.number == number, Event.kind != "participants-added")
+            .order_by(Event.id)
         ).scalars())
 
 

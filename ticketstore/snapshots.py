@@ -70,6 +70,8 @@ class ArticleSnapshot:
     envelope_recipients: list[str]
     classification: list[str]
     created_at: dt.datetime
+    # Written by someone who is not a participant of the ticket (docs/identity.md).
+    from_stranger: bool = False
 
 
 # Every ticket column plus `queue_name`: the row `ticket_snapshot` reads.

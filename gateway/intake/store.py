@@ -80,7 +80,8 @@ def update_ticket(conn: Connection, ticket: TicketSnapshot, changes: dict[str, A
     return dataclasses.replace(ticket, **changes)
 
 
-def article_values(p: Prepared, ticket_id: int, now: dt.datetime) -> dict[str, Any]:
+def article_values(p: Prepared, ticket_id: int, now: dt.datetime,
+                   from_stranger: bool = False) -> dict[str, Any]:
     """The columns of the incoming article `p` is stored as, but its id."""
     m = p.msg
     kind = "email"
@@ -109,13 +110,14 @@ def article_values(p: Prepared, ticket_id: int, now: dt.datetime) -> dict[str, A
         envelope_recipients=list(p.envelope.rcpt_tos),
         classification=sorted(p.classification.labels),
         created_at=now,
+        from_stranger=from_stranger,
     )
 
 
 def insert_article(conn: Connection, p: Prepared, ticket_id: int, now: dt.datetime,
-                   ) -> ArticleSnapshot:
+                   from_stranger: bool = False) -> ArticleSnapshot:
     """The article and its attachments (in order: their ids order them)."""
-    values = article_values(p, ticket_id, now)
+    values = article_values(p, ticket_id, now, from_stranger)
     values["id"] = conn.execute(_INSERT_ARTICLE, values).scalar_one()
     rows = [dict(article_id=values["id"], filename=att.filename,
                  content_type=att.content_type, size=len(att.content), sha256=att.sha256,
