@@ -229,3 +229,48 @@ def test_the_migration_makes_existing_customers_participants(
     engine.dispose()
     loaded = load_config(str(write_config(tmp_path, url)), env={})
     open_store(loaded).dispose()  # the schema is current: no complaint
+
+
+def test_a_site_from_init_keeps_strangers_out_and_lets_the_customers_people_in(
+        tmp_path: Path) -> None:
+    """Issue 16's "done when", as a new user would try it on a site from `ticketgate init`."""
+    from gateway.intake.outcome import Outcome
+    from gateway.mail.envelope import Envelope
+    from gateway.runtime import build_intake
+    from ticketstore.models import OutboxMessage
+
+    site_dir = tmp_path / "site"
+    assert main(["init", str(site_dir)]) == 0
+    config = load_config(str(site_dir / "ticketgate.toml"), env={})
+    store = open_store(config)
+    try:
+        intake = build_intake(config, store)
+        env = Envelope("relay@sender.example", (SUPPORT,))
+        first = intake.process(opening(), env)
+        n = first.ticket_number
+        assert first.outcome is Outcome.CREATED and n is not None
+        with store.factory() as s:
+            (answer_id,) = s.execute(select(OutboxMessage.message_id)).scalars()
+        stranger = intake.process(reply(STRANGER, n), env)
+        assert stranger.outcome is Outcome.CREATED and stranger.ticket_number != n
+        by_reference = reply("ana@customer.example", n, subject="Re: your request",
+                             extra=f"References: <{answer_id}>\n")
+        for raw in (by_reference, reply("ben@customer.example", n),
+                    reply("pat@partner.example", n)):
+            assert intake.process(raw, env).ticket_number == n
+        with store.factory() as s, s.begin():
+            t = s.execute(select(Ticket).where(Ticket.number == n)).scalar_one()
+            t.state = "closed"
+        again = intake.process(reply(STRANGER, n, body="reopen it"), env)
+        assert again.ticket_number != n
+        with store.factory() as s:
+            t = s.execute(select(Ticket).where(Ticket.number == n)).scalar_one()
+            assert t.state == "closed"
+            froms = s.execute(select(Article.from_address).where(
+                Article.ticket_id == t.id, Article.direction == "in")).scalars().all()
+            assert "mallory@evil.example" not in froms and len(froms) == 4
+            to_stranger = s.execute(select(OutboxMessage.message).where(
+                OutboxMessage.rcpt_to == "mallory@evil.example")).scalars().all()
+        assert to_stranger and not any(b"CONFIDENTIAL" in m for m in to_stranger)
+    finally:
+        store.dispose()
