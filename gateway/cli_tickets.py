@@ -191,6 +191,14 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ticket(session: Session, number: str) -> Ticket | None:
+    """The ticket to change; None (and a message saying so) when there is none."""
+    t = session.execute(select(Ticket).where(Ticket.number == number)).scalar_one_or_none()
+    if t is None:
+        print(f"ticketgate: no ticket {number}", file=sys.stderr)
+    return t
+
+
 def cmd_set(args: argparse.Namespace) -> int:
     if args.state is None and args.queue is None and args.priority is None:
         print("ticketgate: nothing to change (use --state, --queue or --priority)",
@@ -198,9 +206,8 @@ def cmd_set(args: argparse.Namespace) -> int:
         return EX_USAGE
     now = utcnow()
     with _store(args) as store, store.factory() as session, session.begin():
-        t = session.execute(select(Ticket).where(Ticket.number == args.number)).scalar_one_or_none()
+        t = _ticket(session, args.number)
         if t is None:
-            print(f"ticketgate: no ticket {args.number}", file=sys.stderr)
             return 1
         changes: list[Event] = []
         if args.state and args.state != t.state:
@@ -243,7 +250,6 @@ def cmd_article_raw(args: argparse.Namespace) -> int:
     return 0
 
 
-
 def cmd_participants(args: argparse.Namespace) -> int:
     """`tickets participants add|remove|list NUMBER [ADDRESS]`: changes are history events."""
     from gateway.intake.participants import add_participants, mailbox, remove_participant
@@ -258,9 +264,8 @@ def cmd_participants(args: argparse.Namespace) -> int:
         return EX_USAGE
     now = utcnow()
     with _store(args) as store, store.factory() as session, session.begin():
-        t = session.execute(select(Ticket).where(Ticket.number == args.number)).scalar_one_or_none()
+        t = _ticket(session, args.number)
         if t is None:
-            print(f"ticketgate: no ticket {args.number}", file=sys.stderr)
             return 1
         known = {p.address for p in _participants(session, t.id)}
         conn = session.connection()

@@ -152,6 +152,14 @@ def test_participants_thread_by_number_without_friction(make_intake: MakeIntake,
         assert ticket_events(s, N)[-1].detail["threaded_by"] == "number"
 
 
+def test_our_agents_write_to_every_ticket_but_never_join_one(make_intake: MakeIntake) -> None:
+    intake = opened(make_intake())
+    d = deliver(intake, reply(f"Kai <{AGENT}>", N, body="we are on it"))
+    assert (d.outcome, d.ticket_number) == (Outcome.FOLLOW_UP, N)
+    with intake.factory() as s:
+        assert AGENT not in participants(s, N)
+
+
 def test_a_participants_cc_joins_and_can_then_write(make_intake: MakeIntake) -> None:
     intake = opened(make_intake())
     raw = reply("ana@customer.example", N, extra="Cc: Lee Lawyer <lee@law.example>\n")
@@ -337,6 +345,30 @@ def test_a_reply_by_proof_threads_whoever_sent_it_and_they_join(
     assert responder(intake).seen[-1].sender_is_participant
     with intake.factory() as s:
         assert participants(s, N)["reader@elsewhere.example"] == "from"
+
+
+def test_a_bounce_of_our_answer_threads_though_its_sender_takes_no_part(
+        make_intake: MakeIntake) -> None:
+    intake = opened(make_intake())
+    ours = f"ticketgate.{N}.a1@helpdesk.example"
+    with intake.factory() as s, s.begin():
+        s.add(OutboxMessage(ticket_id=the_ticket(intake).id, kind="auto-reply",
+                            rcpt_to="ana@customer.example", message_id=ours, message=b"x"))
+    bounce = (
+        "From: MAILER-DAEMON@mx.customer.example\nTo: support@helpdesk.example\n"
+        f"Subject: Undelivered Mail Returned to Sender: [Ticket#{N}] merger\n"
+        "Message-ID: <bounce-1@mx.customer.example>\nMIME-Version: 1.0\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="b"\n\n'
+        "--b\nContent-Type: text/plain\n\nMailbox full.\n"
+        "--b\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; mx\n\n"
+        "Final-Recipient: rfc822; ana@customer.example\nAction: failed\nStatus: 5.2.2\n"
+        f"--b\nContent-Type: message/rfc822\n\nMessage-ID: <{ours}>\n"
+        f"Subject: [Ticket#{N}] merger\n\nWe got your mail.\n--b--\n").encode()
+    p = intake.prepare(bounce, Envelope("", (SUPPORT,)))
+    d = store_alone(intake.engine, intake, p)
+    assert (d.outcome, d.ticket_number) == (Outcome.FOLLOW_UP, N)
+    with intake.factory() as s:
+        assert ticket_events(s, N)[-1].detail["threaded_by"] == "bounce"
 
 
 def test_a_long_references_header_is_read_from_both_ends(make_intake: MakeIntake) -> None:

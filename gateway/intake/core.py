@@ -101,11 +101,11 @@ class Intake:
             })])
             return Disposition(Outcome.IGNORED, p.message_id, notes=p.route.matched)
 
-        if find_held(conn, p.message_id, p.content_hash) is not None:
-            return Disposition(Outcome.DUPLICATE, p.message_id, notes=("held before",))
         d = decide(self.config, p, find_follow_up(conn, self.config.tickets,
                                                   self.participants, p))
         if d.outcome is Outcome.HELD:
+            if find_held(conn, p.message_id, p.content_hash) is not None:  # a retry
+                return Disposition(Outcome.DUPLICATE, p.message_id, notes=("held before",))
             return self._hold(conn, p, d, now)
         events: list[EventSpec] = []
         if d.ticket is None:

@@ -7,12 +7,12 @@ that exists and is plausible for the generator links it. Tried in this order:
 1. the number's ticket, by proof when the message also proves it;
 2. the number's ticket, when the sender is one of its participants;
 3. the ticket the message proves (a client that kept the thread but not the subject);
-4. the number's ticket, as a stranger's follow-up: the queue's `stranger_follow_up`
+4. for a bounce, the ticket of our mail it returns (the Message-ID in it);
+5. the number's ticket, as a stranger's follow-up: the queue's `stranger_follow_up`
    decides (gateway/intake/policy.py);
-5. for a bounce, the Message-ID of our mail it returns;
 6. the rules' `thread_key`, on a ticket that is not closed.
 A From that is a participant but whose aligned DKIM signature failed is a stranger's on
-every path but 5 and 6 (docs/identity.md).
+paths 1-3 and 5 (docs/identity.md).
 """
 
 from __future__ import annotations
@@ -94,22 +94,21 @@ def find_follow_up(conn: Connection, config: TicketsConfig, rules: ParticipantRu
     """The ticket `p` follows up and how (module docstring), or None for a new ticket."""
     by_number = _by_number(conn, config, p)
     proof = _by_message_id(conn, reference_ids(p), p)
+    bounced = None
+    if proof is None and BOUNCE in p.classification.labels:
+        bounced = _by_message_id(conn, tuple(bounced_message_ids(p.raw)), p, outgoing=True)
     if by_number is not None:
         ticket, number = by_number
         circle = rules.circle(conn, ticket)
-        sender = rules.judge(circle, p)
         if proof is not None and proof[0].id == ticket.id:
             return _proven(conn, proof, rules, circle, p)
-        if sender.participant:
-            return FollowUp(ticket, NUMBER, f"ticket number {number}", sender, circle)
-        if proof is None:
+        sender = rules.judge(circle, p)
+        if sender.participant or (proof is None and bounced is None):
             return FollowUp(ticket, NUMBER, f"ticket number {number}", sender, circle)
     if proof is not None:
         return _proven(conn, proof, rules, None, p)
-    if BOUNCE in p.classification.labels:
-        bounced = _by_message_id(conn, tuple(bounced_message_ids(p.raw)), p, outgoing=True)
-        if bounced is not None:
-            return FollowUp(bounced[0], BOUNCE_PATH, f"a bounce of our message <{bounced[1]}>")
+    if bounced is not None:
+        return FollowUp(bounced[0], BOUNCE_PATH, f"a bounce of our message <{bounced[1]}>")
     if p.route.thread_key:
         row = conn.execute(_BY_THREAD_KEY, {"key": p.route.thread_key}).mappings().first()
         if row is not None:
