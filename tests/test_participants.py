@@ -22,10 +22,12 @@ from gateway.intake.core import Intake
 from gateway.intake.followup import MAX_MESSAGE_IDS, reference_ids
 from gateway.intake.outcome import Disposition, Outcome
 from gateway.intake.participants import freemail_domains, mailbox
-from gateway.intake.ports import StoredMessage
+from gateway.intake.ports import Route, Router, StoredMessage
 from gateway.intake.release import ReleaseError, discard_held, release_held
 from gateway.intake.transaction import store_alone
+from gateway.mail.classify import Classification
 from gateway.mail.envelope import Envelope
+from gateway.mail.parse import ParsedMessage
 from gateway.mail.verdict import SenderVerdict
 from gateway.runtime import open_store
 from tests.participants_helpers import (
@@ -68,7 +70,8 @@ MakeIntake = Callable[..., Intake]
 def make_intake(tmp_path: Path, db_url: str) -> Iterator[MakeIntake]:
     stores = []
 
-    def make(policy: str = "new-ticket", **sections: Any) -> Intake:
+    def make(policy: str = "new-ticket", router: Router | None = None,
+             **sections: Any) -> Intake:
         queues = [{"name": "Support", "addresses": [SUPPORT], "stranger_follow_up": policy},
                   {"name": "Sales", "addresses": ["sales@helpdesk.example"]}]
         sections.setdefault("participants", {"agents": [AGENT]})
@@ -77,7 +80,8 @@ def make_intake(tmp_path: Path, db_url: str) -> Iterator[MakeIntake]:
         if not stores:
             upgrade(store.engine)
         stores.append(store)
-        intake = Intake(config, store.factory, responder=Recorder(), clock=lambda: NOW)
+        intake = Intake(config, store.factory, router=router, responder=Recorder(),
+                        clock=lambda: NOW)
         intake.sync_queues()
         return intake
 
@@ -252,6 +256,27 @@ def test_accept_appends_the_strangers_mail_flagged(make_intake: MakeIntake) -> N
         kinds = [(e.kind, e.article_id) for e in ticket_events(s, N)]
         assert ("stranger-follow-up", a.id) in kinds and ("follow-up", a.id) in kinds
         assert "accomplice@evil.example" not in participants(s, N)
+
+
+class Closer:
+    """A rule that tags and closes follow-ups (the forged monitoring RECOVERY)."""
+
+    def route(self, msg: ParsedMessage, envelope: Envelope,
+              classification: Classification) -> Route:
+        if msg.subject.startswith("Re:"):
+            return Route(state="closed", tags=("monitoring",), matched=("recovery",))
+        return Route()
+
+
+def test_an_accepted_strangers_mail_changes_nothing_a_rule_asks(
+        make_intake: MakeIntake) -> None:
+    intake = opened(make_intake("accept", router=Closer()))
+    assert deliver(intake, reply(STRANGER, N)).ticket_number == N
+    t = the_ticket(intake)
+    assert (t.state, t.tags) == ("new", [])
+    assert deliver(intake, reply("ana@customer.example", N)).ticket_number == N
+    t = the_ticket(intake)
+    assert (t.state, t.tags) == ("closed", ["monitoring"])  # the customer's may
 
 
 @pytest.mark.parametrize("policy", ["new-ticket", "accept", "hold"])
