@@ -1,4 +1,4 @@
-"""CLI handlers: tickets list/show/set and article raw.
+"""CLI handlers: tickets list/show/set/participants and article raw.
 
 The `--json` shapes are documented in docs/cli-json.md and kept stable: fields are only
 ever added, never renamed or removed.
@@ -16,7 +16,15 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from ticketstore.models import TICKET_STATES, Article, Event, Queue, Ticket, utcnow
+from ticketstore.models import (
+    TICKET_STATES,
+    Article,
+    Event,
+    Participant,
+    Queue,
+    Ticket,
+    utcnow,
+)
 
 from .runtime import Store, cli_user, load_or_exit, open_existing_store
 from .sysexits import EX_USAGE
@@ -64,6 +72,7 @@ def article_json(a: Article) -> dict[str, Any]:
         "created_at": a.created_at.isoformat(),
         "verdict": {"dkim": a.dkim, "aligned": a.aligned, "dmarc": a.dmarc,
                     "aligned_failed": a.aligned_failed, "source": a.verdict_source},
+        "from_stranger": a.from_stranger,
     }
 
 
@@ -72,6 +81,15 @@ def _sender(a: Article) -> str:
     if a.verdict_source == "off":
         return "-"
     return a.dkim + (" aligned" if a.aligned else " ALIGNED-FAILED" if a.aligned_failed else "")
+
+
+def participant_json(p: Participant) -> dict[str, Any]:
+    return {"address": p.address, "source": p.source, "added_at": p.added_at.isoformat()}
+
+
+def _participants(session: Session, ticket_id: int) -> list[Participant]:
+    return list(session.execute(select(Participant).where(Participant.ticket_id == ticket_id)
+                                .order_by(Participant.id)).scalars())
 
 
 def _split(addresses: str) -> list[str]:
@@ -157,6 +175,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             data = ticket_json(t, _linked_numbers(session, [t]))
             data["articles"] = [article_json(a) for a in t.articles]
             data["history"] = [event_json(e) for e in t.events]
+            data["participants"] = [participant_json(p) for p in _participants(session, t.id)]
             json.dump(data, sys.stdout, indent=2, ensure_ascii=False)
             print()
             return 0
@@ -167,12 +186,16 @@ def cmd_show(args: argparse.Namespace) -> int:
                         + (f"  id {t.customer_id}" if t.customer_id else "")))
         if t.tags:
             print(f"Tags:     {printable(', '.join(t.tags))}")
+        people = _participants(session, t.id)
+        print("Participants: " + printable(", ".join(f"{p.address} ({p.source})" for p in people)
+                                            or "-"))
         print(f"Created:  {t.created_at:%Y-%m-%d %H:%M:%S %Z}   Updated: "
               f"{t.updated_at:%Y-%m-%d %H:%M:%S %Z}")
         print("\nArticles:")
-        rows = [[str(a.id), a.direction, a.kind, a.created_at.strftime("%Y-%m-%d %H:%M"),
-                 _short(a.from_address, 30), _sender(a), _short(a.subject, 40),
-                 _short(a.message_id, 40)] for a in t.articles]
+        rows = [[str(a.id), a.direction, a.kind + (" STRANGER" if a.from_stranger else ""),
+                 a.created_at.strftime("%Y-%m-%d %H:%M"), _short(a.from_address, 30),
+                 _sender(a), _short(a.subject, 40), _short(a.message_id, 40)]
+                for a in t.articles]
         print(_table(rows, ["ID", "DIR", "KIND", "CREATED", "FROM", "SENDER", "SUBJECT",
                             "MESSAGE-ID"]))
         print("\nHistory:")
@@ -192,6 +215,14 @@ def _unknown_queue(session: Session, name: str) -> bool:
     return True
 
 
+def _ticket(session: Session, number: str) -> Ticket | None:
+    """The ticket to change; None (and a message saying so) when there is none."""
+    t = session.execute(select(Ticket).where(Ticket.number == number)).scalar_one_or_none()
+    if t is None:
+        print(f"ticketgate: no ticket {number}", file=sys.stderr)
+    return t
+
+
 def cmd_set(args: argparse.Namespace) -> int:
     if args.state is None and args.queue is None and args.priority is None:
         print("ticketgate: nothing to change (use --state, --queue or --priority)",
@@ -199,9 +230,8 @@ def cmd_set(args: argparse.Namespace) -> int:
         return EX_USAGE
     now, by = utcnow(), args.by or cli_user()
     with _store(args) as store, store.factory() as session, session.begin():
-        t = session.execute(select(Ticket).where(Ticket.number == args.number)).scalar_one_or_none()
+        t = _ticket(session, args.number)
         if t is None:
-            print(f"ticketgate: no ticket {args.number}", file=sys.stderr)
             return 1
         changes: list[Event] = []
 
@@ -242,3 +272,48 @@ def cmd_article_raw(args: argparse.Namespace) -> int:
     sys.stdout.buffer.flush()
     return 0
 
+
+def cmd_participants(args: argparse.Namespace) -> int:
+    """`tickets participants add|remove|list NUMBER [ADDRESS]`: changes are history events."""
+    from gateway.intake.participants import add_participants, mailbox, remove_participant
+
+    if args.action != "list" and not args.address:
+        print(f"ticketgate: participants {args.action} needs an ADDRESS", file=sys.stderr)
+        return EX_USAGE
+    box = mailbox(args.address or "")
+    if args.action != "list" and (box.count("@") != 1 or box.startswith("@")
+                                  or box.endswith("@")):
+        print(f"ticketgate: {args.address!r} is not an address", file=sys.stderr)
+        return EX_USAGE
+    now = utcnow()
+    with _store(args) as store, store.factory() as session, session.begin():
+        t = _ticket(session, args.number)
+        if t is None:
+            return 1
+        known = {p.address for p in _participants(session, t.id)}
+        conn = session.connection()
+        if args.action == "add" and box not in known:
+            add_participants(conn, t.id, [(box, "admin")], now)
+            session.add(Event(ticket_id=t.id, kind="participants-added", created_at=now,
+                              detail={"added": [{"address": box, "source": "admin"}],
+                                      "by": "cli"}))
+            print(f"ticket {t.number}: {box} added")
+        elif args.action == "add":
+            print(f"ticket {t.number}: {box} is already a participant")
+        elif args.action == "remove" and remove_participant(conn, t.id, box):
+            session.add(Event(ticket_id=t.id, kind="participants-removed", created_at=now,
+                              detail={"removed": [box], "by": "cli"}))
+            print(f"ticket {t.number}: {box} removed")
+        elif args.action == "remove":
+            print(f"ticketgate: {box} is not a participant of {t.number}", file=sys.stderr)
+            return 1
+        else:
+            people = _participants(session, t.id)
+            if args.json:
+                json.dump([participant_json(p) for p in people], sys.stdout, indent=2,
+                          ensure_ascii=False)
+                print()
+            else:
+                print(_table([[p.address, p.source, p.added_at.strftime("%Y-%m-%d %H:%M")]
+                              for p in people], ["ADDRESS", "SOURCE", "ADDED"]))
+    return 0

@@ -61,6 +61,9 @@ class TicketsConfig:
 
 
 FOLLOW_UP_POLICIES = ("reopen", "reject", "new-ticket")
+# What a follow-up by ticket number from someone who is not a participant does
+# (docs/identity.md, "Participants and strangers").
+STRANGER_POLICIES = ("new-ticket", "accept", "hold")
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,8 @@ class QueueConfig:
     auto_response: bool = True
     # Send an acknowledgement for follow-ups too (off by default).
     follow_up_ack: bool = False
+    # A follow-up by number from a non-participant: new-ticket | accept | hold.
+    stranger_follow_up: str = "new-ticket"
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,19 @@ class IntakeConfig:
     strict_recipients: bool = False
     max_message_size: int = 25 * 1024 * 1024
     spool_dir: str = "var/spool"
+
+
+@dataclass(frozen=True)
+class ParticipantsConfig:
+    # Anyone at the customer's domain takes part, but at a free-mail domain.
+    same_domain: bool = True
+    # A file of free-mail domains, one a line, replacing the shipped list ("" = shipped).
+    freemail_file: str = ""
+    # More free-mail domains, on top of the list.
+    freemail_domains: tuple[str, ...] = ()
+    # Our agents' own addresses: never made participants from To/Cc (the queues' notify
+    # addresses are agents too).
+    agents: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -216,6 +234,7 @@ class Config:
     tickets: TicketsConfig = field(default_factory=TicketsConfig)
     queues: tuple[QueueConfig, ...] = ()
     intake: IntakeConfig = field(default_factory=IntakeConfig)
+    participants: ParticipantsConfig = field(default_factory=ParticipantsConfig)
     lmtp: LmtpConfig = field(default_factory=LmtpConfig)
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
     pipe: PipeConfig = field(default_factory=PipeConfig)
@@ -429,6 +448,9 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(
                 src, f"{key}.follow_up_closed", f"must be one of {', '.join(FOLLOW_UP_POLICIES)}"
             )
+        if q.stranger_follow_up not in STRANGER_POLICIES:
+            raise ConfigError(src, f"{key}.stranger_follow_up",
+                              f"must be one of {', '.join(STRANGER_POLICIES)}")
         for j, addr in enumerate(q.addresses + q.notify):
             if not _ADDRESS.match(addr):
                 raise ConfigError(src, f"{key}.addresses[{j}]", f"{addr!r} is not an address")
@@ -481,6 +503,16 @@ def _validate(cfg: Config) -> None:
         if not _AUTHSERV_ID.match(ident):
             raise ConfigError(src, f"verify.trusted_authserv_ids[{i}]",
                               f"{ident!r} is not an authserv-id (a host name, e.g. mx.example.com)")
+    for i, addr in enumerate(cfg.participants.agents):
+        if not _ADDRESS.match(addr):
+            raise ConfigError(src, f"participants.agents[{i}]", f"{addr!r} is not an address")
+    ff = cfg.participants.freemail_file
+    if ff and not cfg.path(ff).is_file():
+        raise ConfigError(src, "participants.freemail_file", f"{cfg.path(ff)} is not a file")
+    for i, domain in enumerate(cfg.participants.freemail_domains):
+        if not domain or "@" in domain or any(c.isspace() for c in domain):
+            raise ConfigError(src, f"participants.freemail_domains[{i}]",
+                              f"{domain!r} is not a domain")
     d = cfg.outbound.dkim
     if d.domain and not (d.selector and d.key_file):
         raise ConfigError(src, "outbound.dkim", "domain needs selector and key_file too")

@@ -79,6 +79,11 @@ def cmd_test(args: argparse.Namespace) -> int:
     out.append(f"  thread_key:   {r.thread_key or '-'}")
     out.append(f"  ignore:       {'yes' if r.ignore else 'no'}")
     out.append(f"  ticket:       {result.ticket_note}")
+    if result.threading:
+        th = result.threading
+        out.append(f"  threaded by:  {th['path']}: {th['why']}")
+        if th["sender"]:
+            out.append(f"  sender:       {th['sender']}")
     out.append(f"  auto-response: {'yes' if result.auto_response else 'no'}: "
                f"{result.auto_response_why}")
     for n in result.notes:

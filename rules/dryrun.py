@@ -2,7 +2,7 @@
 
 The message goes through the same parse/classify/route steps as real mail (the intake's
 `prepare`, which touches no database). The ticket it would thread onto and what becomes
-of it are decided by the intake's own functions (`followup.find_ticket`, `policy.decide`),
+of it are decided by the intake's own functions (`followup.find_follow_up`, `policy.decide`),
 and the auto-response verdict comes from the auto-responder's own suppression table,
 inside a transaction that is rolled back. A database that does not exist yet is not
 created (the answer is then "new ticket").
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Connection
 
     from gateway.config import Config
+    from gateway.intake.policy import Decision as PolicyDecision
     from gateway.intake.prepared import Prepared
     from gateway.mail.envelope import Envelope
     from ticketstore.snapshots import TicketSnapshot
@@ -44,6 +45,9 @@ class DryRun:
     queue_source: str = ""
     ticket: dict[str, Any] | None = None  # the existing ticket a follow-up would land on
     ticket_note: str = ""
+    # How the message was linked (proof / number / bounce / thread-key), who sent it, and
+    # the stranger policy that applied: None when it names no stored ticket.
+    threading: dict[str, Any] | None = None
     auto_response: bool = False
     auto_response_why: str = ""
     notes: list[str] = field(default_factory=list)
@@ -67,6 +71,7 @@ class DryRun:
                       "ignore": r.ignore, "no_auto_response": r.no_auto_response,
                       "matched": list(r.matched)},
             "ticket": self.ticket, "ticket_note": self.ticket_note,
+            "threading": self.threading,
             "auto_response": self.auto_response, "auto_response_why": self.auto_response_why,
             "notes": self.notes,
         }
@@ -136,37 +141,66 @@ def _with_database(config: Config, result: DryRun) -> None:
 
 
 def _decide(config: Config, result: DryRun, conn: Connection | None, why_no_db: str) -> None:
-    """The intake's own follow-up lookup and closed-ticket policy, explained."""
-    from gateway.intake.followup import find_ticket
-    from gateway.intake.policy import decide, reopens
+    """The intake's own follow-up lookup, stranger and closed-ticket policies, explained."""
+    from gateway.intake.followup import find_follow_up
+    from gateway.intake.participants import ParticipantRules
+    from gateway.intake.policy import decide
+    from gateway.intake.recipients import QueueMap
 
     p = result.prepared
-    found = find_ticket(conn, config.tickets, p) if conn is not None else None
+    found = None
+    if conn is not None:
+        rules = ParticipantRules(config, QueueMap.from_config(config))
+        found = find_follow_up(conn, config.tickets, rules, p)
     d = decide(config, p, found)
     if found is None:
         result.ticket_note = f"new ticket in {d.queue}" + (f" ({why_no_db})" if why_no_db else "")
     else:
-        result.ticket = {"number": found.number, "state": found.state,
-                         "queue": found.queue.name, "title": found.title,
-                         "thread_key": found.thread_key}
-        tag = f"[{config.tickets.hook}{found.number}]"
-        where = f"{tag} ({found.state}) in {found.queue.name}"
-        if d.linked_to is not None:
-            result.ticket_note = f"new ticket in {d.queue}, linked to closed {tag}"
-        elif d.outcome is Outcome.REJECTED:
-            result.ticket_note = (f"follow-up to closed {tag} in {found.queue.name}: "
-                                  "stored, then rejected (follow_up_closed = reject)")
-        elif d.reopen:
-            result.ticket_note = (f"follow-up to closed {tag} in {found.queue.name}: "
-                                  "reopens it (follow_up_closed = reopen)")
-        elif found.state == "closed" and not reopens(p.classification):
-            result.ticket_note = (f"follow-up to {where}: a bounce or out-of-office reply, "
-                                  "so it does not reopen it")
-        else:
-            result.ticket_note = f"follow-up to {where}"
+        result.ticket = {"number": found.ticket.number, "state": found.ticket.state,
+                         "queue": found.ticket.queue.name, "title": found.ticket.title,
+                         "thread_key": found.ticket.thread_key}
+        result.threading = {"path": found.path, "why": found.why,
+                            "sender": found.sender.why if found.sender else None,
+                            "stranger_policy": d.stranger_policy}
+        result.ticket_note = _note(config, d, p)
+    if d.outcome is Outcome.HELD:
+        result.auto_response, result.auto_response_why = False, "a held message is not answered"
+        return
     ticket = d.ticket or _unsaved_ticket(config, p, d.queue, d.refused_new)
     result.auto_response, result.auto_response_why = _auto_response(
-        config, result, conn, ticket, d.outcome, d.closed_policy, d.refused_new)
+        config, result, conn, ticket, d)
+
+
+def _note(config: Config, d: PolicyDecision, p: Prepared) -> str:
+    """What becomes of a message that names a stored ticket, in one line."""
+    from gateway.intake.policy import reopens
+
+    assert d.found is not None
+    found = d.found.ticket
+    tag = f"[{config.tickets.hook}{found.number}]"
+    where = f"{tag} ({found.state}) in {found.queue.name}"
+    policy = f"stranger_follow_up = {d.stranger_policy}"
+    if d.stranger_policy == "new-ticket":
+        return (f"a stranger's follow-up to {tag} by number: new ticket in {d.queue}, "
+                f"linked to {tag}; nothing added to {tag} ({policy})")
+    if d.stranger_policy == "accept":
+        return (f"a stranger's follow-up to {where}: appended, flagged as a stranger's, "
+                f"changes nothing of the ticket ({policy})")
+    if d.stranger_policy == "hold":
+        return (f"a stranger's follow-up to {tag}: held, not threaded, until an admin "
+                f"releases or discards it with `ticketgate held` ({policy})")
+    if d.linked_to is not None:
+        return f"new ticket in {d.queue}, linked to closed {tag}"
+    if d.outcome is Outcome.REJECTED:
+        return (f"follow-up to closed {tag} in {found.queue.name}: "
+                "stored, then rejected (follow_up_closed = reject)")
+    if d.reopen:
+        return (f"follow-up to closed {tag} in {found.queue.name}: "
+                "reopens it (follow_up_closed = reopen)")
+    if found.state == "closed" and not reopens(p.classification):
+        return (f"follow-up to {where}: a bounce or out-of-office reply, "
+                "so it does not reopen it")
+    return f"follow-up to {where}"
 
 
 def _unsaved_ticket(config: Config, p: Prepared, queue: str, refused: bool) -> TicketSnapshot:
@@ -180,7 +214,7 @@ def _unsaved_ticket(config: Config, p: Prepared, queue: str, refused: bool) -> T
 
 def _auto_response(
     config: Config, result: DryRun, conn: Connection | None, ticket: TicketSnapshot,
-    outcome: Outcome, closed_policy: str | None, refused: bool,
+    d: PolicyDecision,
 ) -> tuple[bool, str]:
     """Yes/no and why, from the auto-responder's own suppression checks."""
     from autoresponse import suppress
@@ -198,7 +232,8 @@ def _auto_response(
     stored = StoredMessage(
         msg=p.msg, envelope=p.envelope, classification=p.classification, route=p.route,
         ticket=ticket, article=ArticleSnapshot(id=0, **article_values(p, ticket.id, now)),
-        outcome=outcome, closed_policy=closed_policy, queue_refused_new=refused, now=now,
+        outcome=d.outcome, closed_policy=d.closed_policy, queue_refused_new=d.refused_new,
+        now=now, sender_is_participant=not d.from_stranger,
     )
     event = responder.customer_event(stored, qcfg)
     if event is None:  # enabled, and no duplicate or ignored mail gets here: a follow-up

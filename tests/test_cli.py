@@ -29,7 +29,8 @@ BILLING_N = "2026112210000022"
 TICKET_KEYS = {"number", "title", "queue", "state", "priority", "customer", "tags",
                "thread_key", "created_at", "updated_at", "closed_at", "linked_ticket"}
 ARTICLE_KEYS = {"id", "message_id", "direction", "kind", "from", "from_name", "to", "cc",
-                "subject", "size", "attachments", "created_at", "verdict"}
+                "subject", "size", "attachments", "created_at", "verdict",
+                "from_stranger"}
 EVENT_KEYS = {"id", "kind", "article_id", "detail", "created_at"}
 
 
@@ -95,7 +96,10 @@ def test_tickets_list_table(cfg: Path, capsys: pytest.CaptureFixture[str]) -> No
 
 def test_tickets_show_json(cfg: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = run_json(capsys, "-c", str(cfg), "tickets", "show", N)
-    assert set(data) == TICKET_KEYS | {"articles", "history"}
+    assert set(data) == TICKET_KEYS | {"articles", "history", "participants"}
+    assert data["participants"] == [
+        {"address": "ana.mueller@customer.example", "source": "customer",
+         "added_at": NOW.isoformat()}]
     assert [a["message_id"] for a in data["articles"]] == [
         "4f1c2a9e-1d3b-4c8e-9a51-7e2b0c6d1a01@customer.example",
         "CAJ8s0Qd5kX=2vN4uXw3T9pLq7ZbR1mYc@mail.gmail.com"]
@@ -109,9 +113,10 @@ def test_tickets_show_json(cfg: Path, capsys: pytest.CaptureFixture[str]) -> Non
     # Unsigned mail, verified by dkimpy (the default): nothing aligned.
     assert a["verdict"] == {"dkim": "none", "aligned": False, "dmarc": "none",
                             "aligned_failed": False, "source": "dkimpy"}
-    assert [e["kind"] for e in data["history"]] == ["created", "follow-up"]
+    assert [e["kind"] for e in data["history"]] == ["created", "participants-added",
+                                                    "follow-up"]
     assert all(set(e) == EVENT_KEYS for e in data["history"])
-    assert data["history"][1]["article_id"] == a["id"]
+    assert data["history"][2]["article_id"] == a["id"]
 
 
 def test_tickets_show_attachments_json(cfg: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -147,7 +152,7 @@ def test_tickets_set_records_events(cfg: Path, capsys: pytest.CaptureFixture[str
     data = run_json(capsys, "-c", c, "tickets", "show", N)
     assert (data["state"], data["queue"], data["priority"]) == ("closed", "Billing", 5)
     assert data["closed_at"] is not None
-    changes = [(e["kind"], e["detail"]) for e in data["history"][2:]]
+    changes = [(e["kind"], e["detail"]) for e in data["history"][3:]]
     assert changes == [
         ("state-changed", {"from": "new", "to": "closed", "by": "alice", "via": "cli"}),
         ("queue-changed", {"from": "Support", "to": "Billing", "by": "alice", "via": "cli"}),

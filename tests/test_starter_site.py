@@ -64,7 +64,8 @@ def test_starter_site_routes_as_its_examples_say(tmp_path: Path) -> None:
                              "Nagios <nagios@evil.example>", "evil.example")
         for attack in (forged, other_domain):
             d = intake.process(attack, env)
-            assert d.ticket_number == customer.ticket_number  # threaded by its number, but
+            # Not a participant: a linked ticket of its own (stranger_follow_up), and
+            assert d.ticket_number != customer.ticket_number
             assert "monitoring recovery" not in d.notes  # the rule did not match
 
         problem = intake.process(alert("** PROBLEM Service Alert: web01/HTTP is CRITICAL **"), env)

@@ -165,8 +165,10 @@ def test_pipe_forged_recovery_does_not_close_and_tickets_show_the_verdict(
         forged = mail(NAGIOS, f"** RECOVERY Host Alert: db01 is UP ** {tag}",
                       message_id="forged@monitoring.example")
         (tmp_path / "forged.eml").write_bytes(forged)
-        pipe(forged)
+        stranger = pipe(forged)
         assert _state(db_url, customer) != "closed"
+        # Not a participant: under the default stranger_follow_up it got its own ticket.
+        assert stranger != customer
 
         explained = ticketgate(config, "rules", "test", str(tmp_path / "forged.eml"))
         out = explained.stdout.decode()
@@ -182,9 +184,9 @@ def test_pipe_forged_recovery_does_not_close_and_tickets_show_the_verdict(
                        message_id="r1@monitoring.example"), MONITORING, key))
         assert _state(db_url, alert) == "closed"
 
-        shown = ticketgate(config, "tickets", "show", customer, "--json")
-        articles = json.loads(shown.stdout)["articles"]
-        assert [a["verdict"] for a in articles] == [
+        verdicts = [a["verdict"] for number in (customer, stranger) for a in json.loads(
+            ticketgate(config, "tickets", "show", number, "--json").stdout)["articles"]]
+        assert verdicts == [
             {"dkim": "pass", "aligned": True, "dmarc": "pass", "aligned_failed": False,
              "source": "dkimpy"},
             {"dkim": "none", "aligned": False, "dmarc": "none", "aligned_failed": False,

@@ -77,7 +77,8 @@ class Ticket(Base):
     tags: Mapped[list[str]] = mapped_column(JSON, default=list)
     # Correlation key for robot mail (rules' thread_key); only open tickets are matched.
     thread_key: Mapped[str | None] = mapped_column(String(500), nullable=True, index=True)
-    # The closed ticket this one continues (follow_up_closed = "new-ticket").
+    # The ticket this one continues: a closed one (follow_up_closed = "new-ticket"), or the
+    # one a stranger wrote to by number (stranger_follow_up = "new-ticket").
     linked_ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -133,6 +134,9 @@ class Article(Base):
     dmarc: Mapped[str] = mapped_column(String(16), default="none", server_default="none")
     aligned_failed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     verdict_source: Mapped[str] = mapped_column(String(300), default="off", server_default="off")
+    # Written by someone who is not a participant (stranger_follow_up = "accept", or a
+    # held message released onto the ticket): agents must not read it as the customer's.
+    from_stranger: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     ticket: Mapped[Ticket] = relationship(back_populates="articles", foreign_keys=[ticket_id])
     attachments: Mapped[list[Attachment]] = relationship(
@@ -182,6 +186,50 @@ class Event(Base):
     __table_args__ = (
         Index("ix_events_kind_created", "kind", "created_at"),
         Index("ix_events_ticket", "ticket_id"),
+    )
+
+
+class Participant(Base):
+    """Who takes part in a ticket: whose follow-ups by ticket number are threaded.
+
+    `address` is the mailbox as compared (gateway/intake/participants.py: lower case,
+    no +tag); `source` says how it got here: customer, reply-to, to, cc, from (a reply by
+    proof), admin.
+    """
+
+    __tablename__ = "participants"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"))
+    address: Mapped[str] = mapped_column(String(320))
+    source: Mapped[str] = mapped_column(String(16), default="customer")
+    added_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (UniqueConstraint("ticket_id", "address", name="uq_participants"),)
+
+
+class HeldMessage(Base):
+    """A stranger's follow-up by number kept out of the ticket (stranger_follow_up = "hold")
+    until an admin releases it onto a ticket or discards it (`ticketgate held`)."""
+
+    __tablename__ = "held_messages"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # The ticket the message named by number.
+    ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"), nullable=True)
+    message_id: Mapped[str] = mapped_column(String(998))
+    content_hash: Mapped[str] = mapped_column(String(64))
+    from_address: Mapped[str] = mapped_column(String(320), default="")
+    subject: Mapped[str] = mapped_column(Text, default="")
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    # "" for the null sender <>, NULL when not known (as gateway.mail.envelope.Envelope).
+    envelope_sender: Mapped[str | None] = mapped_column(String(320), nullable=True)
+    envelope_recipients: Mapped[list[str]] = mapped_column(JSON, default=list)
+    state: Mapped[str] = mapped_column(String(16), default="held")  # held|released|discarded
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    decided_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    __table_args__ = (
+        UniqueConstraint("message_id", "content_hash", name="uq_held_message"),
+        Index("ix_held_state", "state"),
     )
 
 

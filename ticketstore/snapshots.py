@@ -75,6 +75,8 @@ class ArticleSnapshot:
     dmarc: str = "none"
     aligned_failed: bool = False
     verdict_source: str = "off"
+    # Written by someone who is not a participant of the ticket (docs/identity.md).
+    from_stranger: bool = False
 
 
 # Every ticket column plus `queue_name`: the row `ticket_snapshot` reads.

@@ -24,9 +24,11 @@ from ticketstore.models import utcnow
 
 from .columns import message_id_key
 from .dedupe import content_hash, find_duplicate
-from .followup import find_ticket
+from .followup import PROOF, THREADED_PATHS, find_follow_up
+from .held import find_held, insert_held
 from .outcome import Disposition, Outcome
-from .policy import EventSpec, decide, follow_up_changes
+from .participants import ParticipantRules, add_participants
+from .policy import Decision, EventSpec, decide, follow_up_changes
 from .ports import NullResponder, NullRouter, Responder, Router, StoredMessage
 from .prepared import Prepared
 from .recipients import QueueMap
@@ -59,6 +61,7 @@ class Intake:
         # DKIM's DNS is I/O: passed in (tests give a resolver), else the system's DNS.
         self.verifier = verifier or Verifier.from_config(config)
         self.loop_secret = read_site_secret(config)
+        self.participants = ParticipantRules(config, self.queues)
 
     @cached_property
     def engine(self) -> Engine:
@@ -116,37 +119,53 @@ class Intake:
             })])
             return Disposition(Outcome.IGNORED, p.message_id, notes=p.route.matched)
 
-        d = decide(self.config, p, find_ticket(conn, self.config.tickets, p))
+        d = decide(self.config, p, find_follow_up(conn, self.config.tickets,
+                                                  self.participants, p))
+        if d.outcome is Outcome.HELD:
+            if find_held(conn, p.message_id, p.content_hash) is not None:  # a retry
+                return Disposition(Outcome.DUPLICATE, p.message_id, notes=("held before",))
+            return self._hold(conn, p, d, now)
         events: list[EventSpec] = []
         if d.ticket is None:
             ticket = insert_ticket(conn, self.config.tickets, p, d.queue, now, d.refused_new,
                                    d.linked_to.id if d.linked_to else None)
-            if d.linked_to is not None:
+            if d.linked_to is not None and d.stranger_policy:
+                events.append((d.linked_to.id, "stranger-follow-up",
+                               {**self._stranger(p, d), "new_ticket": ticket.number}))
+                events.append((None, "linked", {"previous_ticket": d.linked_to.number,
+                                                "reason": "a stranger's follow-up by number"}))
+            elif d.linked_to is not None:
                 events.append((d.linked_to.id, "linked", {"new_ticket": ticket.number}))
                 events.append((None, "linked", {"previous_ticket": d.linked_to.number}))
             if d.refused_new:
                 events.append((None, "rejected", {"reason": "queue accepts no new tickets"}))
         else:
             changes: dict[str, object] = {}
+            if d.from_stranger:  # appended, flagged, and nothing of the ticket changed
+                events.append((None, "stranger-follow-up", self._stranger(p, d)))
             if d.outcome is Outcome.REJECTED:
                 events.append((None, "rejected", {"reason": "follow-up to a closed ticket",
                                                   "message_id": p.message_id}))
             if d.reopen:
                 changes.update(state="open", closed_at=None)
                 events.append((None, "reopened", {"message_id": p.message_id}))
-            if d.outcome is Outcome.FOLLOW_UP:
+            if d.outcome is Outcome.FOLLOW_UP and not d.from_stranger:
                 changes.update(follow_up_changes(d.ticket, p.route, now, events))
             ticket = update_ticket(conn, d.ticket, {**changes, "updated_at": now})
 
-        article = insert_article(conn, p, ticket.id, now)
+        article = insert_article(conn, p, ticket.id, now, d.from_stranger)
         kind = "created" if d.outcome is Outcome.CREATED else "follow-up"
-        events.append((None, kind, {
+        detail: dict[str, object] = {
             "message_id": p.message_id, "queue": ticket.queue.name, "from": p.msg.from_address,
             "recipients": list(p.envelope.rcpt_tos),
             "classification": sorted(p.classification.labels),
-        }))
+        }
+        if d.found is not None and d.ticket is not None:
+            detail["threaded_by"] = d.found.path
+        events.append((None, kind, detail))
         if p.route.matched:
             events.append((None, "routed", {"rules": list(p.route.matched)}))
+        events += self._add_participants(conn, p, d, ticket.id, now)
         insert_events(conn, [
             event_row(other or ticket.id, None if other else article.id, kind_, now, detail)
             for other, kind_, detail in events
@@ -155,9 +174,47 @@ class Intake:
             msg=p.msg, envelope=p.envelope, classification=p.classification, route=p.route,
             ticket=ticket, article=article, outcome=d.outcome, closed_policy=d.closed_policy,
             queue_refused_new=d.refused_new, now=now,
+            sender_is_participant=not d.from_stranger,
         ))
         return Disposition(d.outcome, p.message_id, ticket.number, ticket.queue.name,
                            article.id, notes=p.route.matched)
+
+    @staticmethod
+    def _stranger(p: Prepared, d: Decision) -> dict[str, object]:
+        """The history detail naming a stranger's follow-up and what became of it."""
+        assert d.found is not None and d.found.sender is not None
+        return {"from": p.msg.from_address, "message_id": p.message_id,
+                "policy": d.stranger_policy, "path": d.found.path,
+                "why": d.found.sender.why}
+
+    def _hold(self, conn: Connection, p: Prepared, d: Decision, now: dt.datetime,
+              ) -> Disposition:
+        """Keep a stranger's follow-up out of the ticket until an admin decides."""
+        assert d.ticket is not None
+        held_id = insert_held(conn, p, d.ticket.id, now)
+        insert_events(conn, [event_row(d.ticket.id, None, "stranger-follow-up", now,
+                                       {**self._stranger(p, d), "held_id": held_id})])
+        return Disposition(Outcome.HELD, p.message_id, queue=d.queue,
+                           notes=(*p.route.matched, f"held {held_id}"))
+
+    def _add_participants(self, conn: Connection, p: Prepared, d: Decision, ticket_id: int,
+                          now: dt.datetime) -> list[EventSpec]:
+        """Who `p` makes a participant: everyone on a new ticket's first mail; the To/Cc
+        (and, by proof, the From) of a participant's follow-up; nobody for a stranger's."""
+        if d.ticket is None:
+            added = self.participants.from_message(p, sender="customer")
+        elif (d.from_stranger or d.found is None or d.found.circle is None
+              or d.found.path not in THREADED_PATHS):
+            return []
+        else:
+            added = self.participants.from_message(
+                p, d.found.circle.addresses, sender="from" if d.found.path == PROOF else "")
+        if not added:
+            return []
+        add_participants(conn, ticket_id, added, now)
+        return [(None, "participants-added", {
+            "added": [{"address": a, "source": s} for a, s in added],
+            "by": "message", "message_id": p.message_id})]
 
     def process(self, raw: bytes, envelope: Envelope) -> Disposition:
         """Prepare and store one message in its own transaction (the pipe's path)."""

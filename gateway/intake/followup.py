@@ -1,15 +1,23 @@
-"""Follow-up detection: which stored ticket, if any, a message continues.
+"""Follow-up detection: which stored ticket, if any, a message continues, and how.
 
-Tried in this order, the first hit wins (DESIGN.md, "Threading"):
-1. a ticket number in the subject (and the body, with `[tickets] body_threading`) that
-   exists and is plausible for the generator (its check digit is right);
-2. In-Reply-To / References naming a stored Message-ID, nearest first: our own answers'
-   too, even while they wait in the outbox;
-3. for a bounce, the Message-ID of our mail it returns;
-4. the rules' `thread_key`, on a ticket that is not closed.
+A message is linked by **proof** when In-Reply-To/References name a Message-ID this
+ticket sent or received (our answers too, even while they wait in the outbox), and by
+**number** when only a ticket number (subject, and body with `[tickets] body_threading`)
+that exists and is plausible for the generator links it. Tried in this order:
+1. the number's ticket, by proof when the message also proves it;
+2. the number's ticket, when the sender is one of its participants;
+3. the ticket the message proves (a client that kept the thread but not the subject);
+4. for a bounce, the ticket of our mail it returns (the Message-ID in it);
+5. the number's ticket, as a stranger's follow-up: the queue's `stranger_follow_up`
+   decides (gateway/intake/policy.py);
+6. the rules' `thread_key`, on a ticket that is not closed.
+A From that is a participant but whose aligned DKIM signature failed is a stranger's on
+paths 1-3 and 5 (docs/identity.md).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from sqlalchemy import CompoundSelect, Connection, bindparam, union_all
 
@@ -21,12 +29,16 @@ from ticketstore.models import Article, OutboxMessage, Ticket
 from ticketstore.snapshots import SELECT_TICKETS, TicketSnapshot, ticket_snapshot
 
 from .columns import message_id_key, thread_key
+from .participants import Circle, ParticipantRules, SenderCheck
 from .prepared import Prepared
 
-# The most numbers and Message-IDs looked up for one message (a References header can be
-# long; the nearest ones are the ones that matter).
+# The most numbers and Message-IDs looked up for one message. A References header can be
+# long (60+ IDs in corporate threads); RFC 5322 keeps the thread's root first and clients
+# trim the middle, so the newest and the oldest IDs are looked at.
 MAX_NUMBERS = 20
-MAX_MESSAGE_IDS = 50
+NEWEST_REFERENCES = 30
+OLDEST_REFERENCES = 20
+MAX_MESSAGE_IDS = 60
 # How much of the body is searched for ticket numbers with body_threading.
 BODY_SEARCHED = 20000
 
@@ -57,22 +69,81 @@ _OF_MESSAGES = _tickets_of_messages(outgoing=False)
 _OF_OUTGOING = _tickets_of_messages(outgoing=True)
 
 
-def find_ticket(conn: Connection, config: TicketsConfig, p: Prepared) -> TicketSnapshot | None:
-    """The ticket `p` follows up, or None for a new ticket."""
-    ticket = _by_number(conn, config, p)
-    if ticket is None:
-        # In-Reply-To names the parent; References ends with it: nearest first.
-        ticket = _by_message_id(conn, p.msg.in_reply_to + tuple(reversed(p.msg.references)), p)
-    if ticket is None and BOUNCE in p.classification.labels:
-        ticket = _by_message_id(conn, tuple(bounced_message_ids(p.raw)), p, outgoing=True)
-    if ticket is None and p.route.thread_key:
-        row = conn.execute(_BY_THREAD_KEY, {"key": thread_key(p.route.thread_key)}
-                           ).mappings().first()
-        ticket = ticket_snapshot(row) if row is not None else None
-    return ticket
+PROOF, NUMBER, BOUNCE_PATH, THREAD_KEY = "proof", "number", "bounce", "thread-key"
+# The paths on which the sender's participation is judged (and its To/Cc join).
+THREADED_PATHS = (PROOF, NUMBER)
 
 
-def _by_number(conn: Connection, config: TicketsConfig, p: Prepared) -> TicketSnapshot | None:
+@dataclass(frozen=True)
+class FollowUp:
+    """The ticket a message follows up, the path that linked it, and its sender."""
+
+    ticket: TicketSnapshot
+    path: str  # proof | number | bounce | thread-key
+    why: str  # what linked it, for history and `rules test`
+    # Whether the From takes part in the ticket (None on the bounce/thread-key paths).
+    sender: SenderCheck | None = None
+    circle: Circle | None = None
+
+    @property
+    def stranger(self) -> bool:
+        return self.sender is not None and not self.sender.participant
+
+
+def find_follow_up(conn: Connection, config: TicketsConfig, rules: ParticipantRules,
+                   p: Prepared) -> FollowUp | None:
+    """The ticket `p` follows up and how (module docstring), or None for a new ticket."""
+    by_number = _by_number(conn, config, p)
+    proof = _by_message_id(conn, reference_ids(p), p)
+    bounced = None
+    if proof is None and BOUNCE in p.classification.labels:
+        bounced = _by_message_id(conn, tuple(bounced_message_ids(p.raw)), p, outgoing=True)
+    if by_number is not None:
+        ticket, number = by_number
+        circle = rules.circle(conn, ticket)
+        if proof is not None and proof[0].id == ticket.id:
+            return _proven(conn, proof, rules, circle, p)
+        sender = rules.judge(circle, p)
+        if sender.participant or (proof is None and bounced is None):
+            return FollowUp(ticket, NUMBER, f"ticket number {number}", sender, circle)
+    if proof is not None:
+        return _proven(conn, proof, rules, None, p)
+    if bounced is not None:
+        return FollowUp(bounced[0], BOUNCE_PATH, f"a bounce of our message <{bounced[1]}>")
+    if p.route.thread_key:
+        row = conn.execute(_BY_THREAD_KEY,
+                           {"key": thread_key(p.route.thread_key)}).mappings().first()
+        if row is not None:
+            return FollowUp(ticket_snapshot(row), THREAD_KEY,
+                            f"the rules' thread_key {p.route.thread_key!r}")
+    return None
+
+
+def _proven(conn: Connection, proof: tuple[TicketSnapshot, str], rules: ParticipantRules,
+            circle: Circle | None, p: Prepared) -> FollowUp:
+    """A reply by proof threads whoever sent it, unless its From is forged (a participant
+    whose aligned signature failed); the From of a proven reply becomes a participant."""
+    ticket, found = proof
+    circle = circle or rules.circle(conn, ticket)
+    sender = rules.judge(circle, p)
+    if not sender.participant and not p.verdict.aligned_failed:
+        sender = SenderCheck(True, f"{p.msg.from_address or '(no From)'} replied to "
+                                   "a message of the ticket")
+    return FollowUp(ticket, PROOF, f"In-Reply-To/References name <{found}>, a message of "
+                                   "this ticket", sender, circle)
+
+
+def reference_ids(p: Prepared) -> tuple[str, ...]:
+    """In-Reply-To (the parent), then References newest first, then its oldest (the
+    thread's root): bounded on both ends of a long header."""
+    refs = p.msg.references
+    newest = tuple(reversed(refs[-NEWEST_REFERENCES:]))
+    oldest = refs[:max(0, min(OLDEST_REFERENCES, len(refs) - NEWEST_REFERENCES))]
+    return p.msg.in_reply_to[:10] + newest + oldest
+
+
+def _by_number(conn: Connection, config: TicketsConfig, p: Prepared,
+               ) -> tuple[TicketSnapshot, str] | None:
     candidates = find_numbers(p.msg.subject, config.hook)
     if config.body_threading:
         candidates += find_numbers(p.msg.text[:BODY_SEARCHED], config.hook)
@@ -82,11 +153,12 @@ def _by_number(conn: Connection, config: TicketsConfig, p: Prepared) -> TicketSn
         return None
     rows = conn.execute(_BY_NUMBERS, {"numbers": plausible}).mappings()
     by_number = {row["number"]: row for row in rows}
-    return next((ticket_snapshot(by_number[n]) for n in plausible if n in by_number), None)
+    return next(((ticket_snapshot(by_number[n]), n) for n in plausible if n in by_number),
+                None)
 
 
 def _by_message_id(conn: Connection, ids: tuple[str, ...], p: Prepared,
-                   outgoing: bool = False) -> TicketSnapshot | None:
+                   outgoing: bool = False) -> tuple[TicketSnapshot, str] | None:
     """The ticket of the first of `ids` that is a stored Message-ID (not `p`'s own)."""
     keys = (message_id_key(i) for i in ids)  # as stored: a long one is cut (columns.py)
     wanted = [i for i in dict.fromkeys(keys) if i != p.message_id][:MAX_MESSAGE_IDS]
@@ -94,4 +166,4 @@ def _by_message_id(conn: Connection, ids: tuple[str, ...], p: Prepared,
         return None
     rows = conn.execute(_OF_OUTGOING if outgoing else _OF_MESSAGES, {"ids": wanted}).mappings()
     by_id = {row["found"]: row for row in rows}
-    return next((ticket_snapshot(by_id[i]) for i in wanted if i in by_id), None)
+    return next(((ticket_snapshot(by_id[i]), i) for i in wanted if i in by_id), None)

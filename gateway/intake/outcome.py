@@ -12,6 +12,7 @@ class Outcome(enum.Enum):
     DUPLICATE = "duplicate"
     IGNORED = "ignored"
     REJECTED = "rejected"  # stored on a closed ticket of a "reject" queue
+    HELD = "held"  # a stranger's follow-up kept out of the ticket (stranger_follow_up = hold)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
-"""What a message does to the ticket it follows up: the closed-ticket policy, and what a
-follow-up changes. The intake and `ticketgate rules test` both decide with `decide`, so
-the dry run's explanation is what the intake does.
+"""What a message does to the ticket it follows up: the stranger and closed-ticket
+policies, and what a follow-up changes. The intake and `ticketgate rules test` both
+decide with `decide`, so the dry run's explanation is what the intake does.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from gateway.config import Config
 from gateway.mail.classify import BOUNCE, OUT_OF_OFFICE, Classification
 from ticketstore.snapshots import TicketSnapshot
 
+from .followup import FollowUp
 from .outcome import Outcome
 from .ports import Route
 from .prepared import Prepared
@@ -22,7 +23,7 @@ EventSpec = tuple[int | None, str, dict[str, object]]
 
 @dataclass(frozen=True)
 class Decision:
-    outcome: Outcome  # CREATED, FOLLOW_UP or REJECTED
+    outcome: Outcome  # CREATED, FOLLOW_UP, REJECTED or HELD
     # The existing ticket the message is stored on; None: a new ticket.
     ticket: TicketSnapshot | None
     queue: str  # the queue of the ticket the message is stored on
@@ -33,6 +34,15 @@ class Decision:
     linked_to: TicketSnapshot | None = None
     # A new ticket in a queue with accept_new = false: stored closed, then answered.
     refused_new: bool = False
+    # How the message was linked to the ticket it names (None: it names none).
+    found: FollowUp | None = None
+    # The named ticket's `stranger_follow_up` when the sender is a stranger to it.
+    stranger_policy: str | None = None
+
+    @property
+    def from_stranger(self) -> bool:
+        """Stored (or held) on a ticket whose participants the sender is not one of."""
+        return self.stranger_policy in ("accept", "hold")
 
 
 def reopens(classification: Classification) -> bool:
@@ -40,21 +50,38 @@ def reopens(classification: Classification) -> bool:
     return not ({OUT_OF_OFFICE, BOUNCE} & classification.labels)
 
 
-def decide(config: Config, p: Prepared, found: TicketSnapshot | None) -> Decision:
-    """Where `p` goes, given the ticket follow-up detection `found` for it."""
-    if found is None:
-        queue = p.new_ticket_queue
-        return Decision(Outcome.CREATED, None, queue,
-                        refused_new=not config.queue(queue).accept_new)
+def decide(config: Config, p: Prepared, link: FollowUp | None) -> Decision:
+    """Where `p` goes, given what follow-up detection found for it (`link`)."""
+    if link is None:
+        return _new(config, p)
+    found = link.ticket
     queue = found.queue.name
+    if link.stranger:
+        policy = config.queue(queue).stranger_follow_up
+        if policy == "hold":
+            return Decision(Outcome.HELD, found, queue, found=link, stranger_policy=policy)
+        if policy == "accept":
+            # Appended and flagged; a stranger never changes the ticket (no reopen).
+            return Decision(Outcome.FOLLOW_UP, found, queue, found=link,
+                            stranger_policy=policy)
+        return _new(config, p, linked_to=found, found=link, stranger_policy=policy)
     if found.state != "closed" or not reopens(p.classification):
-        return Decision(Outcome.FOLLOW_UP, found, queue)
+        return Decision(Outcome.FOLLOW_UP, found, queue, found=link)
     policy = config.queue(queue).follow_up_closed
     if policy == "new-ticket":
-        return Decision(Outcome.CREATED, None, p.new_ticket_queue, policy, linked_to=found)
+        return Decision(Outcome.CREATED, None, p.new_ticket_queue, policy, linked_to=found,
+                        found=link)
     if policy == "reject":
-        return Decision(Outcome.REJECTED, found, queue, policy)
-    return Decision(Outcome.FOLLOW_UP, found, queue, policy, reopen=True)
+        return Decision(Outcome.REJECTED, found, queue, policy, found=link)
+    return Decision(Outcome.FOLLOW_UP, found, queue, policy, reopen=True, found=link)
+
+
+def _new(config: Config, p: Prepared, linked_to: TicketSnapshot | None = None,
+         found: FollowUp | None = None, stranger_policy: str | None = None) -> Decision:
+    queue = p.new_ticket_queue
+    return Decision(Outcome.CREATED, None, queue, linked_to=linked_to,
+                    refused_new=not config.queue(queue).accept_new, found=found,
+                    stranger_policy=stranger_policy)
 
 
 def follow_up_changes(ticket: TicketSnapshot, route: Route, now: dt.datetime,

@@ -81,7 +81,8 @@ def update_ticket(conn: Connection, ticket: TicketSnapshot, changes: dict[str, A
     return dataclasses.replace(ticket, **changes)
 
 
-def article_values(p: Prepared, ticket_id: int, now: dt.datetime) -> dict[str, Any]:
+def article_values(p: Prepared, ticket_id: int, now: dt.datetime,
+                   from_stranger: bool = False) -> dict[str, Any]:
     """The columns of the incoming article `p` is stored as, but its id.
 
     `p.message_id` is already a key that fits (`columns.message_id_key`), the envelope's
@@ -119,13 +120,14 @@ def article_values(p: Prepared, ticket_id: int, now: dt.datetime) -> dict[str, A
         dmarc=p.verdict.dmarc,
         aligned_failed=p.verdict.aligned_failed,
         verdict_source=p.verdict.source[:300],
+        from_stranger=from_stranger,
     )
 
 
 def insert_article(conn: Connection, p: Prepared, ticket_id: int, now: dt.datetime,
-                   ) -> ArticleSnapshot:
+                   from_stranger: bool = False) -> ArticleSnapshot:
     """The article and its attachments (in order: their ids order them)."""
-    values = article_values(p, ticket_id, now)
+    values = article_values(p, ticket_id, now, from_stranger)
     values["id"] = conn.execute(_INSERT_ARTICLE, values).scalar_one()
     rows = [dict(article_id=values["id"], filename=att.filename,
                  content_type=fit(_ATT.c.content_type, att.content_type),
