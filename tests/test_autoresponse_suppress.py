@@ -258,3 +258,17 @@ def test_a_broken_template_is_recorded_and_the_mail_still_stored(
     [event] = _suppressed(store)
     assert event["check"] == "template-error"
     assert "new-ticket.txt:2:" in str(event["reason"]) and "numbr" in str(event["reason"])
+
+
+_BOUNCE_DIR = Path(__file__).parent / "fixtures" / "bounces"
+FORWARDED = Envelope("fwd-bounces@forwarder.example", ENV.rcpt_tos)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in _BOUNCE_DIR.glob("*.eml")))
+def test_real_bounces_and_auto_replies_through_a_forwarder_get_no_answer(
+        config: Config, store: Store, name: str) -> None:
+    """Real mail from flufl.bounce's test data, re-sent by a forwarder (sender not <>)."""
+    _intake(config, store).process((_BOUNCE_DIR / name).read_bytes(), FORWARDED)
+    assert _outbox(store) == []
+    [event] = _suppressed(store)
+    assert event["check"] in {"auto-submitted", "precedence", "list", "bounce"}, event
