@@ -27,6 +27,7 @@ from gateway.mail.subject import tag_subject
 from ticketstore.models import Event, OutboxMessage
 
 from .compose import Outgoing, compose, new_message_id, valid_address
+from .sanitize import short_name, short_subject, short_text
 from .suppress import Check, is_system_address, suppression
 from .templates import DEFAULT_SET, EVENTS, Rendered, TemplateError, Templates
 
@@ -83,6 +84,20 @@ def wrap(line: str, width: int) -> list[str]:
         start = cut + 1
     pieces.append(line[start:])
     return pieces
+
+
+def neutral_context(stored: StoredMessage) -> dict[str, Any]:
+    """The variables of an answer to someone who is not a participant of the ticket: its
+    number (which they wrote) and queue, their own name and address, and nothing else of
+    the ticket or of its customer: no title, state, subject or excerpt."""
+    t, m = stored.ticket, stored.msg
+    return {
+        "ticket": {"number": t.number, "title": "", "queue": t.queue.name, "state": "",
+                   "priority": ""},
+        "customer": {"name": short_name(m.from_name), "address": m.from_address,
+                     "domain": m.from_address.rpartition("@")[2].lower(), "id": ""},
+        "article": {"subject": "", "text": "", "excerpt": "", "from": m.from_address},
+    }
 
 
 class AutoResponder(Responder):
@@ -163,7 +178,7 @@ class AutoResponder(Responder):
         if verdict is not None:
             self._suppressed(conn, stored, event, *verdict)
             return
-        self._plan(conn, stored, qcfg, event, rcpt, stored.msg.from_name
+        self._plan(conn, stored, qcfg, event, rcpt, short_name(stored.msg.from_name)
                    if rcpt == stored.msg.from_address.lower() else "")
 
     def _suppressed(self, conn: Connection, stored: StoredMessage, event: str, check: str,
@@ -200,19 +215,40 @@ class AutoResponder(Responder):
         return ""
 
     def context(self, stored: StoredMessage, qcfg: QueueConfig, event: str) -> dict[str, Any]:
-        """The template variables: plain values only."""
+        """The template variables: plain values only.
+
+        Agents get the message as it came. A customer answer goes to whoever the From
+        names, so it carries only short, sanitised values (sanitize.py); one to a sender
+        who is not a participant of the ticket gets the neutral context instead.
+        """
         t, m = stored.ticket, stored.msg
-        return {
+        base = {
             "event": event,
             "language": self.templates.language,
             "company_name": self.config.autoresponse.company_name,
-            "ticket": {"number": t.number, "title": t.title, "queue": t.queue.name,
-                       "state": t.state, "priority": t.priority},
-            "customer": {"name": t.customer_name or "", "address": t.customer_address,
-                         "domain": t.customer_domain, "id": t.customer_id or ""},
-            "article": {"subject": m.subject, "text": m.text, "excerpt": excerpt(m.text),
-                        "from": m.from_address},
+            "participant": stored.sender_is_participant,
             "queue": {"name": t.queue.name, "address": self.from_address(qcfg)},
+        }
+        if event == "agent-notification":
+            return base | {
+                "ticket": {"number": t.number, "title": t.title, "queue": t.queue.name,
+                           "state": t.state, "priority": t.priority},
+                "customer": {"name": t.customer_name or "", "address": t.customer_address,
+                             "domain": t.customer_domain, "id": t.customer_id or ""},
+                "article": {"subject": m.subject, "text": m.text, "excerpt": excerpt(m.text),
+                            "from": m.from_address},
+            }
+        if not stored.sender_is_participant:
+            return base | neutral_context(stored)
+        text = short_text(m.text)
+        return base | {
+            "ticket": {"number": t.number, "title": short_subject(t.title),
+                       "queue": t.queue.name, "state": t.state, "priority": t.priority},
+            "customer": {"name": short_name(t.customer_name or ""),
+                         "address": t.customer_address, "domain": t.customer_domain,
+                         "id": t.customer_id or ""},
+            "article": {"subject": short_subject(m.subject), "text": text,
+                        "excerpt": excerpt(text), "from": m.from_address},
         }
 
     def _render(self, stored: StoredMessage, qcfg: QueueConfig, event: str) -> Rendered:
@@ -231,7 +267,8 @@ class AutoResponder(Responder):
             from_address=sender,
             to_name=rcpt_name,
             to_address=rcpt,
-            subject=tag_subject(m.subject or t.title, tcfg.hook, t.number, tcfg.subject_tag),
+            subject=tag_subject(self._subject(stored, event), tcfg.hook, t.number,
+                                tcfg.subject_tag),
             text=rendered.text,
             html=rendered.html,
             message_id=new_message_id(sender.rpartition("@")[2]),
@@ -242,6 +279,16 @@ class AutoResponder(Responder):
             loop_value=sender,
             date=stored.now,
         )
+
+    @staticmethod
+    def _subject(stored: StoredMessage, event: str) -> str:
+        """The answer's subject before tagging: the sender's own (short) or the title."""
+        m, t = stored.msg, stored.ticket
+        if event == "agent-notification":
+            return m.subject or t.title
+        if not stored.sender_is_participant:
+            return short_subject(m.subject)  # never the ticket's title
+        return short_subject(m.subject or t.title)
 
     def _plan(self, conn: Connection, stored: StoredMessage, qcfg: QueueConfig, event: str,
               rcpt: str, rcpt_name: str) -> None:
@@ -257,6 +304,13 @@ class AutoResponder(Responder):
             data = compose(out)
         except ValueError as exc:
             self._suppressed(conn, stored, event, "compose-error", str(exc))
+            return
+        limit = self.config.autoresponse.max_answer_size
+        if len(data) > limit:
+            reason = (f"the answer is {len(data)} bytes, more than autoresponse.max_answer_size"
+                      f" = {limit} ({rendered.template})")
+            log.error("%s not sent: %s", event, reason)
+            self._suppressed(conn, stored, event, "too-large", reason)
             return
         conn.execute(INSERT_OUTBOX, {
             "ticket_id": stored.ticket.id, "kind": KINDS[event], "mail_from": out.from_address,

@@ -167,6 +167,7 @@ def sample_context(language: str = "en") -> dict[str, Any]:
         "event": "new-ticket",
         "language": language,
         "company_name": "Example Support",
+        "participant": True,
         "ticket": {"number": "2026112210000017", "title": "Printer on fire",
                    "queue": "Support", "state": "new", "priority": 3},
         "customer": {"name": "Ana García", "address": "ana@customer.example",
