@@ -26,9 +26,10 @@ from gateway.mail.classify import BOUNCE, LOOP, bounced_message_ids, bounced_rec
 from gateway.mail.subject import tag_subject
 from ticketstore.models import Event, OutboxMessage
 
+from . import limits
 from .compose import Outgoing, compose, new_message_id, valid_address
 from .sanitize import short_name, short_subject, short_text
-from .suppress import Check, is_system_address, suppression
+from .suppress import Check, daily_reason, is_system_address, suppression
 from .templates import DEFAULT_SET, EVENTS, Rendered, TemplateError, Templates
 
 if TYPE_CHECKING:
@@ -159,11 +160,12 @@ class AutoResponder(Responder):
     # -- customers ------------------------------------------------------------------------
 
     def recipient(self, stored: StoredMessage) -> str:
-        """Reply-To when it is a usable address that is not ours, else From."""
+        """Reply-To when it is a usable address that is not ours, else From; lower case,
+        without a trailing dot in the domain (one spelling of a mailbox in the outbox)."""
         for addr in stored.msg.reply_to:
             if valid_address(addr) and not self._is_ours(addr):
-                return addr.lower()
-        return stored.msg.from_address.lower()
+                return addr.lower().rstrip(".")
+        return stored.msg.from_address.lower().rstrip(".")
 
     def _is_ours(self, addr: str) -> bool:
         return is_system_address(addr, self.system_addresses)
@@ -178,8 +180,18 @@ class AutoResponder(Responder):
         if verdict is not None:
             self._suppressed(conn, stored, event, *verdict)
             return
-        self._plan(conn, stored, qcfg, event, rcpt, short_name(stored.msg.from_name)
-                   if rcpt == stored.msg.from_address.lower() else "")
+        # The exact step of the daily limit, last: only an answer about to be made counts.
+        acfg = self.config.autoresponse
+        mailbox = limits.mailbox_key(rcpt, acfg.recipient_delimiter)
+        if not limits.reserve(conn, mailbox, stored.now, acfg.max_per_day):
+            sent = limits.answers_today(conn, mailbox, stored.now)
+            self._suppressed(conn, stored, event, "daily-limit",
+                             daily_reason(sent, mailbox, acfg.max_per_day))
+            return
+        name = stored.msg.from_name if rcpt == stored.msg.from_address.lower().rstrip(".") \
+            else ""
+        if not self._plan(conn, stored, qcfg, event, rcpt, short_name(name)):
+            limits.release(conn, mailbox, stored.now)
 
     def _suppressed(self, conn: Connection, stored: StoredMessage, event: str, check: str,
                     reason: str) -> None:
@@ -291,32 +303,34 @@ class AutoResponder(Responder):
         return short_subject(m.subject or t.title)
 
     def _plan(self, conn: Connection, stored: StoredMessage, qcfg: QueueConfig, event: str,
-              rcpt: str, rcpt_name: str) -> None:
+              rcpt: str, rcpt_name: str) -> bool:
+        """Write the answer's outbox row; False (and a suppression recorded) if it failed."""
         try:
             rendered = self._render(stored, qcfg, event)
         except TemplateError as exc:
             # A broken template must not make the MTA retry the customer's mail forever.
             log.error("template error for %s: %s", event, exc)
             self._suppressed(conn, stored, event, "template-error", str(exc))
-            return
+            return False
         out = self._outgoing(stored, qcfg, event, rcpt, rcpt_name, rendered)
         try:
             data = compose(out)
         except ValueError as exc:
             self._suppressed(conn, stored, event, "compose-error", str(exc))
-            return
+            return False
         limit = self.config.autoresponse.max_answer_size
         if len(data) > limit:
             reason = (f"the answer is {len(data)} bytes, more than autoresponse.max_answer_size"
                       f" = {limit} ({rendered.template})")
             log.error("%s not sent: %s", event, reason)
             self._suppressed(conn, stored, event, "too-large", reason)
-            return
+            return False
         conn.execute(INSERT_OUTBOX, {
             "ticket_id": stored.ticket.id, "kind": KINDS[event], "mail_from": out.from_address,
             "rcpt_to": out.to_address, "message_id": out.message_id, "message": data,
             "template": rendered.template, "next_attempt_at": stored.now,
             "created_at": stored.now})
+        return True
 
     def _event(self, conn: Connection, stored: StoredMessage, kind: str,
                detail: dict[str, Any]) -> None:

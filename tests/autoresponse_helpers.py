@@ -211,3 +211,29 @@ def answer_text(data: bytes) -> str:
     parts = [p.get_content() for p in msg.walk()  # type: ignore[attr-defined]
              if p.get_content_maintype() == "text"]
     return "\n".join([head, *parts])
+
+
+def answer_flood(base_dir: str, db_url: str, sections: dict[str, Any], ticket: str,
+                 senders: list[str], barrier: Any) -> None:
+    """One writer process of the concurrency tests: follow-ups to `ticket` from each of
+    `senders` (spellings of one mailbox), each acknowledged unless a limit says no.
+    Module level so multiprocessing's spawn can import it."""
+    from pathlib import Path
+
+    from gateway.mail.envelope import Envelope
+    from gateway.runtime import open_store
+    from tests.support import make_config
+
+    config = make_config(Path(base_dir), db_url, **sections)
+    store = open_store(config, create=False)
+    intake = answering_intake(config, store)
+    mails = [(build_mail(subject=f"Re: [Ticket#{ticket}] more", sender=sender,
+                         message_id=f"flood-{sender}-{i}@x"),
+              Envelope(sender, ("support@helpdesk.example",)))
+             for i, sender in enumerate(senders)]
+    barrier.wait(60)
+    try:
+        for raw, env in mails:
+            intake.process(raw, env)
+    finally:
+        store.dispose()
