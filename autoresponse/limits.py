@@ -28,6 +28,7 @@ from ticketstore.models import AnswerCount, Event, OutboxMessage
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
+    from sqlalchemy.orm import Session, sessionmaker
 
 # The one outbox kind that is not a customer answer (agents are never limited).
 AGENT_KIND = "agent-notification"
@@ -132,3 +133,9 @@ def prune(conn: Connection, now: dt.datetime) -> int:
     result = conn.execute(delete(AnswerCount).where(
         AnswerCount.day < _day(now) - dt.timedelta(days=1)))
     return int(result.rowcount or 0)
+
+
+def prune_old_counts(factory: sessionmaker[Session]) -> int:
+    """`prune` in its own short transaction (the outbox worker, `outbox send`)."""
+    with factory.begin() as session:
+        return prune(session.connection(), dt.datetime.now(dt.UTC))

@@ -177,3 +177,16 @@ def sample_context(language: str = "en") -> dict[str, Any]:
                     "from": "ana@customer.example"},
         "queue": {"name": "Support", "address": "support@helpdesk.example"},
     }
+
+
+def stranger_context(context: dict[str, Any]) -> dict[str, Any]:
+    """`context` as an answer to a sender who is not a participant sees it
+    (autoresponder.neutral_context): the ticket's number and queue, nothing else of it."""
+    ticket, article = context["ticket"], context["article"]
+    return context | {
+        "participant": False,
+        "ticket": ticket | {"title": "", "state": "", "priority": ""},
+        "customer": {"name": "Mallory", "address": "mallory@elsewhere.example",
+                     "domain": "elsewhere.example", "id": ""},
+        "article": article | {"subject": "", "text": "", "excerpt": ""},
+    }

@@ -191,3 +191,46 @@ def test_daily_limit_is_exact_with_concurrent_writer_processes(tmp_path: Path, d
     assert len(outbox_rows(store)) == MAX_PER_DAY
     checks = [e["check"] for e in suppressed_events(store)]
     assert checks == ["daily-limit"] * (WRITERS * PER_WRITER - MAX_PER_DAY)
+
+
+def test_status_page_and_healthz_say_a_flood_limit_was_reached(tmp_path: Path,
+                                                                db_url: str) -> None:
+    import json
+
+    from tests.status_helpers import StatusService, make_context
+
+    config = make_config(tmp_path, db_url, status={"listen": "127.0.0.1:0"},
+                         autoresponse={"max_per_hour": 2})
+    ctx, store = make_context(config)
+    try:
+        svc = StatusService(ctx)
+        try:
+            before = json.loads(svc.request("/healthz").body)
+            intake = answering_intake(config, store)
+            for i in range(3):
+                intake.process(*_mail(f"user@d{i}.example", i))
+            health = svc.request("/healthz")
+            page = svc.request("/").text
+        finally:
+            svc.stop()
+    finally:
+        store.dispose()
+    assert before["checks"]["autoresponse"]["ok"] is True
+    doc = json.loads(health.body)
+    assert doc["status"] == "fail" and doc["failing"] == ["autoresponse"]
+    assert doc["checks"]["autoresponse"]["detail"] == "global-limit reached (1 suppressed)"
+    assert "global-limit reached: 1 answer suppressed in the last hour" in page
+
+
+def test_answer_counts_of_past_days_are_pruned(tmp_path: Path, db_url: str,
+                                               store: Store) -> None:
+    from autoresponse.limits import prune, reserve
+
+    now = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC)
+    with store.engine.begin() as conn:
+        for days in range(4):
+            assert reserve(conn, "ana@c.example", now - dt.timedelta(days=days), 5)
+        assert prune(conn, now) == 2  # today and yesterday stay
+    with store.factory() as s:
+        assert sorted(d.day for d in s.execute(select(AnswerCount)).scalars()) == [
+            dt.date(2026, 11, 21), dt.date(2026, 11, 22)]

@@ -1,19 +1,24 @@
 """/healthz: is mail being stored, and is anything piling up that needs an admin?
 
-Three checks, each cheap enough for a monitoring system polling every few seconds:
+Four checks, each cheap enough for a monitoring system polling every few seconds:
 the database answers a query, the outbox backlog (pending + sending) is at most
-`[status] max_outbox_backlog`, and the quarantine spool holds at most
-`[status] max_spool_files` messages (default 0: any quarantined message is a bug to look at).
+`[status] max_outbox_backlog`, the quarantine spool holds at most
+`[status] max_spool_files` messages (default 0: any quarantined message is a bug to look at),
+and no answer was stopped by the site's or a domain's hourly limit in the last hour
+(a flood of forged senders, autoresponse/limits.py).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, func, select
+
+from autoresponse.limits import flood_suppressions
 
 from .queries import O, read_only
 
@@ -44,9 +49,11 @@ def run_checks(
     """Run every check; a failing database does not hide the spool check."""
     checks: list[Check] = []
     backlog: int | None = None
+    floods: dict[str, int] | None = None
     try:
         with read_only(engine) as conn:
             conn.execute(select(1)).scalar_one()
+            floods = flood_suppressions(conn, dt.datetime.now(dt.UTC))
             backlog = int(conn.execute(
                 select(func.count()).select_from(O)
                 .where(O.c.state.in_(("pending", "sending")))
@@ -60,6 +67,10 @@ def run_checks(
     else:
         checks.append(Check("outbox", backlog <= max_backlog,
                             f"{backlog} pending (limit {max_backlog})"))
+    if floods is not None:  # the site's or a domain's answer limit reached this hour
+        hit = [f"{check} reached ({n} suppressed)" for check, n in floods.items() if n]
+        checks.append(Check("autoresponse", not hit,
+                            "; ".join(hit) or "no answer limit reached in the last hour"))
     spooled = count_spool(spool_dir)
     checks.append(Check("spool", spooled <= max_spool,
                         f"{spooled} quarantined (limit {max_spool})"))

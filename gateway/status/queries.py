@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, case, exists, func, literal, select
 from sqlalchemy.sql.elements import ColumnElement
 
+from autoresponse.limits import flood_suppressions
 from ticketstore.models import Article, Event, OutboxMessage, Queue, Ticket
 
 # Event kinds counted as mail-flow dispositions (see gateway.intake / autoresponse).
@@ -423,6 +424,8 @@ def snapshot(engine: Engine, src: Sources, now: dt.datetime,
                 "sent": events["autoresponse-sent"],
                 "suppressed": events["autoresponse-suppressed"],
                 "suppressed_by_reason_30d": suppressed_by_reason(conn, now),
+                # Answers stopped by the site's / a domain's hourly limit (issue 16).
+                "flood_limited_last_hour": flood_suppressions(conn, now),
             },
             "outbox": outbox(conn, now),
             "queues": queues(conn, now),
