@@ -318,8 +318,9 @@ class AutoResponder(Responder):
         except ValueError as exc:
             self._suppressed(conn, stored, event, "compose-error", str(exc))
             return False
+        # Customer answers only: a notification goes to our own agents, who may want it all.
         limit = self.config.autoresponse.max_answer_size
-        if len(data) > limit:
+        if event != "agent-notification" and len(data) > limit:
             reason = (f"the answer is {len(data)} bytes, more than autoresponse.max_answer_size"
                       f" = {limit} ({rendered.template})")
             log.error("%s not sent: %s", event, reason)

@@ -148,7 +148,7 @@ class AutoResponseConfig:
     # Characters that start an address extension (Postfix's recipient_delimiter): the
     # daily limit counts `victim+x@` as `victim@`. "" = no extensions.
     recipient_delimiter: str = "+"
-    # Bytes an answer may have (headers and parts); a bigger one is not sent.
+    # Bytes a customer answer may have (headers and parts); a bigger one is not sent.
     max_answer_size: int = 16384
 
 
