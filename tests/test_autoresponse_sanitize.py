@@ -185,3 +185,25 @@ def test_answer_to_a_participant_still_names_the_ticket(
         tmp_path: Path, db_url: str, store: Store, policy: str, close: bool) -> None:
     shown = answer_text(_ticket_and_follow_up(tmp_path, db_url, store, policy, close, False))
     assert SECRET in shown
+
+
+def test_agent_notifications_carry_the_whole_message_and_are_not_bounded(
+        tmp_path: Path, db_url: str, store: Store) -> None:
+    site = tmp_path / "templates" / "default" / "en"
+    site.mkdir(parents=True)
+    (site / "agent-notification.txt").write_text("{{ customer.name }}\n{{ article.text }}\n",
+                                                 encoding="utf-8")
+    config = make_config(tmp_path, db_url, autoresponse={"max_answer_size": 2048}, queues=[
+        {"name": "Support", "addresses": ["support@helpdesk.example"],
+         "notify": ["agents@helpdesk.example"]}])
+    body = "".join(f"line {i} of a long report, see http://logs.example/{i}\n"
+                   for i in range(100))
+    answering_intake(config, store).process(
+        build_mail(sender=f'"{_spam_name()}" <{VICTIM}>', body=body), TO_VICTIM)
+    rows = {r.rcpt_to: r for r in outbox_rows(store)}
+    agents = answer_text(rows["agents@helpdesk.example"].message)
+    assert len(rows["agents@helpdesk.example"].message) > 2048
+    assert "line 99 of a long report, see http://logs.example/99" in agents
+    assert _spam_name().strip() in agents
+    # The customer's answer is bounded: made within the limit or refused as too-large.
+    assert VICTIM not in rows or len(rows[VICTIM].message) <= 2048
