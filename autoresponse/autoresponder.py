@@ -28,8 +28,10 @@ from gateway.mail.loopmark import loop_mark
 from gateway.mail.subject import tag_subject
 from ticketstore.models import Event, OutboxMessage
 
+from . import limits
 from .compose import Outgoing, compose, new_message_id, valid_address
-from .suppress import Check, is_system_address, suppression
+from .sanitize import short_name, short_subject, short_text
+from .suppress import Check, daily_reason, is_system_address, suppression
 from .templates import DEFAULT_SET, EVENTS, Rendered, TemplateError, Templates
 
 if TYPE_CHECKING:
@@ -85,6 +87,20 @@ def wrap(line: str, width: int) -> list[str]:
         start = cut + 1
     pieces.append(line[start:])
     return pieces
+
+
+def neutral_context(stored: StoredMessage) -> dict[str, Any]:
+    """The variables of an answer to someone who is not a participant of the ticket: its
+    number (which they wrote) and queue, their own name and address, and nothing else of
+    the ticket or of its customer: no title, state, subject or excerpt."""
+    t, m = stored.ticket, stored.msg
+    return {
+        "ticket": {"number": t.number, "title": "", "queue": t.queue.name, "state": "",
+                   "priority": ""},
+        "customer": {"name": short_name(m.from_name), "address": m.from_address,
+                     "domain": m.from_address.rpartition("@")[2].lower(), "id": ""},
+        "article": {"subject": "", "text": "", "excerpt": "", "from": m.from_address},
+    }
 
 
 class AutoResponder(Responder):
@@ -148,11 +164,12 @@ class AutoResponder(Responder):
     # -- customers ------------------------------------------------------------------------
 
     def recipient(self, stored: StoredMessage) -> str:
-        """Reply-To when it is a usable address that is not ours, else From."""
+        """Reply-To when it is a usable address that is not ours, else From; lower case,
+        without a trailing dot in the domain (one spelling of a mailbox in the outbox)."""
         for addr in stored.msg.reply_to:
             if valid_address(addr) and not self._is_ours(addr):
-                return addr.lower()
-        return stored.msg.from_address.lower()
+                return addr.lower().rstrip(".")
+        return stored.msg.from_address.lower().rstrip(".")
 
     def _is_ours(self, addr: str) -> bool:
         return is_system_address(addr, self.system_addresses)
@@ -167,8 +184,18 @@ class AutoResponder(Responder):
         if verdict is not None:
             self._suppressed(conn, stored, event, *verdict)
             return
-        self._plan(conn, stored, qcfg, event, rcpt, stored.msg.from_name
-                   if rcpt == stored.msg.from_address.lower() else "")
+        # The exact step of the daily limit, last: only an answer about to be made counts.
+        acfg = self.config.autoresponse
+        mailbox = limits.mailbox_key(rcpt, acfg.recipient_delimiter)
+        if not limits.reserve(conn, mailbox, stored.now, acfg.max_per_day):
+            sent = limits.answers_today(conn, mailbox, stored.now)
+            self._suppressed(conn, stored, event, "daily-limit",
+                             daily_reason(sent, mailbox, acfg.max_per_day))
+            return
+        name = stored.msg.from_name if rcpt == stored.msg.from_address.lower().rstrip(".") \
+            else ""
+        if not self._plan(conn, stored, qcfg, event, rcpt, short_name(name)):
+            limits.release(conn, mailbox, stored.now)
 
     def _suppressed(self, conn: Connection, stored: StoredMessage, event: str, check: str,
                     reason: str) -> None:
@@ -205,19 +232,40 @@ class AutoResponder(Responder):
         return ""
 
     def context(self, stored: StoredMessage, qcfg: QueueConfig, event: str) -> dict[str, Any]:
-        """The template variables: plain values only."""
+        """The template variables: plain values only.
+
+        Agents get the message as it came. A customer answer goes to whoever the From
+        names, so it carries only short, sanitised values (sanitize.py); one to a sender
+        who is not a participant of the ticket gets the neutral context instead.
+        """
         t, m = stored.ticket, stored.msg
-        return {
+        base = {
             "event": event,
             "language": self.templates.language,
             "company_name": self.config.autoresponse.company_name,
-            "ticket": {"number": t.number, "title": t.title, "queue": t.queue.name,
-                       "state": t.state, "priority": t.priority},
-            "customer": {"name": t.customer_name or "", "address": t.customer_address,
-                         "domain": t.customer_domain, "id": t.customer_id or ""},
-            "article": {"subject": m.subject, "text": m.text, "excerpt": excerpt(m.text),
-                        "from": m.from_address},
+            "participant": stored.sender_is_participant,
             "queue": {"name": t.queue.name, "address": self.from_address(qcfg)},
+        }
+        if event == "agent-notification":
+            return base | {
+                "ticket": {"number": t.number, "title": t.title, "queue": t.queue.name,
+                           "state": t.state, "priority": t.priority},
+                "customer": {"name": t.customer_name or "", "address": t.customer_address,
+                             "domain": t.customer_domain, "id": t.customer_id or ""},
+                "article": {"subject": m.subject, "text": m.text, "excerpt": excerpt(m.text),
+                            "from": m.from_address},
+            }
+        if not stored.sender_is_participant:
+            return base | neutral_context(stored)
+        text = short_text(m.text)
+        return base | {
+            "ticket": {"number": t.number, "title": short_subject(t.title),
+                       "queue": t.queue.name, "state": t.state, "priority": t.priority},
+            "customer": {"name": short_name(t.customer_name or ""),
+                         "address": t.customer_address, "domain": t.customer_domain,
+                         "id": t.customer_id or ""},
+            "article": {"subject": short_subject(m.subject), "text": text,
+                        "excerpt": excerpt(text), "from": m.from_address},
         }
 
     def _render(self, stored: StoredMessage, qcfg: QueueConfig, event: str) -> Rendered:
@@ -237,7 +285,8 @@ class AutoResponder(Responder):
             from_address=sender,
             to_name=rcpt_name,
             to_address=rcpt,
-            subject=tag_subject(m.subject or t.title, tcfg.hook, t.number, tcfg.subject_tag),
+            subject=tag_subject(self._subject(stored, event), tcfg.hook, t.number,
+                                tcfg.subject_tag),
             text=rendered.text,
             html=rendered.html,
             message_id=message_id,
@@ -250,26 +299,46 @@ class AutoResponder(Responder):
             date=stored.now,
         )
 
+    @staticmethod
+    def _subject(stored: StoredMessage, event: str) -> str:
+        """The answer's subject before tagging: the sender's own (short) or the title."""
+        m, t = stored.msg, stored.ticket
+        if event == "agent-notification":
+            return m.subject or t.title
+        if not stored.sender_is_participant:
+            return short_subject(m.subject)  # never the ticket's title
+        return short_subject(m.subject or t.title)
+
     def _plan(self, conn: Connection, stored: StoredMessage, qcfg: QueueConfig, event: str,
-              rcpt: str, rcpt_name: str) -> None:
+              rcpt: str, rcpt_name: str) -> bool:
+        """Write the answer's outbox row; False (and a suppression recorded) if it failed."""
         try:
             rendered = self._render(stored, qcfg, event)
         except TemplateError as exc:
             # A broken template must not make the MTA retry the customer's mail forever.
             log.error("template error for %s: %s", event, exc)
             self._suppressed(conn, stored, event, "template-error", str(exc))
-            return
+            return False
         out = self._outgoing(stored, qcfg, event, rcpt, rcpt_name, rendered)
         try:
             data = compose(out)
         except ValueError as exc:
             self._suppressed(conn, stored, event, "compose-error", str(exc))
-            return
+            return False
+        # Customer answers only: a notification goes to our own agents, who may want it all.
+        limit = self.config.autoresponse.max_answer_size
+        if event != "agent-notification" and len(data) > limit:
+            reason = (f"the answer is {len(data)} bytes, more than autoresponse.max_answer_size"
+                      f" = {limit} ({rendered.template})")
+            log.error("%s not sent: %s", event, reason)
+            self._suppressed(conn, stored, event, "too-large", reason)
+            return False
         conn.execute(INSERT_OUTBOX, {
             "ticket_id": stored.ticket.id, "kind": KINDS[event], "mail_from": out.from_address,
             "rcpt_to": out.to_address, "message_id": out.message_id, "message": data,
             "template": rendered.template, "next_attempt_at": stored.now,
             "created_at": stored.now})
+        return True
 
     def _event(self, conn: Connection, stored: StoredMessage, kind: str,
                detail: dict[str, Any]) -> None:

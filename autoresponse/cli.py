@@ -12,7 +12,14 @@ from gateway.runtime import load_or_exit, open_existing_store, open_store, setup
 from gateway.terminal import printable
 from ticketstore.models import OutboxMessage, Ticket
 
-from .templates import EVENTS, TemplateError, Templates, render_one, sample_context
+from .templates import (
+    EVENTS,
+    TemplateError,
+    Templates,
+    render_one,
+    sample_context,
+    stranger_context,
+)
 
 
 def check_templates(templates: Templates) -> list[str]:
@@ -24,9 +31,12 @@ def check_templates(templates: Templates) -> list[str]:
             problems.append(f"{templates.directory / name}: unknown event {event!r} "
                             f"(expected one of {', '.join(EVENTS)})")
             continue
-        context = sample_context(templates.language) | {"event": event}
+        contexts = [sample_context(templates.language) | {"event": event}]
+        if event != "agent-notification":  # also as answered to a non-participant
+            contexts.append(stranger_context(contexts[0]))
         try:
-            render_one(templates, templates.env.get_template(name), context)
+            for context in contexts:
+                render_one(templates, templates.env.get_template(name), context)
         except TemplateError as exc:
             problems.append(str(exc))
         except Exception as exc:  # a syntax error surfaces while loading
@@ -103,6 +113,7 @@ def cmd_outbox_send(args: argparse.Namespace) -> int:
     """Deliver what is due. Exit 0 even when some entries wait for a retry (they are
     safe in the outbox; a timer runs this every minute and should not fail each time the
     smarthost is down); the summary line says how many."""
+    from .limits import prune_old_counts
     from .outbox import Outbox
 
     config = load_or_exit(args.config)
@@ -110,6 +121,7 @@ def cmd_outbox_send(args: argparse.Namespace) -> int:
     store = open_store(config)
     try:
         result = Outbox(config, store.factory).run_until_idle()
+        prune_old_counts(store.factory)  # sites without the daemon: the timer does it
     finally:
         store.dispose()
     print(f"sent {result.sent}, retry later {result.retried}, failed {result.failed}")

@@ -1,25 +1,22 @@
 """When not to answer: the one table of suppression checks, each with its reason.
 
 An auto-responder that answers a robot, a list or another auto-responder floods people.
-Each check looks at the stored message (and, for the daily limit, the outbox table) and
+Each check looks at the stored message (and, for the limits, the database: limits.py) and
 returns a reason or None; the first reason wins and is recorded in an
 `autoresponse-suppressed` event. The order below is the order they are evaluated in.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sqlalchemy import bindparam, func, select
-
 from gateway.intake.recipients import split_plus
 from gateway.mail import classify as c
-from ticketstore.models import OutboxMessage
 
+from . import limits
 from .compose import valid_address
 
 if TYPE_CHECKING:
@@ -27,10 +24,6 @@ if TYPE_CHECKING:
 
     from gateway.config import Config
     from gateway.intake.ports import StoredMessage
-
-# The one outbox kind that does not count towards the per-address daily limit.
-AGENT_KIND = "agent-notification"
-
 
 @dataclass(frozen=True)
 class Check:
@@ -103,29 +96,39 @@ def _no_recipient(ctx: Check) -> str | None:
     return None if valid_address(ctx.recipient) else "no valid address to answer to"
 
 
-_DAY = dt.timedelta(hours=24)
-
-
-def _window_start(now: dt.datetime) -> dt.datetime:
-    """Where the daily limit's 24 hours begin: `now` - 24 h, down to the whole second
-    (a window at most a second longer, never shorter)."""
-    return now.replace(microsecond=0) - _DAY
-
-
-# Built once, like the inserts in autoresponder.py.
-_SENT_SINCE = select(func.count()).select_from(OutboxMessage).where(
-    OutboxMessage.rcpt_to == bindparam("rcpt"),
-    OutboxMessage.created_at >= bindparam("since"),
-    OutboxMessage.kind != AGENT_KIND,
-)
-
-
 def _daily_limit(ctx: Check) -> str | None:
+    """A look at today's count; the exact step is limits.reserve, when the answer is made."""
     limit = ctx.config.autoresponse.max_per_day
-    sent = ctx.conn.execute(_SENT_SINCE, {
-        "rcpt": ctx.recipient, "since": _window_start(ctx.stored.now)}).scalar_one()
+    mailbox = limits.mailbox_key(ctx.recipient, ctx.config.autoresponse.recipient_delimiter)
+    sent = limits.answers_today(ctx.conn, mailbox, ctx.stored.now)
     if sent >= limit:
-        return f"{sent} auto-responses to {ctx.recipient} in 24 h (max_per_day = {limit})"
+        return daily_reason(sent, mailbox, limit)
+    return None
+
+
+def daily_reason(sent: int, mailbox: str, limit: int) -> str:
+    return f"{sent} auto-responses to {mailbox} today (UTC; max_per_day = {limit})"
+
+
+def _domain_limit(ctx: Check) -> str | None:
+    limit = ctx.config.autoresponse.max_per_domain_per_hour
+    if not limit:
+        return None
+    domain = limits.domain_key(ctx.recipient.rpartition("@")[2])
+    sent = limits.answers_last_hour(ctx.conn, ctx.stored.now, domain)
+    if sent >= limit:
+        return f"{sent} auto-responses to {domain} in the last hour " \
+               f"(max_per_domain_per_hour = {limit})"
+    return None
+
+
+def _global_limit(ctx: Check) -> str | None:
+    limit = ctx.config.autoresponse.max_per_hour
+    if not limit:
+        return None
+    sent = limits.answers_last_hour(ctx.conn, ctx.stored.now)
+    if sent >= limit:
+        return f"{sent} auto-responses from this site in the last hour (max_per_hour = {limit})"
     return None
 
 
@@ -145,12 +148,16 @@ CHECKS: tuple[tuple[str, Callable[[Check], str | None]], ...] = (
     ("rule", _rule),
     ("no-recipient", _no_recipient),
     ("daily-limit", _daily_limit),
+    ("domain-limit", _domain_limit),
+    ("global-limit", _global_limit),
 )
+# The checks that need the database (a dry run without one skips them).
+DATABASE_CHECKS = frozenset({"daily-limit", "domain-limit", "global-limit"})
 
 
 def suppression(ctx: Check, skip: frozenset[str] = frozenset()) -> tuple[str, str] | None:
     """(check name, reason) of the first check that says no, or None: answer. `skip`
-    names checks not to run (the dry run without a database skips "daily-limit")."""
+    names checks not to run (the dry run without a database skips DATABASE_CHECKS)."""
     for name, check in CHECKS:
         reason = None if name in skip else check(ctx)
         if reason:

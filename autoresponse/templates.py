@@ -167,6 +167,7 @@ def sample_context(language: str = "en") -> dict[str, Any]:
         "event": "new-ticket",
         "language": language,
         "company_name": "Example Support",
+        "participant": True,
         "ticket": {"number": "2026112210000017", "title": "Printer on fire",
                    "queue": "Support", "state": "new", "priority": 3},
         "customer": {"name": "Ana García", "address": "ana@customer.example",
@@ -175,4 +176,17 @@ def sample_context(language: str = "en") -> dict[str, Any]:
                     "excerpt": "> Hello,\n> the printer is on fire.",
                     "from": "ana@customer.example"},
         "queue": {"name": "Support", "address": "support@helpdesk.example"},
+    }
+
+
+def stranger_context(context: dict[str, Any]) -> dict[str, Any]:
+    """`context` as an answer to a sender who is not a participant sees it
+    (autoresponder.neutral_context): the ticket's number and queue, nothing else of it."""
+    ticket, article = context["ticket"], context["article"]
+    return context | {
+        "participant": False,
+        "ticket": ticket | {"title": "", "state": "", "priority": ""},
+        "customer": {"name": "Mallory", "address": "mallory@elsewhere.example",
+                     "domain": "elsewhere.example", "id": ""},
+        "article": article | {"subject": "", "text": "", "excerpt": ""},
     }

@@ -11,8 +11,10 @@ import asyncio
 import collections
 import contextlib
 import logging
+import time
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .limits import prune_old_counts
 from .outbox import Outbox
 
 if TYPE_CHECKING:
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("ticketgate.outbox")
 
 POLL_INTERVAL = 2.0
+PRUNE_INTERVAL = 3600.0
 
 
 class _Store(Protocol):
@@ -51,7 +54,14 @@ class ServiceContext(Protocol):
 async def run(ctx: ServiceContext, stopping: asyncio.Event,
               poll_interval: float = POLL_INTERVAL) -> None:
     outbox: Outbox | None = None
+    pruned = -PRUNE_INTERVAL
     while not stopping.is_set():
+        if time.monotonic() - pruned >= PRUNE_INTERVAL:  # answer counts of past days
+            pruned = time.monotonic()
+            try:
+                await asyncio.to_thread(prune_old_counts, ctx.store.factory)
+            except Exception:
+                log.exception("pruning old answer counts failed")
         if outbox is None or outbox.config is not ctx.config:  # new config after SIGHUP
             outbox = Outbox(ctx.config, ctx.store.factory)
             ctx.state["outbox"] = {"smarthost": ctx.config.outbound.smarthost}

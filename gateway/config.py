@@ -168,6 +168,15 @@ class AutoResponseConfig:
     loop_header: str = "X-Ticketgate-Loop"
     # From (and envelope sender) for queues without an address; "" = first queue address.
     from_address: str = ""
+    # Customer answers for the whole site in the last hour; 0 = no limit.
+    max_per_hour: int = 500
+    # Customer answers to one recipient domain in the last hour; 0 = no limit.
+    max_per_domain_per_hour: int = 50
+    # Characters that start an address extension (Postfix's recipient_delimiter): the
+    # daily limit counts `victim+x@` as `victim@`. "" = no extensions.
+    recipient_delimiter: str = "+"
+    # Bytes a customer answer may have (headers and parts); a bigger one is not sent.
+    max_answer_size: int = 16384
 
 
 @dataclass(frozen=True)
@@ -469,8 +478,14 @@ def _validate(cfg: Config) -> None:
                           "must be at least three times lmtp.heartbeat_interval")
     if cfg.intake.max_message_size < 1024:
         raise ConfigError(src, "intake.max_message_size", "must be at least 1024 bytes")
-    if cfg.autoresponse.max_per_day < 0:
-        raise ConfigError(src, "autoresponse.max_per_day", "must not be negative")
+    for key in ("max_per_day", "max_per_hour", "max_per_domain_per_hour"):
+        if getattr(cfg.autoresponse, key) < 0:
+            raise ConfigError(src, f"autoresponse.{key}", "must not be negative")
+    if cfg.autoresponse.max_answer_size < 2048:
+        raise ConfigError(src, "autoresponse.max_answer_size", "must be at least 2048 bytes")
+    if re.search(r"[\sA-Za-z0-9@.]", cfg.autoresponse.recipient_delimiter):
+        raise ConfigError(src, "autoresponse.recipient_delimiter",
+                          "must be punctuation such as + or - (not a letter, digit, @ or .)")
     st = cfg.status
     for key in ("max_tempfail_streak", "max_outbox_attempts"):
         if getattr(st, key) < 0:

@@ -242,10 +242,10 @@ def _auto_response(
     check = suppress.Check(conn, stored, config, rcpt,  # type: ignore[arg-type]
                            responder.system_addresses, responder.noreply)
     verdict = suppress.suppression(
-        check, frozenset() if conn is not None else frozenset({"daily-limit"}))
+        check, frozenset() if conn is not None else suppress.DATABASE_CHECKS)
     if verdict is not None:
         return False, f"{event} suppressed ({verdict[0]}): {verdict[1]}"
     if not responder.from_address(qcfg):
         return False, "no queue address and no autoresponse.from_address to send from"
-    limit = "" if conn is not None else " (daily limit not checked: no database)"
+    limit = "" if conn is not None else " (answer limits not checked: no database)"
     return True, f"{event} auto-response to {rcpt}{limit}"

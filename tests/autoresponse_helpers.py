@@ -178,3 +178,62 @@ def answering_intake(config: Config, store: Store) -> Intake:
     intake = Intake(config, store.factory, responder=AutoResponder(config))
     intake.sync_queues()
     return intake
+
+
+def outbox_rows(store: Store) -> list[Any]:
+    """Every outbox row, oldest first."""
+    from sqlalchemy import select
+
+    from ticketstore.models import OutboxMessage
+
+    with store.factory() as s:
+        return list(s.execute(select(OutboxMessage).order_by(OutboxMessage.id)).scalars())
+
+
+def suppressed_events(store: Store) -> list[dict[str, Any]]:
+    """The details of every `autoresponse-suppressed` event, oldest first."""
+    from sqlalchemy import select
+
+    from ticketstore.models import Event
+
+    with store.factory() as s:
+        return [e.detail for e in s.execute(
+            select(Event).where(Event.kind == "autoresponse-suppressed").order_by(Event.id)
+        ).scalars()]
+
+
+def answer_text(data: bytes) -> str:
+    """An answer as a reader sees it: decoded headers, then every text part decoded."""
+    import email.policy
+
+    msg = message_from_bytes(data, policy=email.policy.default)
+    head = "\n".join(f"{k}: {v}" for k, v in msg.items())
+    parts = [p.get_content() for p in msg.walk()  # type: ignore[attr-defined]
+             if p.get_content_maintype() == "text"]
+    return "\n".join([head, *parts])
+
+
+def answer_flood(base_dir: str, db_url: str, sections: dict[str, Any], ticket: str,
+                 senders: list[str], barrier: Any) -> None:
+    """One writer process of the concurrency tests: follow-ups to `ticket` from each of
+    `senders` (spellings of one mailbox), each acknowledged unless a limit says no.
+    Module level so multiprocessing's spawn can import it."""
+    from pathlib import Path
+
+    from gateway.mail.envelope import Envelope
+    from gateway.runtime import open_store
+    from tests.support import make_config
+
+    config = make_config(Path(base_dir), db_url, **sections)
+    store = open_store(config, create=False)
+    intake = answering_intake(config, store)
+    mails = [(build_mail(subject=f"Re: [Ticket#{ticket}] more", sender=sender,
+                         message_id=f"flood-{sender}-{i}@x"),
+              Envelope(sender, ("support@helpdesk.example",)))
+             for i, sender in enumerate(senders)]
+    barrier.wait(60)
+    try:
+        for raw, env in mails:
+            intake.process(raw, env)
+    finally:
+        store.dispose()

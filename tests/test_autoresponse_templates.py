@@ -169,3 +169,17 @@ def test_a_template_may_use_jinja2s_own_features(tmp_path: Path) -> None:
            "{{ customer.name|upper }} {{ ticket.get('nope', 'dflt') }}")
     out = Templates(tmp_path).render("default", "new-ticket", sample_context())
     assert out.text == "number=2026112210000017 ANA GARCÍA dflt"
+
+
+def test_check_renders_customer_templates_as_a_stranger_sees_them(tmp_path: Path) -> None:
+    """A site template that needs the ticket's title fails for a non-participant, whose
+    answer has none: `templates check` says so before a stranger meets it."""
+    from autoresponse.cli import check_templates
+
+    site = tmp_path / "default" / "en"
+    site.mkdir(parents=True)
+    (site / "follow-up.txt").write_text("About: {{ ticket.title[0] }}\n", encoding="utf-8")
+    (site / "agent-notification.txt").write_text("{{ ticket.title[0] }}\n", encoding="utf-8")
+    problems = [p for p in check_templates(Templates(tmp_path))
+                if "no text template" not in p]  # the other events are not in this folder
+    assert len(problems) == 1 and "follow-up.txt:1: UndefinedError" in problems[0], problems

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 
 import pytest
 
@@ -17,7 +18,7 @@ from gateway.mail.classify import (
 )
 from gateway.mail.envelope import Envelope
 from gateway.mail.parse import parse_message
-from tests.support import mail
+from tests.support import FIXTURES, mail
 
 _DSN_HEAD = (b"From: MAILER-DAEMON@mx.customer.example\nSubject: Undelivered Mail\n"
              b"Content-Type: multipart/report; report-type=delivery-status; boundary=r\n\n"
@@ -58,3 +59,88 @@ def test_delivery_status_notification_is_a_bounce() -> None:
     labels = classify(parse_message(raw), Envelope("", ("support@helpdesk.example",)))
     assert {BOUNCE, NULL_SENDER, AUTO_SUBMITTED} <= labels.labels
     assert "bounce: multipart/report" in labels.reasons
+
+
+# -- real bounces reaching us through a forwarder (tests/fixtures/bounces, flufl.bounce's) --
+
+BOUNCES = sorted(p.name for p in (FIXTURES / "bounces").glob("*.eml")
+                 if not p.name.startswith("autoreply_"))
+FORWARDER = Envelope("fwd-bounces@forwarder.example", ("support@helpdesk.example",))
+# What a mailing list added on the way: removed, so the bounce detection must stand alone.
+_LIST_HEADERS = re.compile(rb"^(?:list-[\w-]+|precedence|x-beenthere|errors-to):.*\n"
+                           rb"(?:[ \t].*\n)*", re.IGNORECASE | re.MULTILINE)
+
+
+def bounce_fixture(name: str, strip_list: bool = False) -> bytes:
+    raw = (FIXTURES / "bounces" / name).read_bytes().replace(b"\r\n", b"\n")
+    if strip_list:
+        head, sep, body = raw.partition(b"\n\n")
+        raw = _LIST_HEADERS.sub(b"", head + b"\n").rstrip(b"\n") + sep + body
+    return raw
+
+
+def test_the_corpus_holds_the_kinds_the_issue_names() -> None:
+    assert {"exim_01.eml", "simple_43.eml", "simple_15.eml", "dumbass_01.eml",
+            "qmail_01.eml", "postfix_01.eml"} <= set(BOUNCES)
+    assert len(BOUNCES) >= 15
+
+
+@pytest.mark.parametrize("strip_list", [False, True], ids=["as-received", "list-headers-removed"])
+@pytest.mark.parametrize("name", BOUNCES)
+def test_real_bounce_through_a_forwarder_is_a_bounce(name: str, strip_list: bool) -> None:
+    raw = bounce_fixture(name, strip_list)
+    if strip_list:
+        assert not re.search(rb"^(list-id|precedence):", raw.partition(b"\n\n")[0],
+                             re.IGNORECASE | re.MULTILINE)
+    result = classify(parse_message(raw), FORWARDER)
+    assert BOUNCE in result.labels, (name, result.reasons)
+    assert NULL_SENDER not in result.labels  # the envelope sender is the forwarder's
+
+
+def test_interscan_and_exim_multipart_without_addresses_are_bounces() -> None:
+    """flufl.bounce finds no address in these two: the returned message decides."""
+    for name in ("dumbass_01.eml", "simple_43.eml"):
+        raw = bounce_fixture(name)
+        assert bounced_recipients(raw) == frozenset()
+        reasons = classify(parse_message(raw), FORWARDER).reasons
+        assert "bounce: bounce subject with the returned message attached" in reasons
+
+
+def test_interscan_found_by_flufl_bounce_once_its_subject_makes_it_a_suspect() -> None:
+    raw = bounce_fixture("simple_15.eml")
+    assert bounced_recipients(raw) == frozenset({"userx@example.be"})
+    assert "bounce: bounce for 1 recipient(s) (flufl.bounce)" in classify(
+        parse_message(raw), FORWARDER).reasons
+
+
+def test_auto_reply_marked_only_with_precedence_auto_reply() -> None:
+    raw = (FIXTURES / "bounces" / "autoreply_qmail_08.eml").read_bytes()
+    result = classify(parse_message(raw), FORWARDER)
+    assert AUTO_SUBMITTED in result.labels
+    assert "auto-submitted: Precedence: auto_reply" in result.reasons
+
+
+@pytest.mark.parametrize(("return_path", "auto"), [
+    ("<MAILER-DAEMON@mx.customer.example>", True),
+    ("<postmaster@mx.customer.example>", True),
+    ("<>", True),
+    ("<ana@customer.example>", False),
+])
+def test_daemon_return_path_is_auto_generated(return_path: str, auto: bool) -> None:
+    raw = (f"Return-Path: {return_path}\nFrom: Ana <ana@customer.example>\n"
+           f"Subject: hello\n\nhi\n").encode()
+    result = classify(parse_message(raw), FORWARDER)
+    assert (AUTO_SUBMITTED in result.labels) is auto, result.reasons
+
+
+def test_a_customer_asking_about_a_bounce_is_not_one() -> None:
+    """A reply or forward with a bounce attached is a person writing, not a bounce."""
+    raw = bounce_fixture("simple_43.eml")
+    head, _, body = raw.partition(b"\n\n")
+    head = re.sub(rb"^From: .*$", b"From: Ana <ana@customer.example>", head, flags=re.M)
+    head = re.sub(rb"^Return-Path: .*$", b"Return-Path: <ana@customer.example>", head,
+                  flags=re.M)
+    head = re.sub(rb"^Subject: ", b"Subject: Fwd: ", head, flags=re.M)
+    result = classify(parse_message(head + b"\n\n" + body),
+                      Envelope("ana@customer.example", FORWARDER.rcpt_tos))
+    assert BOUNCE not in result.labels and AUTO_SUBMITTED not in result.labels, result.reasons

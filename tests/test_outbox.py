@@ -283,7 +283,7 @@ def test_retry_cli_and_unknown_id(tmp_path: Path, db_url: str, sink: SmtpSink,
     assert capsys.readouterr().out == "outbox is empty (state pending)\n"
     assert cli_main(["-c", cfg_file, "outbox", "list", "--state", "failed"]) == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[0].split() == ["ID", "STATE", "TRY", "KIND", "RECIPIENT"]
+    assert out.splitlines()[0].split() == ["ID", "STATE", "TRY", "TICKET", "KIND", "RECIPIENT"]
     assert "554" in out
     assert cli_main(["-c", cfg_file, "outbox", "retry", "999"]) == 1
     sink.set_reply("250 OK")

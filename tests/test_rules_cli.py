@@ -110,7 +110,7 @@ def test_test_explains_every_rule_without_a_database(
     assert "queue:        Billing (set by rule 'billing')" in out
     assert "ticket:       new ticket in Billing (there is no database yet)" in out
     assert "auto-response: yes: new-ticket auto-response to ana@cliente.example" in out
-    assert "(daily limit not checked: no database)" in out
+    assert "(answer limits not checked: no database)" in out
     assert not (site / "var" / "tg.db").exists()  # a dry run creates nothing
 
 

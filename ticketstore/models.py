@@ -13,6 +13,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -271,6 +272,8 @@ class OutboxMessage(Base):
     __table_args__ = (
         Index("ix_outbox_state_next", "state", "next_attempt_at"),
         Index("ix_outbox_rcpt_created", "rcpt_to", "created_at"),
+        # The site's and each domain's answers of the last hour (autoresponse/limits.py).
+        Index("ix_outbox_created", "created_at"),
     )
 
 
@@ -285,3 +288,18 @@ class Rollup(Base):
     # The writing connection on PostgreSQL (its backend pid), 0 on SQLite.
     shard: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     n: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class AnswerCount(Base):
+    """Customer answers planned per mailbox and UTC day: the exact daily limit.
+
+    One row per (normalised mailbox, day), raised by an atomic conditional upsert inside
+    the intake transaction (autoresponse/limits.py), so concurrent writers on any number
+    of gateways never pass `max_per_day` together. Rows of past days are pruned.
+    """
+
+    __tablename__ = "answer_counts"
+    mailbox: Mapped[str] = mapped_column(String(320), primary_key=True)
+    day: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    answers: Mapped[int] = mapped_column(Integer, default=0)
+

@@ -58,6 +58,22 @@ def _auto_submitted(msg: ParsedMessage, env: Envelope, loop_header: str) -> str 
     value = msg.header("auto-submitted").strip().lower()
     if value and value.split(";")[0].strip() != "no":
         return f"Auto-Submitted: {value}"
+    # Older auto-responders (Exim's autoreply, many CRM receipts) mark themselves only so.
+    for name in ("precedence", "x-precedence"):
+        if msg.header(name).strip().lower() in ("auto_reply", "auto-reply"):
+            return f"{name.title()}: auto_reply"
+    # A forwarder re-sends under its own envelope sender, but the Return-Path that the
+    # first delivery wrote still says the mail came from a mail system.
+    path = _daemon_return_path(msg)
+    return f"Return-Path: {path}" if path is not None else None
+
+
+def _daemon_return_path(msg: ParsedMessage) -> str | None:
+    """The first Return-Path that is `<>` or a mailer-daemon/postmaster address."""
+    for value in msg.headers.get("return-path", ()):
+        addr = value.strip().strip("<>").strip()
+        if not addr or _DAEMON_LOCAL.match(addr.rpartition("@")[0] or addr):
+            return f"<{addr}>"
     return None
 
 
@@ -78,11 +94,19 @@ def _list(msg: ParsedMessage, env: Envelope, loop_header: str) -> str | None:
 _DAEMON_LOCAL = re.compile(r"^(mailer-daemon|postmaster|mail-daemon|mailerdaemon|mdaemon)$",
                            re.IGNORECASE)
 _BOUNCE_SUBJECT = re.compile(
-    r"undeliver|delivery (?:status|failure|has failed)|failure notice|returned mail|"
-    r"mail delivery (?:failed|failure|system)|nondeliverable|non-delivery|"
+    r"undeliver|delivery (?:status|failure|has failed|problem|notification)|failure notice|"
+    r"returned mail|mail delivery (?:failed|failure|system|problem)|nondeliverable|"
+    r"non-delivery|could not be delivered|returning message to sender|failed mail|"
+    r"failure delivery|mail system error|"
     r"unzustellbar|nicht zustellbar|no se pudo entregar|non remis",
     re.IGNORECASE,
 )
+# A reply or forward of a bounce (a customer asking about one) is not a bounce itself.
+_REPLY_PREFIX = re.compile(r"^\s*(?:re|fwd?|aw|wg|tr|sv|vs|rv)\s*:", re.IGNORECASE)
+# Parts that carry the returned message (RFC 3462, RFC 6532) or a delivery report.
+_RETURNED_PARTS = ("message/rfc822", "text/rfc822-headers", "message/delivery-status",
+                   "message/global", "message/global-headers",
+                   "message/global-delivery-status")
 
 
 def _bounce(msg: ParsedMessage, env: Envelope, loop_header: str) -> str | None:
@@ -91,13 +115,30 @@ def _bounce(msg: ParsedMessage, env: Envelope, loop_header: str) -> str | None:
     local = msg.from_address.partition("@")[0]
     if _DAEMON_LOCAL.match(local) and env.mail_from == "":
         return f"from {local.lower()} with null sender"
-    # Non-standard bounces (qmail, Exim, old Exchange...): let flufl.bounce look, but only
-    # at suspects, because its detectors are slow.
-    if env.mail_from == "" or _DAEMON_LOCAL.match(local) or _BOUNCE_SUBJECT.search(msg.subject):
-        failed = bounced_recipients(msg.raw)
-        if failed:
-            return f"bounce for {len(failed)} recipient(s) (flufl.bounce)"
+    # Non-standard bounces (qmail, Exim, InterScan, old Exchange...), also when a
+    # forwarder re-sent them under its own envelope sender: flufl.bounce looks at every
+    # message that looks like a notification (only those: its detectors are slow).
+    subject = _BOUNCE_SUBJECT.search(msg.subject) is not None \
+        and not _REPLY_PREFIX.match(msg.subject)
+    if not (env.mail_from == "" or _DAEMON_LOCAL.match(local) or subject
+            or _daemon_return_path(msg) is not None):
+        return None
+    failed = bounced_recipients(msg.raw)
+    if failed:
+        return f"bounce for {len(failed)} recipient(s) (flufl.bounce)"
+    # flufl.bounce finds no address in some (InterScan's, Exim's multipart/mixed ones):
+    # a bounce subject with the returned message attached is a bounce all the same.
+    if subject and _has_returned_part(msg.raw):
+        return "bounce subject with the returned message attached"
     return None
+
+
+def _has_returned_part(raw: bytes) -> bool:
+    try:
+        parts = list(MimeTree(raw).root.walk())
+    except RecursionError:
+        return False
+    return any(part.get_content_type() in _RETURNED_PARTS for part in parts[:200])
 
 
 def bounced_recipients(raw: bytes) -> frozenset[str]:

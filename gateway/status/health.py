@@ -11,10 +11,13 @@ Checks, each cheap enough for a monitoring system polling every few seconds:
 - spool: the quarantine spool holds at most `max_spool_files` messages (default 0: any
   quarantined message is a bug to look at);
 - rules: the last reload of the rule files worked (else the old rules are in force).
+- autoresponse: no answer was stopped by the site's or a domain's hourly limit in the
+  last hour (a flood of forged senders, autoresponse/limits.py).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +25,7 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select
 
+from autoresponse.limits import flood_suppressions
 from gateway.config import StatusConfig
 from gateway.tempfails import MIN_DELIVERIES_FOR_RATE, TempfailTracker
 
@@ -60,9 +64,11 @@ def run_checks(
     checks: list[Check] = []
     backlog: int | None = None
     stuck = 0
+    floods: dict[str, int] | None = None
     try:
         with read_only(engine) as conn:
             conn.execute(select(1)).scalar_one()
+            floods = flood_suppressions(conn, dt.datetime.now(dt.UTC))
             backlog = int(conn.execute(
                 select(func.count()).select_from(O)
                 .where(O.c.state.in_(("pending", "sending")))
@@ -89,6 +95,10 @@ def run_checks(
     else:
         checks.append(Check("outbox", backlog <= max_backlog,
                             f"{backlog} pending (limit {max_backlog})"))
+    if floods is not None:  # the site's or a domain's answer limit reached this hour
+        hit = [f"{check} reached ({n} suppressed)" for check, n in floods.items() if n]
+        checks.append(Check("autoresponse", not hit,
+                            "; ".join(hit) or "no answer limit reached in the last hour"))
     spooled = count_spool(spool_dir)
     checks.append(Check("spool", spooled <= max_spool,
                         f"{spooled} quarantined (limit {max_spool})"))

@@ -28,6 +28,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, case, exists, func, literal, or_, select
 
+from autoresponse.limits import flood_suppressions
 from ticketstore import rollups
 from ticketstore.models import Article, Event, OutboxMessage, Queue, Rollup, Ticket
 
@@ -230,7 +231,7 @@ def suppression_checks() -> tuple[str, ...]:
 
 
 # Checks the auto-responder records outside autoresponse/suppress.py's table.
-EXTRA_CHECKS = ("no-from-address",)
+EXTRA_CHECKS = ("no-from-address", "template-error", "compose-error", "too-large")
 OTHER_CHECK = "other"
 
 
@@ -498,6 +499,8 @@ def snapshot(engine: Engine, src: Sources, now: dt.datetime,
                 "sent": events["autoresponse-sent"],
                 "suppressed": events["autoresponse-suppressed"],
                 "suppressed_by_check_30d": suppressed_by_check(conn, now),
+                # Answers stopped by the site's / a domain's hourly limit (issue 16).
+                "flood_limited_last_hour": flood_suppressions(conn, now),
             },
             "outbox": outbox(conn, now),
             "queues": queues(conn, now),
