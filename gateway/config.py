@@ -85,6 +85,10 @@ class IntakeConfig:
     strict_recipients: bool = False
     max_message_size: int = 25 * 1024 * 1024
     spool_dir: str = "var/spool"
+    # Header fields left out of the duplicate check's content hash besides the built-in
+    # list (gateway/intake/dedupe.py): what our own MX hosts or filters add. "X-Foo-*"
+    # is a prefix.
+    dedupe_ignore_headers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -359,6 +363,8 @@ def _join(prefix: str, key: str) -> str:
 
 _ADDRESS = re.compile(r"^[^@\s]+@[^@\s]+$")
 GENERATORS = ("date-checksum", "date", "autoincrement")
+# A header field name (printable ASCII but ":" and "*"), or a prefix of one ending in "*".
+_HEADER_PATTERN = re.compile(r"[!-)+-9;-~]+\*?")
 
 
 def _validate(cfg: Config) -> None:
@@ -398,6 +404,10 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(src, "lmtp.workers", "must be between 0 (one per CPU) and 64")
     if cfg.intake.max_message_size < 1024:
         raise ConfigError(src, "intake.max_message_size", "must be at least 1024 bytes")
+    for i, name in enumerate(cfg.intake.dedupe_ignore_headers):
+        if not _HEADER_PATTERN.fullmatch(name):
+            raise ConfigError(src, f"intake.dedupe_ignore_headers[{i}]",
+                              f"{name!r} is not a header field name (a prefix ends in *)")
     if cfg.autoresponse.max_per_day < 0:
         raise ConfigError(src, "autoresponse.max_per_day", "must not be negative")
     if cfg.autoresponse.from_address and not _ADDRESS.match(cfg.autoresponse.from_address):

@@ -22,7 +22,7 @@ from gateway.mail.envelope import Envelope
 from gateway.mail.parse import parse_message
 from ticketstore.models import utcnow
 
-from .dedupe import content_hash, find_duplicate
+from .dedupe import content_hash, find_duplicate, ignored_fields
 from .followup import find_ticket
 from .outcome import Disposition, Outcome
 from .policy import EventSpec, decide, follow_up_changes
@@ -52,6 +52,7 @@ class Intake:
         self.responder: Responder = responder or NullResponder()
         self.clock = clock
         self.queues = QueueMap.from_config(config)
+        self.hash_ignores = ignored_fields(config.intake.dedupe_ignore_headers)
 
     @cached_property
     def engine(self) -> Engine:
@@ -76,7 +77,7 @@ class Intake:
         msg = parse_message(raw)
         classification = classify(msg, envelope, self.config.autoresponse.loop_header)
         route = self.router.route(msg, envelope, classification)
-        chash = content_hash(raw)
+        chash = content_hash(raw, self.hash_ignores)
         message_id = msg.message_id or f"{chash[:40]}@ticketgate.invalid"
         recipients = envelope.rcpt_tos or (
             msg.headers.get("delivered-to", ()) + msg.headers.get("x-original-to", ())
