@@ -142,6 +142,12 @@ class Intake:
         return Disposition(d.outcome, p.message_id, ticket.number, ticket.queue.name,
                            article.id, notes=p.route.matched)
 
+    def ticket_of(self, conn: Connection, p: Prepared) -> int | None:
+        """The id of the ticket `p` would follow up, for locking tickets in order
+        (transaction.lock_tickets); nothing is written."""
+        ticket = find_ticket(conn, self.config.tickets, p)
+        return ticket.id if ticket is not None else None
+
     def process(self, raw: bytes, envelope: Envelope) -> Disposition:
         """Prepare and store one message in its own transaction (the pipe's path)."""
         return store_alone(self.engine, self, self.prepare(raw, envelope))
