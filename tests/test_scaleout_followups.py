@@ -115,7 +115,7 @@ def test_a_deadlock_in_a_batch_costs_no_message(pg_intake: tuple[Intake, Engine]
 
 # -- several serve processes, real LMTP clients --------------------------------------------
 
-TICKETS, MESSAGES, CLIENTS = 4, 240, 12
+TICKETS, MESSAGES, CLIENTS = 4, 600, 16
 
 
 def test_hot_follow_ups_from_two_instances_are_all_stored_once(tmp_path: Path, pg: str) -> None:
