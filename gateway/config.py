@@ -166,6 +166,9 @@ class OutboundConfig:
     max_attempts: int = 12
     retry_base: float = 60.0
     retry_max: float = 3600.0
+    # Seconds a claimed outbox row belongs to the worker that claimed it; after that a
+    # row left "sending" (its worker died) is taken over and sent by another.
+    lease: float = 300.0
     dkim: DkimConfig = field(default_factory=DkimConfig)
 
 
@@ -404,6 +407,9 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(src, "lmtp.workers", "must be between 0 (one per CPU) and 64")
     if cfg.intake.max_message_size < 1024:
         raise ConfigError(src, "intake.max_message_size", "must be at least 1024 bytes")
+    if cfg.outbound.lease < max(60.0, 2 * cfg.outbound.timeout):
+        raise ConfigError(src, "outbound.lease",
+                          "must be at least 60 seconds and twice outbound.timeout")
     for i, name in enumerate(cfg.intake.dedupe_ignore_headers):
         if not _HEADER_PATTERN.fullmatch(name):
             raise ConfigError(src, f"intake.dedupe_ignore_headers[{i}]",
