@@ -44,6 +44,9 @@ class DatabaseConfig:
     # Seconds a writer waits for a SQLite lock before we give up and temp-fail (451/75).
     busy_timeout: float = 10.0
     pool_size: int = 5
+    # PostgreSQL: let psycopg prepare frequent statements on the server. Off behind
+    # PgBouncer in transaction mode older than 1.21 (docs/scale-out.md).
+    prepared_statements: bool = True
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ class StoreUnavailable(Exception):
     """The database cannot take the write now (locked, down, disk full): retry later."""
 
 
-def make_engine(url: str, busy_timeout: float = 10.0, pool_size: int = 5) -> Engine:
+def make_engine(url: str, busy_timeout: float = 10.0, pool_size: int = 5,
+                prepared_statements: bool = True) -> Engine:
     if url.startswith("sqlite"):
         db_path = url.split("///", 1)[-1]
         if db_path and db_path != ":memory:":
@@ -35,7 +36,12 @@ def make_engine(url: str, busy_timeout: float = 10.0, pool_size: int = 5) -> Eng
         )
         _sqlite_pragmas(engine, busy_timeout)
         return engine
-    return create_engine(url, pool_size=pool_size, pool_pre_ping=True)
+    # psycopg prepares a statement run often on a connection; behind PgBouncer in
+    # transaction mode (before 1.21) the next transaction may run on another server
+    # connection, where it does not exist (docs/scale-out.md).
+    connect_args = {} if prepared_statements else {"prepare_threshold": None}
+    return create_engine(url, pool_size=pool_size, pool_pre_ping=True,
+                         connect_args=connect_args)
 
 
 def _sqlite_pragmas(engine: Engine, busy_timeout: float) -> None:
