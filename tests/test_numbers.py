@@ -201,3 +201,23 @@ def test_four_processes_allocate_unique_well_formed_numbers(
             assert re.fullmatch(r"10\d{5}", number), number
     for result in results:  # each process hands its numbers out in order
         assert result == sorted(result)
+
+
+def test_blocks_grow_from_one_so_a_single_ticket_wastes_no_number(pg_databases: object,
+                                                                   ) -> None:
+    url = pg_databases.migrated()  # type: ignore[attr-defined]
+    now = dt.datetime(2026, 11, 22, 12, tzinfo=dt.UTC)
+    made = []
+    for _ in range(3):  # three `ticketgate pipe` processes: an engine each, one ticket each
+        engine = make_engine(url)
+        with engine.begin() as conn:
+            made.append(numbers.new_ticket_number(conn, "date", "10", now))
+        engine.dispose()
+    assert made == ["202611221000001", "202611221000002", "202611221000003"]
+    engine = make_engine(url)
+    with engine.begin() as conn:  # a daemon: blocks of 1, 2, 4, 8, 16, 16 counters
+        made = [numbers.new_ticket_number(conn, "date", "10", now)[-2:] for _ in range(40)]
+        value = conn.execute(text("SELECT value FROM counters")).scalar_one()
+    engine.dispose()
+    assert made == [f"{n:02d}" for n in range(4, 44)]
+    assert value == 3 + 1 + 2 + 4 + 8 + 16 + 16

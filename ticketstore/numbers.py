@@ -10,9 +10,10 @@ Date schemes count per day, autoincrement globally. The counter lives in the dat
 On PostgreSQL several writers (worker processes, gateways on other MX hosts) create
 tickets at once. A counter incremented inside the intake transaction would stay locked
 until that transaction's COMMIT and make every new-ticket batch of every writer wait
-for the one before. Instead each process claims a block of BLOCK counters in a short
+for the one before. Instead each process claims a block of counters in a short
 transaction of its own (one atomic upsert, committed at once) and hands them out from
-memory. Numbers stay unique; what they give up (documented in docs/scale-out.md):
+memory (the first block of a process is one counter, then 2, 4, ... up to BLOCK).
+Numbers stay unique; what they give up (documented in docs/scale-out.md):
 - gaps: the unused rest of a block is lost when the process stops or the day ends,
   and so is a number whose ticket was rolled back;
 - order: tickets of two processes interleave (10..19 and 20..29 in use at once).
@@ -73,9 +74,11 @@ def counter_scope(generator: str, day: dt.date) -> str:
     return "global" if generator == "autoincrement" else f"{day:%Y%m%d}"
 
 
-# Counters a PostgreSQL process claims at a time: at most this many unused ones are
-# lost per process and day. Claims are then one short transaction per BLOCK new tickets.
-BLOCK = 10
+# The most counters a PostgreSQL process claims at a time. Its first claim of a scope is
+# one counter, each next one twice the last, up to BLOCK: a `ticketgate pipe` process
+# (one ticket) wastes none, a busy daemon claims once per BLOCK new tickets, and at most
+# BLOCK - 1 unused counters are lost per process and day.
+BLOCK = 16
 
 
 class _Blocks:
@@ -83,17 +86,19 @@ class _Blocks:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._left: weakref.WeakKeyDictionary[Engine, dict[str, tuple[int, int]]] = (
+        # engine -> scope -> (next counter, last counter of the block, size of the block)
+        self._left: weakref.WeakKeyDictionary[Engine, dict[str, tuple[int, int, int]]] = (
             weakref.WeakKeyDictionary())
 
     def take(self, engine: Engine, scope: str) -> int:
         with self._lock:  # the daemon writes from one thread, but the CLI or a test may not
             blocks = self._left.setdefault(engine, {})
-            nxt, last = blocks.get(scope, (1, 0))
+            nxt, last, size = blocks.get(scope, (1, 0, 0))
             if nxt > last:
-                last = claim_block(engine, scope, BLOCK)
-                nxt = last - BLOCK + 1
-            blocks[scope] = (nxt + 1, last)
+                size = min(BLOCK, max(1, 2 * size))
+                last = claim_block(engine, scope, size)
+                nxt = last - size + 1
+            blocks[scope] = (nxt + 1, last, size)
             return nxt
 
 
