@@ -15,33 +15,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.pipe_helpers import ROOT
+from tests.pipe_helpers import ROOT, SUPPORT, write_config
 from tests.server_helpers import send, short_socket_dir
-from tests.support import toml_value
-
-SUPPORT = "support@helpdesk.example"
-
-
-def instance_config(folder: Path, url: str, sock: Path, workers: int = 2,
-                    **sections: dict[str, object]) -> Path:
-    data: dict[str, dict[str, object]] = {
-        "database": {"url": url},
-        "lmtp": {"listen": [f"unix:{sock}"], "workers": workers},
-        "pipe": {"handoff_socket": ""},
-        "status": {"listen": "127.0.0.1:0"},
-        "autoresponse": {"enabled": False},
-        "intake": {"spool_dir": str(folder / "spool")},
-    }
-    for name, values in sections.items():
-        data.setdefault(name, {}).update(values)
-    lines = []
-    for name, values in data.items():
-        lines.append(f"[{name}]")
-        lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
-    lines += ["[[queues]]", 'name = "Support"', f'addresses = ["{SUPPORT}"]']
-    path = folder / "ticketgate.toml"
-    path.write_text("\n".join(lines) + "\n", "utf-8")
-    return path
 
 
 def lmtp(sock: Path) -> smtplib.LMTP:
@@ -62,7 +37,9 @@ def serve_instances(base: Path, url: str, count: int, workers: int = 2,
             folder = base / f"mx{i + 1}"
             folder.mkdir(parents=True, exist_ok=True)
             sock = short_socket_dir() / "lmtp.sock"
-            config = instance_config(folder, url, sock, workers, **sections)
+            config = write_config(folder, url, **{
+                "lmtp": {"listen": [f"unix:{sock}"], "workers": workers},
+                "status": {"listen": "127.0.0.1:0"}, **sections})
             log = (folder / "serve.log").open("wb")
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "gateway", "-c", str(config), "serve"],
