@@ -368,9 +368,12 @@ class Outbox:
                 row = session.get(OutboxMessage, mark.outbox_id)
                 if row is None or row.state == "sent":
                     continue
-                session.execute(update(OutboxMessage).where(OutboxMessage.id == row.id)
-                                .values(state="sent", sent_at=mark.sent_at, last_error=""))
-                record_sent(session, row, mark.data, mark.sent_at)
+                res = session.execute(  # conditional: a CLI run may write the same marks
+                    update(OutboxMessage)
+                    .where(OutboxMessage.id == row.id, OutboxMessage.state != "sent")
+                    .values(state="sent", sent_at=mark.sent_at, last_error=""))
+                if res.rowcount == 1:  # type: ignore[attr-defined]
+                    record_sent(session, row, mark.data, mark.sent_at)
         done = list(marks)
         self.kept.drop(done)
         marks.clear()
