@@ -1,12 +1,17 @@
 """Deliver the outbox to the smarthost: claim, send, mark; retry with backoff.
 
 Exactly once in normal operation: a row is *claimed* (pending -> sending, attempts + 1,
-a lease until `next_attempt_at`) in its own committed transaction with a conditional
-UPDATE, so two workers (the daemon and a `ticketgate outbox send` from a timer) can never
-both own it. Only the owner sends, then marks it sent. If the process dies between the
-smarthost's 250 and that mark, the row stays "sending" until its lease runs out and is
-sent again then: the duplicates we accept instead of losing mail (at most MARK_EVERY,
-as sent rows are marked in small groups).
+a lease of `[outbound] lease` seconds until `next_attempt_at`) in its own committed
+transaction with a conditional UPDATE, so two workers (the daemon and a `ticketgate
+outbox send` from a timer, or the gateways of several MX hosts) can never both own it.
+Only the owner sends, then marks it sent. A worker starts no send with less than
+`[outbound] timeout` left of its lease: the rows it did not get to go back to pending.
+
+A mark the database refuses (it restarted or went away just then) is kept, in memory and
+in the spool (sentmarks.py), and written before anything new is claimed: the row is not
+sent twice. If the process dies between the smarthost's 250 and the mark, the row stays
+"sending" until its lease runs out and is sent again then: the duplicates we accept
+instead of losing mail (at most MARK_EVERY, as sent rows are marked in small groups).
 
 4xx replies and connection errors put the row back to pending with exponential backoff
 (`retry_base` * 2^(attempts-1), at most `retry_max`) until `max_attempts`; a 5xx reply
@@ -36,6 +41,7 @@ from ticketstore.writelock import WriterLock, writer_lock_for
 
 from .dkim_sign import DkimError, DkimSigner
 from .sent import record_sent
+from .sentmarks import KeptMarks, SentMark
 
 log = logging.getLogger("ticketgate.outbox")
 
@@ -195,8 +201,12 @@ class Outbox:
         self.sender_factory: Callable[[], Sender] = sender_factory or (
             lambda: SmtpSender(config))
         self.clock = clock
-        self.lease = self.lease_for(BATCH)
+        self.lease = dt.timedelta(seconds=config.outbound.lease)
         self._signer: DkimSigner | None = None
+        # Marks of sent rows the database has not taken yet (by outbox id); those of an
+        # earlier process are read from the spool on the first round.
+        self.kept = KeptMarks(config.path(config.intake.spool_dir))
+        self._unmarked: dict[int, SentMark] | None = None
 
     @functools.cached_property
     def _lock(self) -> WriterLock | None:
@@ -221,12 +231,6 @@ class Outbox:
 
     # -- claiming -------------------------------------------------------------------------
 
-    def lease_for(self, limit: int) -> dt.timedelta:
-        """How long a claim of `limit` rows is owned: long enough to send all of them even
-        if every one takes the full SMTP timeout, so no live worker loses its rows; a
-        claim older than this is presumed dead (its process crashed mid-send)."""
-        return dt.timedelta(seconds=max(60.0, self.config.outbound.timeout * (limit + 1)))
-
     def claim(self, limit: int = BATCH) -> list[OutboxMessage]:
         """Take up to `limit` due rows (pending, or sending with an expired lease)."""
         now = self.clock()
@@ -245,7 +249,7 @@ class Outbox:
                     .where(OutboxMessage.id == row.id, OutboxMessage.state == row.state,
                            OutboxMessage.attempts == row.attempts)
                     .values(state="sending", attempts=row.attempts + 1,
-                            next_attempt_at=now + self.lease_for(limit))
+                            next_attempt_at=now + self.lease)
                 )
                 if res.rowcount == 1:  # type: ignore[attr-defined]
                     claimed.append(row.id)
@@ -260,22 +264,28 @@ class Outbox:
     # -- delivering -----------------------------------------------------------------------
 
     def deliver_due(self, limit: int = BATCH) -> Result:
-        """Claim and send one batch over one SMTP session."""
+        """Write kept marks, then claim and send one batch over one SMTP session."""
+        self.write_kept_marks()
         rows = self.claim(limit)
         if not rows:
             return Result()
+        # No send starts that could still be running when the lease runs out.
+        last_start = self.clock() + self.lease - dt.timedelta(seconds=self.config.outbound.timeout)
         result = Result()
         sent: list[tuple[OutboxMessage, bytes]] = []
         sender = self.sender_factory()
         try:
-            for row in rows:
+            for i, row in enumerate(rows):
+                if self.clock() >= last_start:
+                    self._release(rows[i:])
+                    break
                 res, data = self._deliver_one(sender, row)
                 result += res
                 if data is not None:
                     sent.append((row, data))
                 if len(sent) >= MARK_EVERY:
-                    self._mark_sent(sent)
-                    sent = []
+                    marking, sent = sent, []
+                    self._mark_sent(marking)
         finally:
             try:
                 self._mark_sent(sent)
@@ -314,20 +324,72 @@ class Outbox:
         """Mark rows sent and record them on their tickets (sent.py), in one transaction.
 
         Only a row still ours ("sending") is recorded: one whose lease ran out and that
-        another worker took over gets its article from that worker.
+        another worker took over gets its article from that worker. If the transaction
+        fails, the marks are kept (in the spool too) for `write_kept_marks`.
         """
         if not sent:
             return
         now = self.clock()
+        try:
+            with self._writing() as session:
+                for row, data in sent:
+                    res = session.execute(
+                        update(OutboxMessage)
+                        .where(OutboxMessage.id == row.id, OutboxMessage.state == "sending")
+                        .values(state="sent", sent_at=now, last_error="")
+                    )
+                    if res.rowcount == 1:  # type: ignore[attr-defined]
+                        record_sent(session, row, data, now)
+        except Exception:
+            marks = [SentMark(row.id, now, data) for row, data in sent]
+            self._unmarked_marks().update((m.outbox_id, m) for m in marks)
+            self.kept.keep(marks)
+            log.warning("outbox: %d sent message(s) could not be marked sent; the marks "
+                        "are kept and written when the database is back", len(marks))
+            raise
+
+    def _unmarked_marks(self) -> dict[int, SentMark]:
+        if self._unmarked is None:
+            self._unmarked = {m.outbox_id: m for m in self.kept.load()}
+        return self._unmarked
+
+    def write_kept_marks(self) -> int:
+        """Mark the rows of kept marks sent (unless marked already); how many were kept.
+
+        Raises while the database still refuses: nothing new is claimed until then. A
+        row another worker took over meanwhile (not "sent" yet) is marked all the same:
+        it did go out.
+        """
+        marks = self._unmarked_marks()
+        if not marks:
+            return 0
         with self._writing() as session:
-            for row, data in sent:
-                res = session.execute(
+            for mark in marks.values():
+                row = session.get(OutboxMessage, mark.outbox_id)
+                if row is None or row.state == "sent":
+                    continue
+                res = session.execute(  # conditional: a CLI run may write the same marks
                     update(OutboxMessage)
-                    .where(OutboxMessage.id == row.id, OutboxMessage.state == "sending")
-                    .values(state="sent", sent_at=now, last_error="")
-                )
+                    .where(OutboxMessage.id == row.id, OutboxMessage.state != "sent")
+                    .values(state="sent", sent_at=mark.sent_at, last_error=""))
                 if res.rowcount == 1:  # type: ignore[attr-defined]
-                    record_sent(session, row, data, now)
+                    record_sent(session, row, mark.data, mark.sent_at)
+        done = list(marks)
+        self.kept.drop(done)
+        marks.clear()
+        log.info("outbox: %d kept sent mark(s) written", len(done))
+        return len(done)
+
+    def _release(self, rows: list[OutboxMessage]) -> None:
+        """Give back claimed rows not sent (the lease is nearly over): due again now."""
+        with self._writing() as session:
+            for row in rows:
+                session.execute(
+                    update(OutboxMessage)
+                    .where(OutboxMessage.id == row.id, OutboxMessage.state == "sending",
+                           OutboxMessage.attempts == row.attempts)
+                    .values(state="pending", attempts=row.attempts - 1,
+                            next_attempt_at=self.clock()))
 
     def _sign(self, message: bytes) -> bytes:
         d = self.config.outbound.dkim

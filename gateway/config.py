@@ -44,6 +44,9 @@ class DatabaseConfig:
     # Seconds a writer waits for a SQLite lock before we give up and temp-fail (451/75).
     busy_timeout: float = 10.0
     pool_size: int = 5
+    # PostgreSQL: let psycopg prepare frequent statements on the server. Off behind
+    # PgBouncer in transaction mode older than 1.21 (docs/scale-out.md).
+    prepared_statements: bool = True
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,10 @@ class IntakeConfig:
     strict_recipients: bool = False
     max_message_size: int = 25 * 1024 * 1024
     spool_dir: str = "var/spool"
+    # Header fields left out of the duplicate check's content hash besides the built-in
+    # list (gateway/intake/dedupe.py): what our own MX hosts or filters add. "X-Foo-*"
+    # is a prefix.
+    dedupe_ignore_headers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -198,6 +205,9 @@ class OutboundConfig:
     max_attempts: int = 12
     retry_base: float = 60.0
     retry_max: float = 3600.0
+    # Seconds a claimed outbox row belongs to the worker that claimed it; after that a
+    # row left "sending" (its worker died) is taken over and sent by another.
+    lease: float = 300.0
     dkim: DkimConfig = field(default_factory=DkimConfig)
 
 
@@ -429,6 +439,8 @@ _ADDRESS = re.compile(r"^[^@\s]+@[^@\s]+$")
 _NAMESERVER = re.compile(r"^(?:[0-9.]+(?::\d{1,5})?|[0-9a-fA-F:]+|\[[0-9a-fA-F:]+\]:\d{1,5})$")
 _AUTHSERV_ID = re.compile(r"^[A-Za-z0-9._-]+$")
 GENERATORS = ("date-checksum", "date", "autoincrement")
+# A header field name (printable ASCII but ":" and "*"), or a prefix of one ending in "*".
+_HEADER_PATTERN = re.compile(r"[!-)+-9;-~]+\*?")
 
 
 def _validate(cfg: Config) -> None:
@@ -478,6 +490,13 @@ def _validate(cfg: Config) -> None:
                           "must be at least three times lmtp.heartbeat_interval")
     if cfg.intake.max_message_size < 1024:
         raise ConfigError(src, "intake.max_message_size", "must be at least 1024 bytes")
+    if cfg.outbound.lease < max(60.0, 2 * cfg.outbound.timeout):
+        raise ConfigError(src, "outbound.lease",
+                          "must be at least 60 seconds and twice outbound.timeout")
+    for i, name in enumerate(cfg.intake.dedupe_ignore_headers):
+        if not _HEADER_PATTERN.fullmatch(name):
+            raise ConfigError(src, f"intake.dedupe_ignore_headers[{i}]",
+                              f"{name!r} is not a header field name (a prefix ends in *)")
     for key in ("max_per_day", "max_per_hour", "max_per_domain_per_hour"):
         if getattr(cfg.autoresponse, key) < 0:
             raise ConfigError(src, f"autoresponse.{key}", "must not be negative")

@@ -35,7 +35,7 @@ class Store:
 
 def open_store(config: Config, create: bool = True) -> Store:
     engine = make_engine(config.database_url, config.database.busy_timeout,
-                         config.database.pool_size)
+                         config.database.pool_size, config.database.prepared_statements)
     if create:
         try:
             ensure_schema(engine)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import multiprocessing
+import re
 from pathlib import Path
 
+import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
+from sqlalchemy import text
 
 from ticketstore import numbers
 from ticketstore.db import make_engine, make_sessionmaker, upgrade
@@ -133,3 +136,88 @@ def test_two_processes_never_share_a_number(db_url: str, tmp_path: Path) -> None
     merged = results[0] + results[1]
     assert len(merged) == 120
     assert len(set(merged)) == 120
+
+
+def test_a_writer_allocates_while_another_writers_transaction_is_open(pg_databases: object,
+                                                                        ) -> None:
+    """No lock on the counter is held until the allocating transaction commits."""
+    engine = make_engine(pg_databases.migrated())  # type: ignore[attr-defined]
+    other = make_engine(engine.url.render_as_string(hide_password=False))
+    now = dt.datetime(2026, 11, 22, 12, tzinfo=dt.UTC)
+    try:
+        with engine.begin() as open_batch:
+            first = numbers.new_ticket_number(open_batch, "date-checksum", "10", now)
+            # Another process (its own engine: its own blocks) while the batch is open:
+            # without its own claim transaction it would wait for the batch's COMMIT.
+            with other.begin() as conn:
+                conn.execute(text("SET LOCAL lock_timeout = '3s'"))
+                second = numbers.new_ticket_number(conn, "date-checksum", "10", now)
+        assert first != second
+        assert {first[:8], second[:8]} == {"20261122"}
+    finally:
+        engine.dispose()
+        other.dispose()
+
+
+def _allocate(url: str, count: int, generator: str, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    """A writer making tickets' numbers in transactions of 5 (a group commit's batch)."""
+    engine = make_engine(url)
+    now = dt.datetime(2026, 11, 22, 23, 59, tzinfo=dt.UTC)
+    made: list[str] = []
+    while len(made) < count:
+        with engine.begin() as conn:
+            made += [numbers.new_ticket_number(conn, generator, "10", now) for _ in range(5)]
+    engine.dispose()
+    out.put(made)
+
+
+@pytest.mark.parametrize("generator", ["date-checksum"])
+def test_four_processes_allocate_unique_well_formed_numbers(
+        pg_databases: object, generator: str) -> None:
+    url = pg_databases.migrated()  # type: ignore[attr-defined]
+    engine = make_engine(url)
+    with engine.begin() as conn:  # an older gateway's counter continues, never restarts
+        conn.execute(text("INSERT INTO counters (scope, value) VALUES (:s, 41)"),
+                     {"s": numbers.counter_scope(generator, dt.date(2026, 11, 22))})
+    engine.dispose()
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_allocate, args=(url, 50, generator, out)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+        assert p.exitcode == 0
+    merged = [n for r in results for n in r]
+    assert len(merged) == len(set(merged)) == 200
+    counters = sorted(int(n[-6:-1] if generator == "date-checksum" else n[2:]) for n in merged)
+    assert counters[0] > 41
+    for number in merged:
+        assert numbers.is_plausible(generator, number)
+        if generator == "date-checksum":
+            assert re.fullmatch(r"2026112210\d{5}\d", number), number
+        else:
+            assert re.fullmatch(r"10\d{5}", number), number
+    for result in results:  # each process hands its numbers out in order
+        assert result == sorted(result)
+
+
+def test_blocks_grow_from_one_so_a_single_ticket_wastes_no_number(pg_databases: object,
+                                                                   ) -> None:
+    url = pg_databases.migrated()  # type: ignore[attr-defined]
+    now = dt.datetime(2026, 11, 22, 12, tzinfo=dt.UTC)
+    made = []
+    for _ in range(3):  # three `ticketgate pipe` processes: an engine each, one ticket each
+        engine = make_engine(url)
+        with engine.begin() as conn:
+            made.append(numbers.new_ticket_number(conn, "date", "10", now))
+        engine.dispose()
+    assert made == ["202611221000001", "202611221000002", "202611221000003"]
+    engine = make_engine(url)
+    with engine.begin() as conn:  # a daemon: blocks of 1, 2, 4, 8, 16, 16 counters
+        made = [numbers.new_ticket_number(conn, "date", "10", now)[-2:] for _ in range(40)]
+        value = conn.execute(text("SELECT value FROM counters")).scalar_one()
+    engine.dispose()
+    assert made == [f"{n:02d}" for n in range(4, 44)]
+    assert value == 3 + 1 + 2 + 4 + 8 + 16 + 16

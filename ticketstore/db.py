@@ -46,7 +46,8 @@ _SQLITE_REOPEN = ("readonly database", "unable to open database", "disk i/o erro
                   "database or disk is full", "database disk image is malformed")
 
 
-def make_engine(url: str, busy_timeout: float = 10.0, pool_size: int = 5) -> Engine:
+def make_engine(url: str, busy_timeout: float = 10.0, pool_size: int = 5,
+                prepared_statements: bool = True) -> Engine:
     if url.startswith("sqlite"):
         db_path = url.split("///", 1)[-1]
         if db_path and db_path != ":memory:":
@@ -59,7 +60,12 @@ def make_engine(url: str, busy_timeout: float = 10.0, pool_size: int = 5) -> Eng
         if db_path and db_path != ":memory:":
             _sqlite_reopen_when_permissions_change(engine, Path(db_path))
         return engine
-    return create_engine(url, pool_size=pool_size, pool_pre_ping=True)
+    # psycopg prepares a statement run often on a connection; behind PgBouncer in
+    # transaction mode (before 1.21) the next transaction may run on another server
+    # connection, where it does not exist (docs/scale-out.md).
+    connect_args = {} if prepared_statements else {"prepare_threshold": None}
+    return create_engine(url, pool_size=pool_size, pool_pre_ping=True,
+                         connect_args=connect_args)
 
 
 def _sqlite_reopen_when_permissions_change(engine: Engine, path: Path) -> None:

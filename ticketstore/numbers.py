@@ -5,17 +5,31 @@
 - autoincrement: system id + counter (zero-padded)
 
 Date schemes count per day, autoincrement globally. The counter lives in the database
-and is incremented inside the caller's transaction with one atomic UPDATE, so two
-processes creating tickets at the same moment never get the same number.
+(one row per day, or one `global` row) and holds the highest counter handed out.
+
+On PostgreSQL several writers (worker processes, gateways on other MX hosts) create
+tickets at once. A counter incremented inside the intake transaction would stay locked
+until that transaction's COMMIT and make every new-ticket batch of every writer wait
+for the one before. Instead each process claims a block of counters in a short
+transaction of its own (one atomic upsert, committed at once) and hands them out from
+memory (the first block of a process is one counter, then 2, 4, ... up to BLOCK).
+Numbers stay unique; what they give up (documented in docs/scale-out.md):
+- gaps: the unused rest of a block is lost when the process stops or the day ends,
+  and so is a number whose ticket was rolled back;
+- order: tickets of two processes interleave (10..19 and 20..29 in use at once).
+On SQLite one writer holds the whole database from BEGIN to COMMIT anyway: the counter
+is incremented by one in the caller's transaction, without gaps.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import functools
+import threading
+import weakref
 from typing import Any
 
-from sqlalchemy import Connection, bindparam
+from sqlalchemy import Connection, Engine, bindparam, text
 
 from .db import dialect_insert
 from .models import Counter
@@ -60,22 +74,69 @@ def counter_scope(generator: str, day: dt.date) -> str:
     return "global" if generator == "autoincrement" else f"{day:%Y%m%d}"
 
 
-def next_counter(conn: Connection, scope: str) -> int:
-    """Atomically increment and return the counter for `scope` in this transaction.
+# The most counters a PostgreSQL process claims at a time. Its first claim of a scope is
+# one counter, each next one twice the last, up to BLOCK: a `ticketgate pipe` process
+# (one ticket) wastes none, a busy daemon claims once per BLOCK new tickets, and at most
+# BLOCK - 1 unused counters are lost per process and day.
+BLOCK = 16
 
-    One upsert statement (`INSERT .. ON CONFLICT DO UPDATE .. RETURNING`, SQLite 3.35+
-    and PostgreSQL): the row lock it takes serialises concurrent writers.
+
+class _Blocks:
+    """The counters a process has claimed and not handed out yet, per engine and scope."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # engine -> scope -> (next counter, last counter of the block, size of the block)
+        self._left: weakref.WeakKeyDictionary[Engine, dict[str, tuple[int, int, int]]] = (
+            weakref.WeakKeyDictionary())
+
+    def take(self, engine: Engine, scope: str) -> int:
+        with self._lock:  # the daemon writes from one thread, but the CLI or a test may not
+            blocks = self._left.setdefault(engine, {})
+            nxt, last, size = blocks.get(scope, (1, 0, 0))
+            if nxt > last:
+                size = min(BLOCK, max(1, 2 * size))
+                last = claim_block(engine, scope, size)
+                nxt = last - size + 1
+            blocks[scope] = (nxt + 1, last, size)
+            return nxt
+
+
+_BLOCKS = _Blocks()
+
+
+def claim_block(engine: Engine, scope: str, size: int) -> int:
+    """Add `size` to the counter of `scope` in a transaction of its own; the new value
+    (the last counter of the claimed block).
+
+    Its COMMIT need not wait for the disk (synchronous_commit off): any ticket that uses
+    one of these numbers commits later, and PostgreSQL's WAL is flushed in order, so a
+    claim is durable before any ticket numbered from it is.
     """
-    return int(conn.execute(_increment(conn.dialect.name), {"scope": scope}).scalar_one())
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SET LOCAL synchronous_commit TO OFF"))
+        return int(conn.execute(_increment(conn.dialect.name),
+                                {"scope": scope, "size": size}).scalar_one())
+
+
+def next_counter(conn: Connection, scope: str) -> int:
+    """The next counter of `scope`: from this process's block on PostgreSQL (claimed
+    apart from `conn`'s transaction), incremented in `conn`'s transaction on SQLite."""
+    if conn.dialect.name == "sqlite":
+        return int(conn.execute(_increment("sqlite"), {"scope": scope, "size": 1})
+                   .scalar_one())
+    return _BLOCKS.take(conn.engine, scope)
 
 
 @functools.cache
 def _increment(dialect_name: str) -> Any:
-    """The upsert of `next_counter`, one statement object per dialect (see
+    """The upsert adding `size` to a counter, one statement object per dialect (see
     gateway/intake/store.py on why statements are built once)."""
-    return (dialect_insert(dialect_name)(COUNTERS).values(scope=bindparam("scope"), value=1)
+    size = bindparam("size")
+    return (dialect_insert(dialect_name)(COUNTERS).values(scope=bindparam("scope"), value=size)
             .on_conflict_do_update(index_elements=[COUNTERS.c.scope],
-                                   set_={"value": COUNTERS.c.value + 1})
+                                   set_={"value": COUNTERS.c.value + size})
             .returning(COUNTERS.c.value))
 
 

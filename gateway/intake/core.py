@@ -23,7 +23,7 @@ from gateway.mail.parse import parse_message
 from ticketstore.models import utcnow
 
 from .columns import message_id_key
-from .dedupe import content_hash, find_duplicate
+from .dedupe import content_hash, find_duplicate, ignored_fields
 from .followup import PROOF, THREADED_PATHS, find_follow_up
 from .held import find_held, insert_held
 from .outcome import Disposition, Outcome
@@ -62,6 +62,7 @@ class Intake:
         self.verifier = verifier or Verifier.from_config(config)
         self.loop_secret = read_site_secret(config)
         self.participants = ParticipantRules(config, self.queues)
+        self.hash_ignores = ignored_fields(config.intake.dedupe_ignore_headers)
 
     @cached_property
     def engine(self) -> Engine:
@@ -96,7 +97,7 @@ class Intake:
                                   self.loop_secret)
         verdict = self.verifier.verdict(msg)
         route = self.router.route(msg, envelope, classification, verdict)
-        chash = content_hash(raw)
+        chash = content_hash(raw, self.hash_ignores)
         message_id = message_id_key(msg.message_id or f"{chash[:40]}@ticketgate.invalid")
         recipients = envelope.rcpt_tos or (
             msg.headers.get("delivered-to", ()) + msg.headers.get("x-original-to", ())
@@ -215,6 +216,12 @@ class Intake:
         return [(None, "participants-added", {
             "added": [{"address": a, "source": s} for a, s in added],
             "by": "message", "message_id": p.message_id})]
+
+    def ticket_of(self, conn: Connection, p: Prepared) -> int | None:
+        """The id of the ticket `p` would follow up, for locking tickets in order
+        (transaction.lock_tickets); nothing is written."""
+        found = find_follow_up(conn, self.config.tickets, self.participants, p)
+        return found.ticket.id if found is not None else None
 
     def process(self, raw: bytes, envelope: Envelope) -> Disposition:
         """Prepare and store one message in its own transaction (the pipe's path)."""

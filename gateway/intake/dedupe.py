@@ -1,13 +1,15 @@
 """Is this message already stored? The MTA redelivers whatever it did not see acknowledged.
 
 A message is a duplicate of a stored one when both its Message-ID and its content hash
-match: the hash ignores what MTAs add on the way in, so the same message delivered over
-LMTP and through pipe(8) is one message, while two different messages that happen to
-share a Message-ID are both kept.
+match: the hash ignores what MTAs and filters add on the way in, so the same message
+delivered over LMTP and through pipe(8), or through either of two MX hosts each running
+a gateway, is one message, while two different messages that happen to share a
+Message-ID are both kept.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 
@@ -17,22 +19,43 @@ from ticketstore.models import Article, Queue, Ticket
 
 from .outcome import Disposition, Outcome
 
-# Header fields MTAs add on the way in; they differ between deliveries of one message.
-TRACE_HEADERS = frozenset(
-    {b"return-path", b"delivered-to", b"x-original-to", b"received", b"x-envelope-from",
-     b"x-envelope-to", b"x-spam-status", b"x-spam-checker-version", b"x-virus-scanned"}
+# Header fields an MTA or filter adds on the way in: they differ between deliveries of
+# one message, through pipe(8) or LMTP, and through one MX host or another (each adds its
+# own trace, SPF/DKIM/ARC verdicts and spam/virus scores). A name ending in "*" is a
+# prefix. What the sender wrote, its DKIM-Signature included, is content and counts.
+# Documented in docs/configuration.md ([intake] dedupe_ignore_headers adds to it).
+DEFAULT_IGNORED_HEADERS: tuple[str, ...] = (
+    "Received", "X-Received", "Return-Path", "Delivered-To", "X-Original-To",
+    "X-Envelope-From", "X-Envelope-To", "Received-SPF", "Authentication-Results",
+    "X-Original-Authentication-Results", "ARC-*", "X-Spam*", "X-Virus*", "X-Amavis-*",
+    "X-Quarantine-ID", "X-Rspamd-*", "X-Greylist", "X-Sieve", "X-MS-Exchange-Organization-*",
+    "X-Forefront-Antispam-Report", "X-Microsoft-Antispam*", "X-Proofpoint-*", "X-IronPort-*",
+    "X-Barracuda-*", "X-Mimecast-*",
 )
-# A trace field: a line whose field name (the whole run of name characters) is one of
-# TRACE_HEADERS, with the continuation lines after it.
-_TRACE_FIELD = re.compile(
-    rb"^(?:" + b"|".join(re.escape(n) for n in sorted(TRACE_HEADERS))
-    + rb")[ \t]*:[^\n]*\n(?:[ \t][^\n]*\n)*", re.MULTILINE | re.IGNORECASE)
+# The characters of a field name (RFC 5322 ftext: printable ASCII but ":").
+_FTEXT = rb"[!-9;-~]"
+
+
+@functools.cache
+def ignored_fields(extra: tuple[str, ...] = ()) -> re.Pattern[bytes]:
+    """The pattern of a whole ignored field (its line and its continuation lines): one of
+    DEFAULT_IGNORED_HEADERS or `extra` ("X-Filter-*" is a prefix), any case."""
+    alternatives = []
+    for name in sorted({n.lower() for n in DEFAULT_IGNORED_HEADERS + extra}):
+        prefix = name.endswith("*")
+        word = re.escape(name.rstrip("*").encode("ascii"))
+        alternatives.append(word + _FTEXT + b"*" if prefix else word)
+    return re.compile(rb"^(?:" + b"|".join(alternatives)
+                      + rb")[ \t]*:[^\n]*\n(?:[ \t][^\n]*\n)*", re.MULTILINE | re.IGNORECASE)
+
+
 # The body is hashed in slices of this size, so a 25 MB message is not copied to hash it.
 _SLICE = 1 << 18
 
 
-def content_hash(raw: bytes) -> str:
-    """sha256 of the message with trace headers removed and line ends normalised to LF.
+def content_hash(raw: bytes, ignored: re.Pattern[bytes] | None = None) -> str:
+    """sha256 of the message without the fields `ignored` matches (by default
+    `ignored_fields()`), line ends normalised to LF.
 
     An mbox `From ` line (procmail, pipe(8) flag F) is left out too.
     """
@@ -49,9 +72,9 @@ def content_hash(raw: bytes) -> str:
     else:
         head, sep, body_start = raw[start:].replace(b"\r\n", b"\n"), b"", len(raw)
     h = hashlib.sha256()
-    # With a "\n" after the last line, every trace field is removed whole (its line and
+    # With a "\n" after the last line, every ignored field is removed whole (its line and
     # its continuation lines); the "\n" added is taken off again.
-    h.update(_TRACE_FIELD.sub(b"", head + b"\n")[:-1])
+    h.update((ignored or ignored_fields()).sub(b"", head + b"\n")[:-1])
     h.update(sep)
     carry = b""
     for pos in range(body_start, len(raw), _SLICE):

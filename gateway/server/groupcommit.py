@@ -28,7 +28,13 @@ from sqlalchemy import exc as sa_exc
 
 from gateway.intake.core import Intake, Prepared
 from gateway.intake.outcome import Disposition
-from gateway.intake.transaction import RetryAlone, store_alone, store_in_batch
+from gateway.intake.transaction import (
+    RetryAlone,
+    is_conflict,
+    lock_tickets,
+    store_alone,
+    store_in_batch,
+)
 
 log = logging.getLogger("ticketgate.groupcommit")
 
@@ -148,6 +154,8 @@ class GroupCommitter:
         retry: list[_Job] = []
         try:
             with self.engine.begin() as conn:
+                # Every writer locks its batch's tickets in one order: no deadlock cycle.
+                lock_tickets(conn, [(job.intake, job.prepared) for job in jobs])
                 for job in jobs:
                     _still_in_transaction(conn)
                     try:
@@ -158,6 +166,10 @@ class GroupCommitter:
                         errors[job] = exc
                 _still_in_transaction(conn)
         except Exception as exc:  # BEGIN or COMMIT failed: nothing of this batch is durable
+            if is_conflict(exc):  # lost to a concurrent writer: each message alone, again
+                for job in jobs:
+                    self._store_alone(job)
+                return
             for job in jobs:
                 job.future.set_exception(exc)
             return
@@ -165,7 +177,7 @@ class GroupCommitter:
             job.future.set_result(disposition)
         for job, error in errors.items():
             job.future.set_exception(error)
-        for job in retry:  # lost a unique-constraint race with another writer
+        for job in retry:  # lost a unique-constraint race or a deadlock to another writer
             self._store_alone(job)
 
     def _store_alone(self, job: _Job) -> None:
