@@ -21,10 +21,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from sqlalchemy import func, make_url, select
 
 from tests.scaleout_helpers import deliver, serve_instances
+from tests.support import integration_missing
 from ticketstore.db import make_engine, upgrade
 from ticketstore.models import Article
 
@@ -34,7 +34,7 @@ def pgbouncer(pg_url: str) -> Iterator[str]:
     """A transaction-mode PgBouncer in front of `pg_url`'s server; yields its URL."""
     binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
     if not os.path.exists(binary):
-        pytest.skip("pgbouncer is not installed")
+        integration_missing("pgbouncer")
     url = make_url(pg_url)
     folder = Path(tempfile.mkdtemp(prefix="tg-pgb-"))
     with socket.socket() as s:
