@@ -245,6 +245,9 @@ class AutoResponder(Responder):
             "company_name": self.config.autoresponse.company_name,
             "participant": stored.sender_is_participant,
             "queue": {"name": t.queue.name, "address": self.from_address(qcfg)},
+            # The number as subjects carry it (`[tickets] hook` and `subject_tag`).
+            "subject_tag": self.config.tickets.subject_tag.format(
+                hook=self.config.tickets.hook, number=t.number),
         }
         if event == "agent-notification":
             return base | {

@@ -176,6 +176,7 @@ def sample_context(language: str = "en") -> dict[str, Any]:
                     "excerpt": "> Hello,\n> the printer is on fire.",
                     "from": "ana@customer.example"},
         "queue": {"name": "Support", "address": "support@helpdesk.example"},
+        "subject_tag": "[Ticket#2026112210000017]",
     }
 
 

@@ -16,7 +16,16 @@ from autoresponse.templates import (
     sample_context,
 )
 from gateway.cli import main as cli_main
-from tests.autoresponse_helpers import write_toml
+from gateway.mail.envelope import Envelope
+from gateway.runtime import Store
+from tests.autoresponse_helpers import (
+    answer_text,
+    answering_intake,
+    build_mail,
+    outbox_rows,
+    write_toml,
+)
+from tests.support import make_config
 
 
 def _write(base: Path, name: str, text: str) -> None:
@@ -183,3 +192,17 @@ def test_check_renders_customer_templates_as_a_stranger_sees_them(tmp_path: Path
     problems = [p for p in check_templates(Templates(tmp_path))
                 if "no text template" not in p]  # the other events are not in this folder
     assert len(problems) == 1 and "follow-up.txt:1: UndefinedError" in problems[0], problems
+
+
+def test_shipped_templates_name_the_configured_subject_tag(tmp_path: Path, db_url: str,
+                                                          store: Store) -> None:
+    """Issue 17: a site whose hook is not `Ticket#` gets answers asking customers to keep
+    its own tag, not a hard-coded `[Ticket#N]` that would not thread."""
+    config = make_config(tmp_path, db_url, tickets={"hook": "Case#",
+                                                    "subject_tag": "({hook}{number})"})
+    d = answering_intake(config, store).process(
+        build_mail(), Envelope("ana@customer.example", ("support@helpdesk.example",)))
+    (row,) = outbox_rows(store)
+    text = answer_text(row.message)
+    assert f"(Case#{d.ticket_number})" in text
+    assert "Ticket#" not in text
