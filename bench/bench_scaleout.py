@@ -15,7 +15,7 @@ tickets with 3 instances at least as fast as with 1 and under 10 % of samples wa
 on number allocation. On a 2-core machine more instances cannot add CPU: what they must
 not do is serialise or fail.
 
-    .venv/bin/python -m bench scaleout [--messages=600] [--instances=3]
+    .venv/bin/python -m bench scaleout [--messages=600] [--instances=3] [--workers=N]
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 120) -
     raise RuntimeError("serve did not start")
 
 
-def start_instances(url: str, count: int, work: Path,
+def start_instances(url: str, count: int, work: Path, workers: int = 0,
                     ) -> tuple[list[int], list[subprocess.Popen[bytes]]]:
     ports, procs = [], []
     for i in range(count):
@@ -109,7 +109,8 @@ def start_instances(url: str, count: int, work: Path,
         port = _free_port()
         cfg = folder / "ticketgate.toml"
         cfg.write_text(f'[database]\nurl = "{url}"\n[lmtp]\nlisten = ["127.0.0.1:{port}"]\n'
-                       '[pipe]\nhandoff_socket = ""\n[autoresponse]\nenabled = false\n'
+                       + (f"workers = {workers}\n" if workers else "")
+                       + '[pipe]\nhandoff_socket = ""\n[autoresponse]\nenabled = false\n'
                        f'[intake]\nspool_dir = "{folder}/spool"\n'
                        '[status]\nlisten = "127.0.0.1:0"\n'
                        f'[[queues]]\nname = "Support"\naddresses = ["{RCPT}"]\n')
@@ -159,7 +160,7 @@ def send_all(ports: list[int], messages: list[bytes]) -> tuple[float, list[str],
     return time.perf_counter() - started, refused, replies
 
 
-def run(admin_url: str, instances: int, n: int, work: Path,
+def run(admin_url: str, instances: int, n: int, work: Path, workers: int = 0,
         ) -> dict[str, tuple[float, int, Samples]]:
     db = f"tg_bench_{uuid.uuid4().hex[:10]}"
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
@@ -173,7 +174,7 @@ def run(admin_url: str, instances: int, n: int, work: Path,
         cfg.write_text(f'[database]\nurl = "{url}"\n')
         subprocess.run([TICKETGATE, "-c", str(cfg), "db", "upgrade"], check=True,
                        capture_output=True)
-        ports, procs = start_instances(url, instances, folder)
+        ports, procs = start_instances(url, instances, folder, workers)
         _, refused, replies = send_all(ports, [message("hot-new", i, f"disk full {i}")
                                                for i in range(HOT_TICKETS)])
         numbers = [m.group(1).decode() for r in replies
@@ -221,14 +222,17 @@ def main(argv: list[str]) -> int:
         return 0
     n = int_option(argv, "messages", 600)
     most = int_option(argv, "instances", 3)
-    print(f"{n} messages per phase, {CLIENTS} LMTP clients, load average "
+    workers = int_option(argv, "workers", 0)  # intake workers per instance; 0: the default
+    print(f"{n} messages per phase, {CLIENTS} LMTP clients, "
+          f"{workers or 'default'} intake workers per instance, load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print(f"{'instances':>9} {'phase':<15} {'msg/s':>7} {'refused':>7} {'samples':>7} "
           f"{'lock wait':>9} {'numbers':>8} {'conns':>5}")
     rates: dict[tuple[int, str], tuple[float, int, Samples]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-scaleout-") as tmp:
         for instances in range(1, most + 1):
-            for phase, (rate, refused, s) in run(admin_url, instances, n, Path(tmp)).items():
+            for phase, (rate, refused, s) in run(admin_url, instances, n, Path(tmp),
+                                                 workers).items():
                 rates[instances, phase] = (rate, refused, s)
                 print(f"{instances:>9} {phase:<15} {rate:>7.0f} {refused:>7} {s.active:>7} "
                       f"{s.share(s.locked):>8.1f}% {s.share(s.numbers):>7.1f}% "
