@@ -253,7 +253,7 @@ def drop(conn: Connection) -> None:
 
 
 def rebuild(conn: Connection) -> None:
-    """Recount every series from the stored rows (the migrations; a repair). Run it in a
+    """Recount every series from the stored rows (the migration; a repair). Run it in a
     transaction that writers wait for: on SQLite any write transaction; on PostgreSQL
     the caller locks the counted tables (the migration runs before the gateways start)."""
     dialect = conn.dialect.name
@@ -267,9 +267,6 @@ def rebuild(conn: Connection) -> None:
         ("articles", A, A.c.created_at, A.c.direction, None, func.count()),
         ("tickets", T, T.c.created_at, literal(""), None, func.count()),
     ]
-    if has_verdicts(conn):
-        sources.append(("senders", A, A.c.created_at, sender_key(A), sender_counted(A),
-                        func.count()))
     for series, table, col, key, where, n in sources:
         for bucket in (hour_of(col, dialect), literal(ALL_TIME)):
             _fill(conn, series, table, bucket, key, where, n)
@@ -277,6 +274,22 @@ def rebuild(conn: Connection) -> None:
     _fill(conn, "domain-created", T, month_of(T.c.created_at, dialect), domain, None)
     _fill(conn, "domain-closed", T, month_of(T.c.closed_at, dialect), domain,
           T.c.closed_at.is_not(None))
+    if has_verdicts(conn):
+        _fill_senders(conn)
+
+
+def rebuild_senders(conn: Connection) -> None:
+    """Recount only `senders` (migration 0011_senders): the articles table is the one to
+    lock (`lock_for_rebuild(conn, "articles")`), for as long as counting it takes."""
+    R = Rollup.__table__
+    conn.execute(R.delete().where(R.c.series == "senders"))
+    _fill_senders(conn)
+
+
+def _fill_senders(conn: Connection) -> None:
+    A = Article.__table__
+    for bucket in (hour_of(A.c.created_at, conn.dialect.name), literal(ALL_TIME)):
+        _fill(conn, "senders", A, bucket, sender_key(A), sender_counted(A))
 
 
 def _fill(conn: Connection, series: str, table: Table, bucket: ColumnElement,
@@ -292,7 +305,7 @@ def _fill(conn: Connection, series: str, table: Table, bucket: ColumnElement,
     conn.execute(R.insert().from_select(["series", "bucket", "key", "shard", "n"], query))
 
 
-def lock_for_rebuild(conn: Connection) -> None:
+def lock_for_rebuild(conn: Connection, tables: str = "tickets, articles, events") -> None:
     """PostgreSQL: keep writers out while the counts are rebuilt (they wait, then count)."""
     if conn.dialect.name == "postgresql":
-        conn.execute(text("LOCK TABLE tickets, articles, events IN SHARE MODE"))
+        conn.execute(text(f"LOCK TABLE {tables} IN SHARE MODE"))

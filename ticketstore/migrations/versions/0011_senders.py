@@ -7,7 +7,8 @@ Create Date: 2026-12-07
 The `senders` figure (incoming articles aligned / aligned_failed / unverified in the last
 hour, 24 hours and 30 days) was counted over every incoming article of 30 days on each
 request. The articles trigger now adds it to the rollups (series `senders`); this
-migration puts that trigger in and counts the articles already stored. A database at
+migration puts that trigger in and counts the articles already stored (only this
+series: the articles table is locked for as long as counting it takes). A database at
 the previous head needs it: nothing else re-creates the triggers there.
 """
 from __future__ import annotations
@@ -25,9 +26,9 @@ depends_on = None
 
 def upgrade() -> None:
     conn = op.get_bind()
-    rollups.lock_for_rebuild(conn)
+    rollups.lock_for_rebuild(conn, "articles")  # writers of articles wait, then count
     rollups.install(conn, senders=True)
-    rollups.rebuild(conn)
+    rollups.rebuild_senders(conn)
 
 
 def downgrade() -> None:
