@@ -20,12 +20,17 @@ Series (`series`, `bucket`, `key`):
 | `events` | hour, or `''` for all time | event kind | events, by `occurrences` (1) |
 | `suppressed` | hour, or `''` | the suppression check | `autoresponse-suppressed` events |
 | `articles` | hour, or `''` | direction (`in`, `out`) | articles |
+| `senders` | hour, or `''` | the sender verdict (`SENDER_KEYS`) | incoming articles checked |
 | `tickets` | hour, or `''` | `''` | tickets created |
 | `domain-created` | month | customer domain | tickets created in the month |
 | `domain-closed` | month | customer domain | tickets whose `closed_at` is in the month |
 
 A `size-rejected` row counts refusals (`occurrences`, see gateway/intake/size_events.py):
 its count grows by update, and a trigger on that update adds the difference.
+`senders` needs the verdict columns of `articles` (migration 0007_verdict): `install()`
+and `rebuild()` leave it out while the table has none (0006_rollups runs before them);
+0011_senders adds it. The verdict is written with the article and never changed, so the
+insert trigger alone keeps it exact.
 An hour is `YYYY-MM-DD HH`, a month `YYYY-MM` (UTC). Deleting rows does not take counts
 back (nothing in ticketgate deletes them); a ticket closed, reopened or closed again
 moves its `domain-closed` count, as the ticket's `closed_at` does.
@@ -33,17 +38,43 @@ moves its `domain-closed` count, as the ticket's `closed_at` does.
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, Table, func, literal, select, text
+from sqlalchemy import Connection, Table, case, func, inspect, literal, select, text
 from sqlalchemy.sql.elements import ColumnElement
 
 from .models import Article, Event, Rollup, Ticket
 
 ALL_TIME = ""
-HOURLY = ("events", "suppressed", "articles", "tickets")
+HOURLY = ("events", "suppressed", "articles", "senders", "tickets")
 SUPPRESSED_KIND = "autoresponse-suppressed"
 TRIGGERS = {"rollup_events": "events", "rollup_events_update": "events",
             "rollup_articles": "articles", "rollup_tickets_insert": "tickets",
             "rollup_tickets_update": "tickets"}
+
+# The `senders` key of an incoming article and which articles count, as the status page
+# always defined the three figures (the verifier never sets aligned and aligned_failed
+# together). Written twice: as SQL for the triggers, as expressions for the rest.
+SENDER_KEYS = ("aligned", "aligned_failed", "unverified")
+_SENDER_KEY = ("CASE WHEN NEW.aligned THEN 'aligned' WHEN NEW.aligned_failed "
+               "THEN 'aligned_failed' ELSE 'unverified' END")
+_SENDER_COUNTED = ("NEW.direction = 'in' "
+                   "AND (NEW.aligned OR NEW.aligned_failed OR NEW.verdict_source != 'off')")
+
+
+def sender_key(articles: Table) -> ColumnElement[str]:
+    a = articles.c
+    return case((a.aligned, "aligned"), (a.aligned_failed, "aligned_failed"),
+                else_="unverified")
+
+
+def sender_counted(articles: Table) -> ColumnElement[bool]:
+    a = articles.c
+    return (a.direction == "in") & (a.aligned | a.aligned_failed | (a.verdict_source != "off"))
+
+
+def has_verdicts(conn: Connection) -> bool:
+    """Does `articles` have the sender verdict yet (migration 0007_verdict)?"""
+    return "verdict_source" in {c["name"] for c in inspect(conn).get_columns("articles")}
+
 
 _UPSERT = ("ON CONFLICT (series, bucket, key, shard) DO UPDATE SET n = rollups.n + excluded.n")
 
@@ -70,7 +101,7 @@ def _sqlite_add(series: str, bucket: str, key: str, n: str = "1", when: str = "1
             f"SELECT '{series}', {bucket}, {key}, 0, {n} WHERE {when} {_UPSERT};")
 
 
-def _sqlite_ddl() -> list[str]:
+def _sqlite_ddl(senders: bool) -> list[str]:
     def hour(c: str) -> str:
         return f"substr({c}, 1, 13)"
 
@@ -97,6 +128,8 @@ def _sqlite_ddl() -> list[str]:
         "CREATE TRIGGER rollup_articles AFTER INSERT ON articles BEGIN "
         + _sqlite_add("articles", hour("NEW.created_at"), "NEW.direction")
         + _sqlite_add("articles", "''", "NEW.direction")
+        + (_sqlite_add("senders", hour("NEW.created_at"), _SENDER_KEY, when=_SENDER_COUNTED)
+           + _sqlite_add("senders", "''", _SENDER_KEY, when=_SENDER_COUNTED) if senders else "")
         + " END",
         "CREATE TRIGGER rollup_tickets_insert AFTER INSERT ON tickets BEGIN "
         + _sqlite_add("tickets", hour("NEW.created_at"), "''")
@@ -123,7 +156,7 @@ _PG_HOUR = "to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24')"
 _PG_MONTH = "to_char({} AT TIME ZONE 'UTC', 'YYYY-MM')"
 
 
-def _pg_ddl() -> list[str]:
+def _pg_ddl(senders: bool) -> list[str]:
     def hour(c: str) -> str:
         return _PG_HOUR.format(c)
 
@@ -156,7 +189,10 @@ def _pg_ddl() -> list[str]:
                  + add("events", "''", "NEW.kind", "NEW.occurrences - OLD.occurrences")),
         function("rollup_articles",
                  add("articles", hour("NEW.created_at"), "NEW.direction")
-                 + add("articles", "''", "NEW.direction")),
+                 + add("articles", "''", "NEW.direction")
+                 + (f"IF {_SENDER_COUNTED} THEN "
+                    + add("senders", hour("NEW.created_at"), _SENDER_KEY)
+                    + add("senders", "''", _SENDER_KEY) + " END IF;" if senders else "")),
         function("rollup_tickets_insert",
                  add("tickets", hour("NEW.created_at"), "''")
                  + add("tickets", "''", "''")
@@ -189,12 +225,16 @@ def _pg_ddl() -> list[str]:
     ]
 
 
-def install(conn: Connection) -> None:
+def install(conn: Connection, senders: bool | None = None) -> None:
     """Create the triggers (again). A migration that rebuilds `events`, `articles` or
     `tickets` on SQLite (batch_alter_table with recreate) drops their triggers: it must
-    call this afterwards."""
+    call this afterwards. `senders` is counted when the articles have verdicts (None:
+    look at the table)."""
+    if senders is None:
+        senders = has_verdicts(conn)
     drop(conn)
-    for statement in _sqlite_ddl() if conn.dialect.name == "sqlite" else _pg_ddl():
+    for statement in (_sqlite_ddl(senders) if conn.dialect.name == "sqlite"
+                      else _pg_ddl(senders)):
         conn.exec_driver_sql(statement)
 
 
@@ -234,6 +274,22 @@ def rebuild(conn: Connection) -> None:
     _fill(conn, "domain-created", T, month_of(T.c.created_at, dialect), domain, None)
     _fill(conn, "domain-closed", T, month_of(T.c.closed_at, dialect), domain,
           T.c.closed_at.is_not(None))
+    if has_verdicts(conn):
+        _fill_senders(conn)
+
+
+def rebuild_senders(conn: Connection) -> None:
+    """Recount only `senders` (migration 0011_senders): the articles table is the one to
+    lock (`lock_for_rebuild(conn, "articles")`), for as long as counting it takes."""
+    R = Rollup.__table__
+    conn.execute(R.delete().where(R.c.series == "senders"))
+    _fill_senders(conn)
+
+
+def _fill_senders(conn: Connection) -> None:
+    A = Article.__table__
+    for bucket in (hour_of(A.c.created_at, conn.dialect.name), literal(ALL_TIME)):
+        _fill(conn, "senders", A, bucket, sender_key(A), sender_counted(A))
 
 
 def _fill(conn: Connection, series: str, table: Table, bucket: ColumnElement,
@@ -249,7 +305,7 @@ def _fill(conn: Connection, series: str, table: Table, bucket: ColumnElement,
     conn.execute(R.insert().from_select(["series", "bucket", "key", "shard", "n"], query))
 
 
-def lock_for_rebuild(conn: Connection) -> None:
+def lock_for_rebuild(conn: Connection, tables: str = "tickets, articles, events") -> None:
     """PostgreSQL: keep writers out while the counts are rebuilt (they wait, then count)."""
     if conn.dialect.name == "postgresql":
-        conn.execute(text("LOCK TABLE tickets, articles, events IN SHARE MODE"))
+        conn.execute(text(f"LOCK TABLE {tables} IN SHARE MODE"))
