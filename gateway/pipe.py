@@ -148,9 +148,10 @@ def _size_rejected(config: Config, size: int, envelope: Envelope) -> int:
     try:
         store = open_store(config)
         build_intake(config, store).record_size_rejected(size, envelope.as_text())
-    except Exception:
-        log.exception("could not record size rejection")
-        return failures.TRANSIENT.exit_code
+    except Exception as exc:
+        # The refusal must be recorded before the bounce: 75 with the cause, and the
+        # MTA asks again (gateway.causes names a bug "internal error" too).
+        return _transient(config, exc)
     return _fail(failures.TOO_BIG, size=size, limit=limit)
 
 
@@ -173,8 +174,9 @@ def _setup_failed(config: Config, exc: Exception) -> int:
     failure = failures.failure_of(exc)
     if failure is failures.TRANSIENT:
         return _transient(config, exc)
-    log.error("could not start the intake", exc_info=exc)
-    return _fail(failures.CANNOT_START, error=type(exc).__name__)
+    log.debug("could not start the intake", exc_info=exc)
+    return _fail(failures.CANNOT_START,
+                 error="an unexpected error: `ticketgate -v pipe` shows the traceback")
 
 
 def process_in_process(config: Config, raw: bytes, envelope: Envelope, started: float) -> int:

@@ -175,6 +175,27 @@ def test_locked_sqlite_database_is_75(tmp_path: Path, sqlite_url: str) -> None:
     assert pipe(config, mail("new_ticket_de.eml"), "-r", SUPPORT).returncode == EX_OK
 
 
+def test_an_oversize_refusal_that_cannot_be_recorded_is_75_with_its_cause(
+        tmp_path: Path, sqlite_url: str) -> None:
+    """The bounce waits until the size-rejected event is stored; meanwhile the one stderr
+    line names the cause, never an exception class."""
+    config = write_config(tmp_path, sqlite_url, database={"busy_timeout": 0.3},
+                          intake={"max_message_size": 2048})
+    assert ticketgate(config, "db", "upgrade").returncode == 0
+    holder = sqlite3.connect(sqlite_path(config), isolation_level=None)
+    raw = mail("new_ticket_de.eml") + b"x" * 5000 + b"\n"
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        r = pipe(config, raw, "-f", "ana@x.example", "-r", SUPPORT)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert r.returncode == EX_TEMPFAIL
+    assert r.stderr.count(b"\n") == 1 and b"locked" in r.stderr, r.stderr
+    assert b"OperationalError" not in r.stderr and b"Traceback" not in r.stderr
+    assert pipe(config, raw, "-f", "ana@x.example", "-r", SUPPORT).returncode == EX_UNAVAILABLE
+
+
 def test_unreachable_postgresql_is_75(tmp_path: Path) -> None:
     config = write_config(tmp_path, "postgresql+psycopg://tg:tg@127.0.0.1:1/ticketgate")
     r = pipe(config, mail("new_ticket_de.eml"), "-r", SUPPORT)
