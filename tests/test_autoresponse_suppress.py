@@ -11,7 +11,6 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
 
 from autoresponse.autoresponder import AutoResponder
 from gateway.config import Config
@@ -22,9 +21,12 @@ from gateway.mail.classify import Classification
 from gateway.mail.envelope import Envelope
 from gateway.mail.parse import ParsedMessage
 from gateway.runtime import Store
-from tests.autoresponse_helpers import build_mail
+from tests.autoresponse_helpers import (
+    build_mail,
+    outbox_rows,
+    suppressed_events,
+)
 from tests.support import make_config
-from ticketstore.models import Event, OutboxMessage
 
 CUSTOMER = "ana@customer.example"
 ENV = Envelope(CUSTOMER, ("support@helpdesk.example",))
@@ -118,34 +120,24 @@ def _intake(config: Config, store: Store, router: object | None = None) -> Intak
     return intake
 
 
-def _outbox(store: Store) -> list[OutboxMessage]:
-    with store.factory() as s:
-        return list(s.execute(select(OutboxMessage).order_by(OutboxMessage.id)).scalars())
-
-
-def _suppressed(store: Store) -> list[dict[str, object]]:
-    with store.factory() as s:
-        return [e.detail for e in s.execute(
-            select(Event).where(Event.kind == "autoresponse-suppressed").order_by(Event.id)
-        ).scalars()]
 
 
 def test_plain_customer_mail_is_answered(config: Config, store: Store) -> None:
     d = _intake(config, store).process(build_mail(), ENV)
     assert d.outcome is Outcome.CREATED
-    rows = _outbox(store)
+    rows = outbox_rows(store)
     assert [(r.kind, r.rcpt_to) for r in rows] == [("auto-reply", CUSTOMER)]
-    assert _suppressed(store) == []
+    assert suppressed_events(store) == []
 
 
 @pytest.mark.parametrize(("raw", "envelope", "check"), [c[1:] for c in CASES],
                          ids=[c[0] for c in CASES])
-def test_suppressed(config: Config, store: Store, raw: bytes, envelope: Envelope,
+def testsuppressed_events(config: Config, store: Store, raw: bytes, envelope: Envelope,
                     check: str) -> None:
     d = _intake(config, store).process(raw, envelope)
     assert d.ticket_number
-    assert _outbox(store) == []
-    events = _suppressed(store)
+    assert outbox_rows(store) == []
+    events = suppressed_events(store)
     assert len(events) == 1, events
     assert events[0]["check"] == check, events
     assert events[0]["reason"]
@@ -170,8 +162,8 @@ class _NoAutoResponse:
 
 def test_rule_no_auto_response(config: Config, store: Store) -> None:
     _intake(config, store, router=_NoAutoResponse()).process(build_mail(), ENV)
-    assert _outbox(store) == []
-    [event] = _suppressed(store)
+    assert outbox_rows(store) == []
+    [event] = suppressed_events(store)
     assert event["check"] == "rule" and "vip-silence" in str(event["reason"])
 
 
@@ -179,20 +171,20 @@ def test_queue_without_auto_response(tmp_path: Path, db_url: str, store: Store) 
     config = make_config(tmp_path, db_url, queues=[
         {"name": "Support", "addresses": ["support@helpdesk.example"], "auto_response": False}])
     _intake(config, store).process(build_mail(), ENV)
-    assert _outbox(store) == []
-    assert [e["check"] for e in _suppressed(store)] == ["queue-off"]
+    assert outbox_rows(store) == []
+    assert [e["check"] for e in suppressed_events(store)] == ["queue-off"]
 
 
 def test_reply_to_of_ours_is_not_honoured(config: Config, store: Store) -> None:
     raw = build_mail(headers={"Reply-To": "sales@helpdesk.example"})
     _intake(config, store).process(raw, ENV)
-    assert [r.rcpt_to for r in _outbox(store)] == [CUSTOMER]
+    assert [r.rcpt_to for r in outbox_rows(store)] == [CUSTOMER]
 
 
 def test_reply_to_is_honoured(config: Config, store: Store) -> None:
     raw = build_mail(headers={"Reply-To": "Team <team@customer.example>"})
     _intake(config, store).process(raw, ENV)
-    assert [r.rcpt_to for r in _outbox(store)] == ["team@customer.example"]
+    assert [r.rcpt_to for r in outbox_rows(store)] == ["team@customer.example"]
 
 
 def test_daily_limit_survives_restart(tmp_path: Path, db_url: str, store: Store) -> None:
@@ -204,15 +196,15 @@ def test_daily_limit_survives_restart(tmp_path: Path, db_url: str, store: Store)
     restarted = _intake(dataclasses.replace(config), store)
     for i in range(2, 5):
         restarted.process(build_mail(subject=f"q{i}", message_id=f"d{i}@c"), ENV)
-    assert len(_outbox(store)) == 3
-    checks = [e["check"] for e in _suppressed(store)]
+    assert len(outbox_rows(store)) == 3
+    checks = [e["check"] for e in suppressed_events(store)]
     assert checks == ["daily-limit", "daily-limit"]
 
 
 def test_disabled_sends_nothing(tmp_path: Path, db_url: str, store: Store) -> None:
     config = make_config(tmp_path, db_url, autoresponse={"enabled": False})
     _intake(config, store).process(build_mail(), ENV)
-    assert _outbox(store) == []
+    assert outbox_rows(store) == []
 
 
 def test_a_broken_template_is_recorded_and_the_mail_still_stored(
@@ -225,8 +217,8 @@ def test_a_broken_template_is_recorded_and_the_mail_still_stored(
     config = make_config(tmp_path, db_url, templates={"dir": str(tmp_path / "templates")})
     d = _intake(config, store).process(build_mail(), ENV)
     assert d.outcome is Outcome.CREATED and d.ticket_number
-    assert _outbox(store) == []
-    [event] = _suppressed(store)
+    assert outbox_rows(store) == []
+    [event] = suppressed_events(store)
     assert event["check"] == "template-error"
     assert "new-ticket.txt:2:" in str(event["reason"]) and "numbr" in str(event["reason"])
 
@@ -240,6 +232,6 @@ def test_real_bounces_and_auto_replies_through_a_forwarder_get_no_answer(
         config: Config, store: Store, name: str) -> None:
     """Real mail from flufl.bounce's test data, re-sent by a forwarder (sender not <>)."""
     _intake(config, store).process((_BOUNCE_DIR / name).read_bytes(), FORWARDED)
-    assert _outbox(store) == []
-    [event] = _suppressed(store)
+    assert outbox_rows(store) == []
+    [event] = suppressed_events(store)
     assert event["check"] in {"auto-submitted", "precedence", "list", "bounce"}, event

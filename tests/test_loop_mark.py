@@ -12,18 +12,17 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from autoresponse.autoresponder import AutoResponder
 from gateway.cli import main as cli_main
 from gateway.config import Config, read_site_secret
-from gateway.intake.core import Intake
 from gateway.mail.classify import LOOP, LOOP_FORGED, classify
 from gateway.mail.envelope import Envelope
 from gateway.mail.loopmark import loop_mark, mark_is_valid
 from gateway.mail.parse import parse_message
 from gateway.runtime import Store
+from tests.autoresponse_helpers import answering_intake, outbox_rows, suppressed_events
 from tests.support import make_config
 from tests.verify_helpers import mail
-from ticketstore.models import Article, Event, OutboxMessage
+from ticketstore.models import Article, Event
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 ENV = Envelope("ana@customer.example", ("support@helpdesk.example",))
@@ -66,21 +65,7 @@ def site(tmp_path: Path, db_url: str) -> Config:
     return make_config(tmp_path, db_url, queues=AGENTS)
 
 
-def _intake(config: Config, store: Store) -> Intake:
-    intake = Intake(config, store.factory, responder=AutoResponder(config))
-    intake.sync_queues()
-    return intake
 
-
-def _outbox(store: Store) -> list[OutboxMessage]:
-    with store.factory() as s:
-        return list(s.execute(select(OutboxMessage).order_by(OutboxMessage.id)).scalars())
-
-
-def _suppressed(store: Store) -> list[dict[str, object]]:
-    with store.factory() as s:
-        return [e.detail for e in s.execute(
-            select(Event).where(Event.kind == "autoresponse-suppressed")).scalars()]
 
 
 @pytest.fixture
@@ -95,11 +80,11 @@ def site_store(site: Config) -> Store:
 def test_forged_loop_header_silences_nothing_and_is_flagged(site: Config,
                                                             site_store: Store) -> None:
     forged = mail(extra="X-Ticketgate-Loop: support@helpdesk.example\r\n")
-    d = _intake(site, site_store).process(forged, ENV)
-    kinds = sorted((o.kind, o.rcpt_to) for o in _outbox(site_store))
+    d = answering_intake(site, site_store).process(forged, ENV)
+    kinds = sorted((o.kind, o.rcpt_to) for o in outbox_rows(site_store))
     assert kinds == [("agent-notification", "agents@helpdesk.example"),
                      ("auto-reply", "ana@customer.example")]
-    assert _suppressed(site_store) == []
+    assert suppressed_events(site_store) == []
     with site_store.factory() as s:
         article = s.execute(select(Article).where(Article.message_id == d.message_id)
                             ).scalar_one()
@@ -110,19 +95,19 @@ def test_forged_loop_header_silences_nothing_and_is_flagged(site: Config,
 
 def test_our_own_answer_coming_back_is_still_recognised(site: Config,
                                                         site_store: Store) -> None:
-    intake = _intake(site, site_store)
+    intake = answering_intake(site, site_store)
     intake.process(mail(), ENV)
-    answer = next(o for o in _outbox(site_store) if o.kind == "auto-reply")
+    answer = next(o for o in outbox_rows(site_store) if o.kind == "auto-reply")
     header = message_from_bytes(answer.message)["X-Ticketgate-Loop"]
     assert header == loop_mark(SECRET, answer.message_id)
     # Our answer comes back, e.g. forwarded by the customer's mailbox to us again, From the
     # customer: the valid mark alone silences both the answer and the agents.
     back = answer.message.replace(b"From: ", b"X-Old-From: ", 1)
     back = b"From: ana@customer.example\r\n" + back
-    before = len(_outbox(site_store))
+    before = len(outbox_rows(site_store))
     intake.process(back, ENV)
-    assert len(_outbox(site_store)) == before
-    assert [(e["event"], e["check"]) for e in _suppressed(site_store)] == [
+    assert len(outbox_rows(site_store)) == before
+    assert [(e["event"], e["check"]) for e in suppressed_events(site_store)] == [
         ("agent-notification", "loop")]
     with site_store.factory() as s:
         came_back = s.execute(select(Article).order_by(Article.id.desc())).scalars().first()
@@ -130,9 +115,9 @@ def test_our_own_answer_coming_back_is_still_recognised(site: Config,
 
 
 def test_any_x_loop_no_longer_silences_the_agents(site: Config, site_store: Store) -> None:
-    _intake(site, site_store).process(mail(extra="X-Loop: whatever@else.example\r\n"), ENV)
-    assert [o.kind for o in _outbox(site_store)] == ["agent-notification"]
-    assert [e["check"] for e in _suppressed(site_store)] == ["loop"]  # no answer, though
+    answering_intake(site, site_store).process(mail(extra="X-Loop: whatever@else.example\r\n"), ENV)
+    assert [o.kind for o in outbox_rows(site_store)] == ["agent-notification"]
+    assert [e["check"] for e in suppressed_events(site_store)] == ["loop"]  # no answer, though
 
 
 def test_without_a_secret_the_header_is_plain_and_not_trusted(tmp_path: Path,
@@ -143,9 +128,9 @@ def test_without_a_secret_the_header_is_plain_and_not_trusted(tmp_path: Path,
     assert read_site_secret(config) is None
     store = open_store(config)
     try:
-        _intake(config, store).process(
+        answering_intake(config, store).process(
             mail(extra="X-Ticketgate-Loop: support@helpdesk.example\r\n"), ENV)
-        out = _outbox(store)
+        out = outbox_rows(store)
         assert sorted(o.kind for o in out) == ["agent-notification", "auto-reply"]
         answer = next(o for o in out if o.kind == "auto-reply")
         assert message_from_bytes(answer.message)["X-Ticketgate-Loop"] == \
