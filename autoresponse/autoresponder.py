@@ -339,6 +339,7 @@ class AutoResponder(Responder):
         conn.execute(INSERT_OUTBOX, {
             "ticket_id": stored.ticket.id, "kind": KINDS[event], "mail_from": out.from_address,
             "rcpt_to": out.to_address, "message_id": out.message_id, "message": data,
+            "rcpt_domain": limits.domain_key(out.to_address.rpartition("@")[2]),
             "template": rendered.template, "next_attempt_at": stored.now,
             "created_at": stored.now})
         return True

@@ -137,3 +137,30 @@ def test_the_rule_catches_a_contracting_migration(tmp_path: Path) -> None:
     ]
     bad.write_text(bad.read_text() + f"{MARKER} = False\n")
     assert migration_problems(bad) == []
+
+
+def test_0012_fills_the_outbox_domain_of_stored_answers(db_url: str) -> None:
+    """The hourly limit per domain reads `rcpt_domain`; answers stored before it existed
+    must count too."""
+    from alembic import command
+
+    from ticketstore.db import alembic_config, upgrade
+
+    engine = make_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            cfg = alembic_config(db_url)
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0011_senders")
+        with engine.begin() as conn:
+            conn.execute(text(
+                "INSERT INTO outbox (kind, mail_from, rcpt_to, message_id, message, state, "
+                "attempts, next_attempt_at, last_error, created_at) VALUES ('auto-reply', "
+                "'s@helpdesk.example', 'Ana@Customer.Example', 'm1@x', :m, 'sent', 0, "
+                ":t, '', :t)"), {"m": b"x", "t": "2026-12-07 10:00:00"})
+        upgrade(engine)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT rcpt_domain FROM outbox")).scalar_one() \
+                == "customer.example"
+    finally:
+        engine.dispose()

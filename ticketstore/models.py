@@ -258,6 +258,8 @@ class OutboxMessage(Base):
     kind: Mapped[str] = mapped_column(String(40))
     mail_from: Mapped[str] = mapped_column(String(320), default="")
     rcpt_to: Mapped[str] = mapped_column(String(320))
+    # rcpt_to's domain, lower-case: the hourly limit per domain (autoresponse/limits.py).
+    rcpt_domain: Mapped[str] = mapped_column(String(255), default="", server_default="")
     message_id: Mapped[str] = mapped_column(String(998), index=True)
     message: Mapped[bytes] = mapped_column(LargeBinary)
     # The text template it was rendered from, for the event written when it is sent.
@@ -274,6 +276,7 @@ class OutboxMessage(Base):
         Index("ix_outbox_rcpt_created", "rcpt_to", "created_at"),
         # The site's and each domain's answers of the last hour (autoresponse/limits.py).
         Index("ix_outbox_created", "created_at"),
+        Index("ix_outbox_domain_created", "rcpt_domain", "created_at"),
     )
 
 
