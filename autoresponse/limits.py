@@ -119,8 +119,8 @@ def _customer_rows(domain: bool) -> Any:
 _SITE_ROWS, _DOMAIN_ROWS = _customer_rows(False), _customer_rows(True)
 
 
-def answers_last_hour(conn: Connection, now: dt.datetime, domain: str | None = None,
-                      most: int = 1_000_000) -> int:
+def answers_last_hour(conn: Connection, now: dt.datetime, most: int,
+                      domain: str | None = None) -> int:
     """Customer answers of the last hour, of the site or to one recipient domain, counted
     up to `most`: an index range that stops there, however busy the hour was."""
     stmt, params = _SITE_ROWS, {"since": now - HOUR, "most": most}

@@ -115,7 +115,7 @@ def _domain_limit(ctx: Check) -> str | None:
     if not limit:
         return None
     domain = limits.domain_key(ctx.recipient.rpartition("@")[2])
-    sent = limits.answers_last_hour(ctx.conn, ctx.stored.now, domain, most=limit)
+    sent = limits.answers_last_hour(ctx.conn, ctx.stored.now, limit, domain)
     if sent >= limit:
         return f"{sent} auto-responses to {domain} in the last hour " \
                f"(max_per_domain_per_hour = {limit})"
@@ -126,7 +126,7 @@ def _global_limit(ctx: Check) -> str | None:
     limit = ctx.config.autoresponse.max_per_hour
     if not limit:
         return None
-    sent = limits.answers_last_hour(ctx.conn, ctx.stored.now, most=limit)
+    sent = limits.answers_last_hour(ctx.conn, ctx.stored.now, limit)
     if sent >= limit:
         return f"{sent} auto-responses from this site in the last hour (max_per_hour = {limit})"
     return None

@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import multiprocessing
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import assume, given
@@ -124,15 +126,7 @@ def test_two_processes_never_share_a_number(db_url: str, tmp_path: Path) -> None
     engine = make_engine(db_url)
     upgrade(engine)
     engine.dispose()
-    ctx = multiprocessing.get_context("spawn")
-    out = ctx.Queue()
-    procs = [ctx.Process(target=_make_numbers, args=(db_url, 60, out)) for _ in range(2)]
-    for p in procs:
-        p.start()
-    results = [out.get(timeout=120) for _ in procs]
-    for p in procs:
-        p.join(timeout=30)
-        assert p.exitcode == 0
+    results = _in_processes(_make_numbers, (db_url, 60), 2)
     merged = results[0] + results[1]
     assert len(merged) == 120
     assert len(set(merged)) == 120
@@ -180,15 +174,7 @@ def test_four_processes_allocate_unique_well_formed_numbers(
         conn.execute(text("INSERT INTO counters (scope, value) VALUES (:s, 41)"),
                      {"s": numbers.counter_scope(generator, dt.date(2026, 11, 22))})
     engine.dispose()
-    ctx = multiprocessing.get_context("spawn")
-    out = ctx.Queue()
-    procs = [ctx.Process(target=_allocate, args=(url, 50, generator, out)) for _ in range(4)]
-    for p in procs:
-        p.start()
-    results = [out.get(timeout=120) for _ in procs]
-    for p in procs:
-        p.join(timeout=30)
-        assert p.exitcode == 0
+    results = _in_processes(_allocate, (url, 50, generator), 4)
     merged = [n for r in results for n in r]
     assert len(merged) == len(set(merged)) == 200
     counters = sorted(int(n[-6:-1] if generator == "date-checksum" else n[2:]) for n in merged)
@@ -221,3 +207,17 @@ def test_blocks_grow_from_one_so_a_single_ticket_wastes_no_number(pg_databases: 
     engine.dispose()
     assert made == [f"{n:02d}" for n in range(4, 44)]
     assert value == 3 + 1 + 2 + 4 + 8 + 16 + 16
+
+
+def _in_processes(target: Callable[..., None], args: tuple[Any, ...], count: int) -> list[Any]:
+    """Run `target(*args, queue)` in `count` spawned processes; what each put on the queue."""
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*args, out)) for _ in range(count)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+        assert p.exitcode == 0
+    return results

@@ -24,7 +24,7 @@ from ticketstore.models import utcnow
 
 from .columns import message_id_key
 from .dedupe import content_hash, find_duplicate, ignored_fields
-from .followup import PROOF, THREADED_PATHS, find_follow_up
+from .followup import PROOF, THREADED_PATHS, candidate_ids, find_follow_up
 from .held import find_held, insert_held
 from .outcome import Disposition, Outcome
 from .participants import ParticipantRules, add_participants
@@ -217,11 +217,10 @@ class Intake:
             "added": [{"address": a, "source": s} for a, s in added],
             "by": "message", "message_id": p.message_id})]
 
-    def ticket_of(self, conn: Connection, p: Prepared) -> int | None:
-        """The id of the ticket `p` would follow up, for locking tickets in order
+    def tickets_of(self, conn: Connection, p: Prepared) -> set[int]:
+        """The ids of the tickets `p` may write to, for locking them in order
         (transaction.lock_tickets); nothing is written."""
-        found = find_follow_up(conn, self.config.tickets, self.participants, p)
-        return found.ticket.id if found is not None else None
+        return candidate_ids(conn, self.config.tickets, p)
 
     def process(self, raw: bytes, envelope: Envelope) -> Disposition:
         """Prepare and store one message in its own transaction (the pipe's path)."""

@@ -52,7 +52,7 @@ class Stores(Protocol):
 
     def store(self, conn: Connection, p: Prepared) -> Disposition: ...
 
-    def ticket_of(self, conn: Connection, p: Prepared) -> int | None: ...
+    def tickets_of(self, conn: Connection, p: Prepared) -> set[int]: ...
 
 
 class RetryAlone(Exception):
@@ -122,7 +122,7 @@ def lock_tickets(conn: Connection, pairs: Iterable[tuple[Stores, Prepared]]) -> 
         # In a savepoint: a conflict (or a message whose lookup fails: it fails again,
         # alone, when it is stored) costs only these early locks, never the batch.
         with conn.begin_nested():
-            ids = {i for intake, p in pairs if (i := intake.ticket_of(conn, p)) is not None}
+            ids = {i for intake, p in pairs for i in intake.tickets_of(conn, p)}
             if len(ids) > 1:
                 conn.execute(_LOCK_TICKETS, {"ids": sorted(ids)}).all()
     except sa_exc.SQLAlchemyError as exc:
