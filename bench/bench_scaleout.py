@@ -13,15 +13,21 @@ the `counters` table waiting on a lock); and the most connections the database h
 Targets: hot follow-ups with 3 instances at least as fast as with 1 and no 451; new
 tickets with 3 instances at least as fast as with 1 and under 10 % of samples waiting
 on number allocation. On a 2-core machine more instances cannot add CPU: what they must
-not do is serialise or fail.
+not do is serialise or fail. Each line also gives the CPU the serve processes and the
+machine's postgres processes spent per message; and a last run, one instance with as
+many workers as the most instances have together, tells what the extra processes cost
+on a small machine (they share its cores and caches) from what waiting on each other
+would cost.
 
     .venv/bin/python -m bench scaleout [--messages=600] [--instances=3] [--workers=N]
+
+The hot follow-ups are replies of each ticket's own customer (a stranger's reply would
+open a linked ticket, issue 16, and not touch the ticket at all).
 """
 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import smtplib
 import socket
@@ -59,6 +65,8 @@ class Samples:
     locked: int = 0
     numbers: int = 0
     connections: int = 0
+    gateway_cpu: float = 0.0  # CPU seconds of the serve processes (workers included)
+    postgres_cpu: float = 0.0  # ... and of every postgres process of the machine
     stop: threading.Event = field(default_factory=threading.Event)
 
     def share(self, part: int) -> float:
@@ -79,6 +87,36 @@ def sample(admin_url: str, db: str, into: Samples) -> None:
                 into.stop.wait(0.02)
     finally:
         engine.dispose()
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of `pids` and their children (a serve's workers), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total, todo, seen = 0.0, list(pids), set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            todo += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+    return total
+
+
+def _postgres_pids() -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres":
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
 
 
 def _free_port() -> int:
@@ -122,11 +160,26 @@ def start_instances(url: str, count: int, work: Path, workers: int = 0,
     return ports, procs
 
 
-def message(tag: str, i: int, subject: str) -> bytes:
-    return (f"From: Customer {i} <c{i}@customer{i % 40}.example>\r\nTo: {RCPT}\r\n"
+def message(tag: str, i: int, subject: str, sender: int | None = None) -> bytes:
+    """Message `i`, from customer `sender` (default: customer `i`)."""
+    c = i if sender is None else sender
+    return (f"From: Customer {c} <c{c}@customer{c % 40}.example>\r\nTo: {RCPT}\r\n"
             f"Subject: {subject}\r\nMessage-ID: <{tag}-{i}@customer.example>\r\n"
             "Date: Mon, 07 Dec 2026 10:00:00 +0000\r\n\r\n"
             + "The disk on host db3 is at 91 %, please have a look.\r\n" * 12).encode()
+
+
+def _numbers_by_customer(url: str) -> list[str]:
+    """The warm-up's ticket numbers, the one of customer i at index i."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT customer_address, number FROM tickets")).all()
+    finally:
+        engine.dispose()
+    by_customer = {address: number for address, number in rows}
+    return [by_customer[f"c{i}@customer{i}.example"] for i in range(HOT_TICKETS)
+            if f"c{i}@customer{i}.example" in by_customer]
 
 
 def send_all(ports: list[int], messages: list[bytes]) -> tuple[float, list[str], list[bytes]]:
@@ -175,27 +228,32 @@ def run(admin_url: str, instances: int, n: int, work: Path, workers: int = 0,
         subprocess.run([TICKETGATE, "-c", str(cfg), "db", "upgrade"], check=True,
                        capture_output=True)
         ports, procs = start_instances(url, instances, folder, workers)
-        _, refused, replies = send_all(ports, [message("hot-new", i, f"disk full {i}")
-                                               for i in range(HOT_TICKETS)])
-        numbers = [m.group(1).decode() for r in replies
-                   if (m := re.search(rb"ticket (\d+)", r))]
+        _, refused, _ = send_all(ports, [message("hot-new", i, f"disk full {i}")
+                                         for i in range(HOT_TICKETS)])
+        numbers = _numbers_by_customer(url)
         if refused or len(numbers) != HOT_TICKETS:
             raise RuntimeError(f"warm-up failed: {refused[:1]}")
         phases = {
             "new tickets": [message("new", i, f"Problem number {i}") for i in range(n)],
+            # Replies of each ticket's customer (a stranger's would open a linked ticket).
             "hot follow-ups": [message("hot", i, f"Re: [Ticket#{numbers[i % HOT_TICKETS]}] "
-                                                 "disk full") for i in range(n)],
+                                                 "disk full", sender=i % HOT_TICKETS)
+                               for i in range(n)],
         }
         results = {}
         for phase, batch in phases.items():
             samples = Samples()
             sampler = threading.Thread(target=sample, args=(admin_url, db, samples))
             sampler.start()
+            serve_pids, pg_pids = [p.pid for p in procs], _postgres_pids()
+            cpu = _cpu_seconds(serve_pids), _cpu_seconds(pg_pids)
             try:
                 elapsed, refused, _ = send_all(ports, batch)
             finally:
                 samples.stop.set()
                 sampler.join()
+            samples.gateway_cpu = _cpu_seconds(serve_pids) - cpu[0]
+            samples.postgres_cpu = _cpu_seconds(pg_pids) - cpu[1]
             results[phase] = (len(batch) / elapsed, len(refused), samples)
         return results
     finally:
@@ -226,17 +284,25 @@ def main(argv: list[str]) -> int:
     print(f"{n} messages per phase, {CLIENTS} LMTP clients, "
           f"{workers or 'default'} intake workers per instance, load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-    print(f"{'instances':>9} {'phase':<15} {'msg/s':>7} {'refused':>7} {'samples':>7} "
-          f"{'lock wait':>9} {'numbers':>8} {'conns':>5}")
+    print(f"{'instances':>13} {'phase':<15} {'msg/s':>7} {'refused':>7} {'samples':>7} "
+          f"{'lock wait':>9} {'numbers':>8} {'conns':>5} {'cpu ms/msg gw+pg':>16}")
     rates: dict[tuple[int, str], tuple[float, int, Samples]] = {}
+    per_instance = workers or os.cpu_count() or 1
+    # The control: one instance with as many workers as the most instances have together
+    # (as many processes on the machine's cores), to tell what more processes cost on a
+    # small machine from what instances waiting for each other would cost.
+    runs = [(i, workers, f"{i}") for i in range(1, most + 1)]
+    if most > 1:
+        runs.append((1, most * per_instance, f"1 ({most * per_instance} workers)"))
     with tempfile.TemporaryDirectory(prefix="bench-scaleout-") as tmp:
-        for instances in range(1, most + 1):
+        for instances, run_workers, label in runs:
             for phase, (rate, refused, s) in run(admin_url, instances, n, Path(tmp),
-                                                 workers).items():
-                rates[instances, phase] = (rate, refused, s)
-                print(f"{instances:>9} {phase:<15} {rate:>7.0f} {refused:>7} {s.active:>7} "
+                                                 run_workers).items():
+                rates[(instances if label == str(instances) else 0), phase] = (rate, refused, s)
+                print(f"{label:>13} {phase:<15} {rate:>7.0f} {refused:>7} {s.active:>7} "
                       f"{s.share(s.locked):>8.1f}% {s.share(s.numbers):>7.1f}% "
-                      f"{s.connections:>5}", flush=True)
+                      f"{s.connections:>5} {1000 * s.gateway_cpu / n:>7.2f}+"
+                      f"{1000 * s.postgres_cpu / n:<8.2f}", flush=True)
     hot1, hot3 = rates[1, "hot follow-ups"], rates[most, "hot follow-ups"]
     new1, new3 = rates[1, "new tickets"], rates[most, "new tickets"]
     checks = [
@@ -249,4 +315,9 @@ def main(argv: list[str]) -> int:
     ]
     for name, ok in checks:
         print(f"{'PASS' if ok else 'MISS'}  {name}")
+    if most > 1:
+        print(f"{most} instances against 1 instance with as many workers "
+              f"({most * per_instance}): " + ", ".join(
+                  f"{phase} {rates[most, phase][0] / rates[0, phase][0]:.2f}x"
+                  for phase in ("new tickets", "hot follow-ups")))
     return 0

@@ -1,24 +1,28 @@
 """Hot follow-ups from several writers on one PostgreSQL: no deadlock answered 451.
 
 Monitoring storms and busy conversations send many follow-ups to the same few tickets;
-each writer's batch updates those tickets. Batches lock their tickets in id order, and a
-message that still loses a deadlock (or a serialization failure) is stored again by the
-writer instead of being answered 451.
+each follow-up touches its ticket's row (`updated_at`). A batch touches those rows only
+at its end, in id order, so writers do not hold them while storing the rest of their
+batch nor take them in a cycle; a message that still loses a deadlock (or a
+serialization failure) is stored again by the writer instead of being answered 451.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import datetime as dt
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Connection, Engine, event, func, select, text, update
+from sqlalchemy import exc as sa_exc
 
 from gateway.config import Config
 from gateway.intake.core import Intake
-from gateway.intake.transaction import CONFLICT_ATTEMPTS, store_alone
+from gateway.intake.outcome import Outcome
+from gateway.intake.transaction import CONFLICT_ATTEMPTS, Touches, store_alone, touch_tickets
 from gateway.mail.envelope import Envelope
 from gateway.runtime import open_store
 from gateway.server.groupcommit import GroupCommitter
@@ -111,6 +115,127 @@ def test_a_deadlock_in_a_batch_costs_no_message(pg_intake: tuple[Intake, Engine]
         committer.stop()
     assert committer.batches == 1 and len({r.ticket_number for r in results}) == 5
     assert _count(engine.url.render_as_string(False), Article) == 5
+
+
+# -- a batch touches its follow-ups' tickets last, in id order ---------------------------
+
+def _tickets(intake: Intake, count: int) -> list[tuple[int, str]]:
+    """`count` new tickets of ENVELOPE's customer: (id, number), oldest first."""
+    numbers = [intake.process(message(-n, f"ticket {n}"), ENVELOPE).ticket_number
+               for n in range(1, count + 1)]
+    with intake.engine.connect() as conn:
+        rows = dict(conn.execute(select(Ticket.number, Ticket.id)).all())
+    return [(rows[n], n) for n in numbers if n is not None]
+
+
+def _updated_at(intake: Intake, ticket_id: int) -> object:
+    with intake.engine.connect() as conn:
+        return conn.scalar(select(Ticket.updated_at).where(Ticket.id == ticket_id))
+
+
+def _batch(intake: Intake, raws: list[bytes]) -> list[object]:
+    """`raws` stored by one group-commit batch (all queued before the writer starts)."""
+    committer = GroupCommitter(intake.engine)
+    futures = [committer.submit(intake, intake.prepare(raw, ENVELOPE)) for raw in raws]
+    committer.start()
+    try:
+        return [f.exception(30) or f.result(30) for f in futures]
+    finally:
+        committer.stop()
+
+
+def test_a_batch_touches_its_follow_ups_tickets_last_and_in_id_order(intake: Intake) -> None:
+    (low, low_number), (high, high_number) = _tickets(intake, 2)
+    before = _updated_at(intake, low), _updated_at(intake, high)
+    statements: list[tuple[str, object]] = []
+
+    def seen(conn: Connection, statement: object, multiparams: list[dict[str, object]],
+             params: dict[str, object], options: object) -> None:
+        words = str(statement).split()  # "UPDATE tickets ...", "INSERT INTO articles ..."
+        statements.append((" ".join(words[:3] if words[0] == "INSERT" else words[:2]),
+                           multiparams or [params]))
+
+    event.listen(intake.engine, "before_execute", seen)
+    try:
+        results = _batch(intake, [message(1, f"Re: [Ticket#{high_number}] status"),
+                                  message(2, f"Re: [Ticket#{low_number}] status"),
+                                  message(3, "a new problem")])
+    finally:
+        event.remove(intake.engine, "before_execute", seen)
+    assert [r.outcome for r in results] == [Outcome.FOLLOW_UP, Outcome.FOLLOW_UP,  # type: ignore[attr-defined]
+                                            Outcome.CREATED]
+    kinds = [k for k, _ in statements]
+    touched = [i for i, (k, _) in enumerate(statements) if k == "UPDATE tickets"]
+    assert len(touched) == 1, kinds
+    last_write = max(i for i, k in enumerate(kinds) if k.startswith("INSERT INTO"))
+    assert touched[0] > last_write, f"a ticket row was locked mid-batch: {kinds}"
+    params = statements[touched[0]][1]
+    assert [p["ticket_id"] for p in params] == [low, high]  # type: ignore[index,union-attr]
+    assert _updated_at(intake, low) > before[0] and _updated_at(intake, high) > before[1]  # type: ignore[operator]
+
+
+class _FailsAfterWriting(Intake):
+    """Stores a follow-up, then fails like a bug would: its savepoint is rolled back."""
+
+    def store(self, conn: Connection, p: object, touches: Touches | None = None) -> object:
+        disposition = super().store(conn, p, touches)  # type: ignore[arg-type]
+        if "poison" in p.msg.subject:  # type: ignore[attr-defined]
+            raise RuntimeError("bug after a partial write")
+        return disposition
+
+
+def test_a_failed_message_of_a_batch_does_not_touch_its_ticket(intake: Intake) -> None:
+    [(ticket, number)] = _tickets(intake, 1)
+    before = _updated_at(intake, ticket)
+    buggy = _FailsAfterWriting(intake.config, intake.factory)
+    results = _batch(buggy, [message(1, f"Re: [Ticket#{number}] poison"),  # type: ignore[arg-type]
+                             message(2, "a new problem")])
+    assert isinstance(results[0], RuntimeError) and results[1].outcome is Outcome.CREATED  # type: ignore[attr-defined]
+    assert _updated_at(intake, ticket) == before
+
+
+def test_a_touch_never_moves_updated_at_back(intake: Intake) -> None:
+    [(ticket, _)] = _tickets(intake, 1)
+    later = intake.clock() + dt.timedelta(hours=1)
+    with intake.engine.begin() as conn:
+        conn.execute(update(Ticket).where(Ticket.id == ticket).values(updated_at=later))
+        touches = Touches()
+        touches.latest[ticket] = later - dt.timedelta(minutes=5)
+        touch_tickets(conn, touches)
+    assert _updated_at(intake, ticket) == later
+
+
+class _Probes(Intake):
+    """While storing a message with "probe" in its subject, asks from another connection
+    whether the batch holds the row of `self.watched` (NOWAIT: no waiting)."""
+
+    watched = 0
+    locked: bool | None = None
+
+    def store(self, conn: Connection, p: object, touches: Touches | None = None) -> object:
+        if "probe" in p.msg.subject:  # type: ignore[attr-defined]
+            with self.engine.connect() as other:
+                try:
+                    other.execute(text("SELECT id FROM tickets WHERE id = :id "
+                                       "FOR NO KEY UPDATE NOWAIT"), {"id": self.watched})
+                    self.locked = False
+                except sa_exc.OperationalError as exc:  # 55P03 lock_not_available
+                    assert getattr(exc.orig, "sqlstate", None) == "55P03", exc
+                    self.locked = True
+                other.rollback()
+        return super().store(conn, p, touches)  # type: ignore[arg-type]
+
+
+def test_a_batch_does_not_hold_a_follow_ups_ticket_while_storing_the_rest(
+        pg_intake: tuple[Intake, Engine]) -> None:
+    intake, _ = pg_intake
+    [(ticket, number)] = _tickets(intake, 1)
+    probing = _Probes(intake.config, intake.factory)
+    probing.watched = ticket
+    results = _batch(probing, [message(1, f"Re: [Ticket#{number}] status"),
+                               message(2, "probe: a new problem")])
+    assert [r.outcome for r in results] == [Outcome.FOLLOW_UP, Outcome.CREATED]  # type: ignore[attr-defined]
+    assert probing.locked is False, "another writer would wait for the whole batch"
 
 
 # -- several serve processes, real LMTP clients --------------------------------------------

@@ -129,8 +129,8 @@ def _one_batch(intake: Intake, count: int, special: int, subject: str
 class _FailsOnSubject(Intake):
     """Fails (like a bug would) after writing part of one message."""
 
-    def store(self, conn: Any, p: Any) -> Any:
-        disposition = super().store(conn, p)
+    def store(self, conn: Any, p: Any, touches: Any = None) -> Any:
+        disposition = super().store(conn, p, touches)
         if "poison" in p.msg.subject:
             raise RuntimeError("bug after a partial write")
         return disposition
@@ -167,12 +167,12 @@ def test_an_integrity_race_alone_in_its_batch_is_retried(intake: Intake) -> None
     class _Collides(Intake):
         calls = 0
 
-        def store(self, conn: Any, p: Any) -> Any:
+        def store(self, conn: Any, p: Any, touches: Any = None) -> Any:
             self.calls += 1
             if self.calls == 1:
-                super().store(conn, p)
+                super().store(conn, p, touches)
                 raise sa_exc.IntegrityError("INSERT", {}, Exception("UNIQUE constraint failed"))
-            return super().store(conn, p)
+            return super().store(conn, p, touches)
 
     racy = _Collides(intake.config, intake.factory)
     committer = GroupCommitter(intake.engine)
@@ -246,8 +246,8 @@ class _DatabaseRollsBack(Intake):
     """Stores, then has the database end the transaction the way SQLite does after a
     full disk or an I/O error (a ROLLBACK the writer did not ask for)."""
 
-    def store(self, conn: Any, p: Any) -> Any:
-        disposition = super().store(conn, p)
+    def store(self, conn: Any, p: Any, touches: Any = None) -> Any:
+        disposition = super().store(conn, p, touches)
         if "doomed" in p.msg.subject:
             conn.connection.dbapi_connection.execute("ROLLBACK")
         return disposition

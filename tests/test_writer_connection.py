@@ -34,12 +34,12 @@ def _tickets(intake: Intake) -> int:
 class _Invalidates(Intake):
     """Loses its connection (like a server restart would) in the middle of a message."""
 
-    def store(self, conn: Any, p: Any) -> Any:
+    def store(self, conn: Any, p: Any, touches: Any = None) -> Any:
         if "lose" in p.msg.subject:
             conn.invalidate()
             raise sa_exc.OperationalError("SELECT", {}, Exception("server closed the connection"),
                                           connection_invalidated=True)
-        return super().store(conn, p)
+        return super().store(conn, p, touches)
 
 
 def test_the_next_batch_after_a_lost_connection_gets_a_new_one(intake: Intake) -> None:

@@ -29,8 +29,8 @@ class _DatabaseErrorAfterWriting(Intake):
     rest of the batch commits only if the savepoint really rolled back.
     """
 
-    def store(self, conn: Any, p: Any) -> Any:
-        disposition = super().store(conn, p)
+    def store(self, conn: Any, p: Any, touches: Any = None) -> Any:
+        disposition = super().store(conn, p, touches)
         if "broken" in p.msg.subject:
             conn.execute(text("SELECT no_such_column FROM tickets"))
         return disposition
@@ -39,9 +39,9 @@ class _DatabaseErrorAfterWriting(Intake):
 class _NestsItsOwn(Intake):
     """Uses a SQLAlchemy savepoint inside the writer's own, and fails inside it."""
 
-    def store(self, conn: Any, p: Any) -> Any:
+    def store(self, conn: Any, p: Any, touches: Any = None) -> Any:
         with conn.begin_nested():
-            disposition = super().store(conn, p)
+            disposition = super().store(conn, p, touches)
             if "broken" in p.msg.subject:
                 raise RuntimeError("inner failure")
         return disposition

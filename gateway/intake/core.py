@@ -24,7 +24,7 @@ from ticketstore.models import utcnow
 
 from .columns import message_id_key
 from .dedupe import content_hash, find_duplicate, ignored_fields
-from .followup import PROOF, THREADED_PATHS, candidate_ids, find_follow_up
+from .followup import PROOF, THREADED_PATHS, find_follow_up
 from .held import find_held, insert_held
 from .outcome import Disposition, Outcome
 from .participants import ParticipantRules, add_participants
@@ -34,7 +34,7 @@ from .prepared import Prepared
 from .recipients import QueueMap
 from .size_events import SizeRejection, record_size_rejections
 from .store import event_row, insert_article, insert_events, insert_ticket, queue_id, update_ticket
-from .transaction import store_alone
+from .transaction import Touches, store_alone
 from .verify.verifier import Verifier
 
 __all__ = ["Intake", "Prepared"]
@@ -107,8 +107,13 @@ class Intake:
         return Prepared(raw, envelope, msg, classification, route, message_id, chash, queue,
                         verdict)
 
-    def store(self, conn: Connection, p: Prepared) -> Disposition:
-        """Thread and write one prepared message on `conn`, inside its transaction."""
+    def store(self, conn: Connection, p: Prepared, touches: Touches | None = None,
+              ) -> Disposition:
+        """Thread and write one prepared message on `conn`, inside its transaction.
+
+        With `touches` (a batch), a follow-up that changes nothing of its ticket but
+        `updated_at` leaves that to the batch's end (transaction.touch_tickets).
+        """
         now = self.clock()
         duplicate = find_duplicate(conn, p.message_id, p.content_hash)
         if duplicate is not None:
@@ -152,7 +157,10 @@ class Intake:
                 events.append((None, "reopened", {"message_id": p.message_id}))
             if d.outcome is Outcome.FOLLOW_UP and not d.from_stranger:
                 changes.update(follow_up_changes(d.ticket, p.route, now, events))
-            ticket = update_ticket(conn, d.ticket, {**changes, "updated_at": now})
+            if changes or touches is None:
+                ticket = update_ticket(conn, d.ticket, {**changes, "updated_at": now})
+            else:
+                ticket = touches.touch(d.ticket, now)
 
         article = insert_article(conn, p, ticket.id, now, d.from_stranger)
         kind = "created" if d.outcome is Outcome.CREATED else "follow-up"
@@ -216,11 +224,6 @@ class Intake:
         return [(None, "participants-added", {
             "added": [{"address": a, "source": s} for a, s in added],
             "by": "message", "message_id": p.message_id})]
-
-    def tickets_of(self, conn: Connection, p: Prepared) -> set[int]:
-        """The ids of the tickets `p` may write to, for locking them in order
-        (transaction.lock_tickets); nothing is written."""
-        return candidate_ids(conn, self.config.tickets, p)
 
     def process(self, raw: bytes, envelope: Envelope) -> Disposition:
         """Prepare and store one message in its own transaction (the pipe's path)."""

@@ -119,21 +119,6 @@ def find_follow_up(conn: Connection, config: TicketsConfig, rules: ParticipantRu
     return None
 
 
-def candidate_ids(conn: Connection, config: TicketsConfig, p: Prepared) -> set[int]:
-    """Every ticket `p` may write to (its number's, its references', its thread key's),
-    for a batch to lock ahead in id order (transaction.lock_tickets). A superset of what
-    `find_follow_up` picks, found without asking who takes part: locking one ticket too
-    many costs nothing, and the participants are judged when the message is stored."""
-    found = [_by_number(conn, config, p), _by_message_id(conn, reference_ids(p), p)]
-    ids = {f[0].id for f in found if f is not None}
-    if p.route.thread_key:
-        row = conn.execute(_BY_THREAD_KEY,
-                           {"key": thread_key(p.route.thread_key)}).mappings().first()
-        if row is not None:
-            ids.add(ticket_snapshot(row).id)
-    return ids
-
-
 def _proven(conn: Connection, proof: tuple[TicketSnapshot, str], rules: ParticipantRules,
             circle: Circle | None, p: Prepared) -> FollowUp:
     """A reply by proof threads whoever sent it, unless its From is forged (a participant

@@ -1,10 +1,22 @@
 """How messages are written: the one transaction and retry policy every entry point uses.
 
 The pipe stores one message per transaction (`store_alone`); the server's group commit
-stores a batch in one transaction with a SAVEPOINT per message (`store_in_batch`),
-after locking the batch's tickets in id order (`lock_tickets`). Two kinds of failure
-caused by a concurrent writer (another gateway, another worker, a pipe process) are not
-errors, and the message is stored again alone instead of being answered 451:
+stores a batch in one transaction with a SAVEPOINT per message (`store_in_batch`).
+
+A follow-up locks its ticket's row (`UPDATE tickets SET updated_at ...`) until COMMIT.
+In a batch that lock would be taken at the message and held through the rest of the
+batch: writers on other MX hosts or workers replying to the same few tickets (a
+monitoring storm) would wait for each other's whole batch, and batches taking the same
+rows in arrival order (1 then 2, 2 then 1) deadlock. So a follow-up that changes
+nothing of its ticket but `updated_at` leaves that to the batch's end (`Touches`),
+where all of them are written in ticket-id order just before COMMIT: the rows are held
+only for that moment, and always taken in one order (a message alone does the same).
+A follow-up that really changes its ticket (reopens it, a rule's state or tags) writes
+it at once.
+
+Two kinds of failure caused by a concurrent writer (another gateway, another worker, a
+pipe process) are not errors, and the message is stored again alone instead of being
+answered 451:
 - a lost unique-constraint race (the same message, the same ticket number): stored
   again, it then shows up as a duplicate;
 - a deadlock or a serialization failure (PostgreSQL chose this transaction to break a
@@ -15,17 +27,18 @@ makes a message fail, and the MTA retries it later.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import logging
 import random
 import time
-from collections.abc import Iterable
-from contextlib import nullcontext
 from typing import Protocol
 
-from sqlalchemy import Connection, Engine, bindparam, select
+from sqlalchemy import Connection, Engine, bindparam, update
 from sqlalchemy import exc as sa_exc
 
 from ticketstore.models import Ticket
+from ticketstore.snapshots import TicketSnapshot
 
 from .outcome import Disposition
 from .prepared import Prepared
@@ -41,18 +54,40 @@ CONFLICT_ATTEMPTS = 6
 CONFLICT_PAUSE = 0.01
 
 _T = Ticket.__table__
-# FOR NO KEY UPDATE: the lock `UPDATE tickets SET updated_at ...` takes anyway; it does
-# not block the FOR KEY SHARE that inserting an article referencing the ticket takes.
-_LOCK_TICKETS = (select(_T.c.id).where(_T.c.id.in_(bindparam("ids", expanding=True)))
-                 .order_by(_T.c.id).with_for_update(key_share=True))
+# Never moves `updated_at` back: a concurrent writer may have touched it later meanwhile.
+_TOUCH = (update(_T).where(_T.c.id == bindparam("ticket_id"), _T.c.updated_at < bindparam("at"))
+          .values(updated_at=bindparam("at")))
+
+
+class Touches:
+    """The tickets a batch's follow-ups touched, written together by `touch_tickets`."""
+
+    def __init__(self) -> None:
+        self.latest: dict[int, dt.datetime] = {}
+
+    def touch(self, ticket: TicketSnapshot, now: dt.datetime) -> TicketSnapshot:
+        """Remember `ticket` as updated at `now`; the snapshot as it will be stored."""
+        self.latest[ticket.id] = max(now, self.latest.get(ticket.id, now))
+        return dataclasses.replace(ticket, updated_at=now)
+
+    def merge(self, other: Touches) -> None:
+        for ticket_id, at in other.latest.items():
+            self.latest[ticket_id] = max(at, self.latest.get(ticket_id, at))
+
+
+def touch_tickets(conn: Connection, touches: Touches) -> None:
+    """Write the batch's touches in ticket-id order (every writer takes the rows in
+    one order: no lock cycle among them)."""
+    if touches.latest:
+        conn.execute(_TOUCH, [{"ticket_id": i, "at": at}
+                              for i, at in sorted(touches.latest.items())])
 
 
 class Stores(Protocol):
     """What is stored with: `gateway.intake.core.Intake`."""
 
-    def store(self, conn: Connection, p: Prepared) -> Disposition: ...
-
-    def tickets_of(self, conn: Connection, p: Prepared) -> set[int]: ...
+    def store(self, conn: Connection, p: Prepared, touches: Touches | None = None,
+              ) -> Disposition: ...
 
 
 class RetryAlone(Exception):
@@ -73,7 +108,10 @@ def store_alone(engine: Engine, intake: Stores, prepared: Prepared) -> Dispositi
     while True:
         try:
             with engine.begin() as conn:
-                return intake.store(conn, prepared)
+                touches = Touches()
+                disposition = intake.store(conn, prepared, touches)
+                touch_tickets(conn, touches)
+                return disposition
         except sa_exc.IntegrityError:
             if lost_unique:
                 raise
@@ -88,44 +126,24 @@ def store_alone(engine: Engine, intake: Stores, prepared: Prepared) -> Dispositi
             time.sleep(random.uniform(0, CONFLICT_PAUSE * 2 ** conflicts))
 
 
-def store_in_batch(conn: Connection, intake: Stores, prepared: Prepared,
-                   savepoint: bool = True) -> Disposition:
-    """Store one message of a batch inside `conn`'s transaction.
+def store_in_batch(conn: Connection, intake: Stores, prepared: Prepared, touches: Touches,
+                   ) -> Disposition:
+    """Store one message of a batch inside `conn`'s transaction; its ticket's touch is
+    added to `touches` (written by `touch_tickets` before COMMIT).
 
-    With `savepoint`, a failing message rolls back only itself. A lost race (unique
-    constraint, deadlock) raises `RetryAlone`: the caller commits the batch, then calls
-    `store_alone`.
+    In its SAVEPOINT, a failing message rolls back only itself (and its touch). A lost
+    race (unique constraint, deadlock) raises `RetryAlone`: the caller commits the
+    batch, then calls `store_alone`.
     """
+    mine = Touches()
     try:
-        with conn.begin_nested() if savepoint else nullcontext():
-            return intake.store(conn, prepared)
+        with conn.begin_nested():
+            disposition = intake.store(conn, prepared, mine)
     except sa_exc.IntegrityError as exc:
         raise RetryAlone() from exc
     except sa_exc.DBAPIError as exc:
         if is_conflict(exc):
             raise RetryAlone() from exc
         raise
-
-
-def lock_tickets(conn: Connection, pairs: Iterable[tuple[Stores, Prepared]]) -> None:
-    """Lock the tickets a batch's messages follow up, in id order, before writing.
-
-    Two writers whose batches update the same tickets in arrival order (1 then 2, 2 then
-    1) deadlock; taking every batch's locks in one order makes that cycle impossible. A
-    message whose ticket changes in between (a new ticket with its thread key meanwhile)
-    takes its lock later, and a deadlock then is retried like any other. SQLite locks
-    the whole database per writer: nothing to order there.
-    """
-    if conn.dialect.name != "postgresql":
-        return
-    try:
-        # In a savepoint: a conflict (or a message whose lookup fails: it fails again,
-        # alone, when it is stored) costs only these early locks, never the batch.
-        with conn.begin_nested():
-            ids = {i for intake, p in pairs for i in intake.tickets_of(conn, p)}
-            if len(ids) > 1:
-                conn.execute(_LOCK_TICKETS, {"ids": sorted(ids)}).all()
-    except sa_exc.SQLAlchemyError as exc:
-        if conn.invalidated:
-            raise
-        log.debug("intake: tickets not locked ahead: %s", exc)
+    touches.merge(mine)
+    return disposition

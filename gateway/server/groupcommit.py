@@ -30,10 +30,11 @@ from gateway.intake.core import Intake, Prepared
 from gateway.intake.outcome import Disposition
 from gateway.intake.transaction import (
     RetryAlone,
+    Touches,
     is_conflict,
-    lock_tickets,
     store_alone,
     store_in_batch,
+    touch_tickets,
 )
 
 log = logging.getLogger("ticketgate.groupcommit")
@@ -154,17 +155,18 @@ class GroupCommitter:
         retry: list[_Job] = []
         try:
             with self.engine.begin() as conn:
-                # Every writer locks its batch's tickets in one order: no deadlock cycle.
-                lock_tickets(conn, [(job.intake, job.prepared) for job in jobs])
+                touches = Touches()
                 for job in jobs:
                     _still_in_transaction(conn)
                     try:
-                        results[job] = store_in_batch(conn, job.intake, job.prepared)
+                        results[job] = store_in_batch(conn, job.intake, job.prepared, touches)
                     except RetryAlone:
                         retry.append(job)
                     except Exception as exc:
                         errors[job] = exc
                 _still_in_transaction(conn)
+                # The follow-ups' ticket rows, locked only from here to COMMIT, in id order.
+                touch_tickets(conn, touches)
         except Exception as exc:  # BEGIN or COMMIT failed: nothing of this batch is durable
             if is_conflict(exc):  # lost to a concurrent writer: each message alone, again
                 for job in jobs:
