@@ -22,8 +22,15 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
+# `make bench scaleout shapes` runs those benchmarks (all without a name); options go in
+# BENCH_ARGS, e.g. BENCH_ARGS="--messages=2000". The names are not targets of their own.
+ifeq (bench,$(firstword $(MAKECMDGOALS)))
+BENCH_NAMES := $(wordlist 2,$(words $(MAKECMDGOALS)),$(MAKECMDGOALS))
+$(eval $(BENCH_NAMES):;@:)
+endif
+
 bench: $(STAMP)
-	$(BIN)/python -m bench $(BENCH_ARGS)
+	$(BIN)/python -m bench $(BENCH_NAMES) $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
