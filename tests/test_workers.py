@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -327,4 +328,45 @@ def test_a_stopped_worker_gets_no_connections_and_is_restarted(served: Served) -
     assert served.stop() == 0
     log = served.log.read_text()
     assert f"intake worker 0 (pid {victim}) does not answer" in log
-    assert "has not answered for" in log
+    assert f"intake worker 0 (pid {victim}) hung for" in log
+
+
+def _children(pid: int) -> set[int]:
+    return {int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+
+def _health(served: Served) -> dict[str, Any]:
+    port = int(served.log.read_text().split("status page listening on http://127.0.0.1:")[1]
+               .split("/")[0])
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=30) as r:
+            return json.loads(r.read())  # type: ignore[no-any-return]
+    except urllib.error.HTTPError as exc:  # 503: failing
+        return json.loads(exc.read())  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("served", [HEARTBEAT], indirect=True)
+def test_a_restarted_worker_that_never_gets_ready_is_killed(served: Served) -> None:
+    assert _health(served)["checks"]["workers"] == {"ok": True,
+                                                    "detail": "2 of 2 intake workers serve"}
+    before = _children(served.proc.pid)
+    victim = served.worker_pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    # Its replacement is stopped as soon as it exists: long before it could be ready.
+    hung = wait_until("the replacement worker", lambda: next(
+        iter(_children(served.proc.pid) - before - {victim}), None), timeout=20)
+    os.kill(hung, signal.SIGSTOP)
+    try:
+        health = _health(served)
+        assert health["status"] == "fail" and "workers" in health["failing"]
+        assert health["checks"]["workers"]["detail"].startswith(
+            "1 of 2 intake workers serve; not serving: 0")
+        status = wait_until("the never-ready worker to be replaced",
+                            lambda: (s := served.status())["workers"][0]["pid"] not in
+                            (victim, hung) and s["workers"][0]["ready"] and s, timeout=40)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(hung, signal.SIGKILL)
+    assert any("intake worker 0 not ready" in e["message"] for e in status["latest_errors"])
+    assert f"intake worker 0 (pid {hung}) not ready" in served.log.read_text()
+    assert _health(served)["checks"]["workers"]["ok"] is True

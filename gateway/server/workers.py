@@ -20,7 +20,8 @@ The master counts the open connections of all workers: past `[lmtp] max_connecti
 a new one is answered `421 4.3.2` and closed. A worker that dies is restarted (its open
 connections are lost; the MTA retries). One whose event loop stops answering (stopped,
 deadlocked, stuck in a loop) gets no new connections once three pings went unanswered,
-shows as not ready, and is killed and restarted after `[lmtp] heartbeat_timeout`. The
+shows as not ready, and is killed and restarted after `[lmtp] heartbeat_timeout`; so is
+a restarted one that is not ready that long after its launch. The
 master forwards SIGHUP to the workers and, on stop, lets them drain before it exits.
 """
 
@@ -211,8 +212,14 @@ class WorkerPool:
             await asyncio.sleep(lmtp.heartbeat_interval)
             now = loop.time()
             for worker in self.workers:
-                if not worker.ready.is_set() or worker.proc.returncode is not None:
-                    worker.heard_at = now  # starting or gone: pinged once it is ready
+                if worker.proc.returncode is not None:
+                    worker.heard_at = now  # gone: _supervise restarts it
+                    continue
+                if not worker.ready.is_set():  # restarted: heard_at is when it was launched
+                    if now - worker.heard_at > lmtp.heartbeat_timeout:
+                        self._kill(worker, f"not ready {now - worker.heard_at:.0f} s after "
+                                           "its restart")
+                        worker.heard_at = now
                     continue
                 with contextlib.suppress(OSError):  # full: the worker is not reading
                     worker.channel.send(PING)
@@ -223,14 +230,16 @@ class WorkerPool:
                                 "connections for it", worker.index, worker.proc.pid)
                     self._publish()
                 if silent > lmtp.heartbeat_timeout:
-                    log.error("intake worker %d (pid %d) has not answered for %.0f s: killed",
-                              worker.index, worker.proc.pid, silent)
-                    self.ctx.record_error(
-                        "daemon", f"intake worker {worker.index} hung for {silent:.0f} s: killed")
-                    self.ctx.counters["server.worker_hung"] += 1
-                    with contextlib.suppress(ProcessLookupError):
-                        worker.proc.kill()  # _supervise restarts it
+                    self._kill(worker, f"hung for {silent:.0f} s")
                     worker.heard_at = now  # one kill per hang, not one per tick
+
+    def _kill(self, worker: Worker, why: str) -> None:
+        """Kill a hung worker; `_supervise` restarts it."""
+        log.error("intake worker %d (pid %d) %s: killed", worker.index, worker.proc.pid, why)
+        self.ctx.record_error("daemon", f"intake worker {worker.index} {why}: killed")
+        self.ctx.counters["server.worker_hung"] += 1
+        with contextlib.suppress(ProcessLookupError):
+            worker.proc.kill()
 
     @property
     def alive(self) -> bool:

@@ -10,7 +10,9 @@ Checks, each cheap enough for a monitoring system polling every few seconds:
   is down);
 - spool: the quarantine spool holds at most `max_spool_files` messages (default 0: any
   quarantined message is a bug to look at);
-- rules: the last reload of the rule files worked (else the old rules are in force).
+- rules: the last reload of the rule files worked (else the old rules are in force);
+- workers: every intake worker process serves (one that is restarting, was never ready,
+  or stopped answering its master's pings gets no connections: the host runs short).
 - autoresponse: no answer was stopped by the site's or a domain's hourly limit in the
   last hour (a flood of forged senders, autoresponse/limits.py).
 """
@@ -55,7 +57,7 @@ def count_spool(spool_dir: Path) -> int:
 def run_checks(
     engine: Engine, spool_dir: Path, max_backlog: int, max_spool: int,
     status: StatusConfig | None = None, tempfails: TempfailTracker | None = None,
-    rules: dict[str, Any] | None = None,
+    rules: dict[str, Any] | None = None, workers: list[dict[str, Any]] | None = None,
 ) -> list[Check]:
     """Run every check; a failing database does not hide the others."""
     from gateway.causes import cause_of
@@ -108,6 +110,12 @@ def run_checks(
                             f"{rules.get('count', '?')} rules loaded" if not errors else
                             f"the last reload failed ({len(errors)} problem(s), the previous "
                             f"rules are in force): {errors[0]}"))
+    if workers:  # none without worker processes (`[lmtp] workers = 1`)
+        idle = [str(w["index"]) for w in workers if not w["ready"]]
+        serving = f"{len(workers) - len(idle)} of {len(workers)} intake workers serve"
+        checks.append(Check("workers", not idle, serving if not idle else
+                            f"{serving}; not serving: {', '.join(idle)} (restarting, "
+                            "starting or not answering: see the status page and the log)"))
     return checks
 
 

@@ -178,7 +178,8 @@ class StatusApp:
         cfg = self.ctx.config.status
         return health_document(run_checks(self.ctx.store.engine, self.spool_dir,
                                           cfg.max_outbox_backlog, cfg.max_spool_files,
-                                          cfg, self.ctx.tempfails, self.ctx.state.get("rules")))
+                                          cfg, self.ctx.tempfails, self.ctx.state.get("rules"),
+                                          self.ctx.state.get("workers")))
 
     def _snapshot(self) -> dict[str, Any]:
         from .queries import snapshot
