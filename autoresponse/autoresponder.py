@@ -207,9 +207,9 @@ class AutoResponder(Responder):
 
     def _notify_agents(self, conn: Connection, stored: StoredMessage, qcfg: QueueConfig) -> None:
         """Agents hear about new tickets and follow-ups, except our own mail coming back:
-        our loop header with a valid mark (anyone can write an X-Loop), or our address."""
-        sender = stored.msg.from_address
-        if stored.classification.own_loop or (sender and self._is_ours(sender)):
+        our loop header with a valid mark (anyone can write an X-Loop), or our address
+        in From where it can be believed (`_from_is_ours`)."""
+        if stored.classification.own_loop or self._from_is_ours(stored):
             self._suppressed(conn, stored, "agent-notification", "loop",
                              "our own mail came back")
             return
@@ -217,6 +217,15 @@ class AutoResponder(Responder):
             return
         for addr in qcfg.notify:
             self._plan(conn, stored, qcfg, "agent-notification", addr.lower(), "")
+
+    def _from_is_ours(self, stored: StoredMessage) -> bool:
+        """One of our addresses in From, proven by an aligned DKIM signature, or on a site
+        without a secret, where nothing better tells our mail coming back. With a secret
+        our mail carries a valid mark; an unproven From of ours without one is someone
+        else's (forged, or an agent's own mail client), and the agents hear of it."""
+        sender = stored.msg.from_address
+        return bool(sender and self._is_ours(sender)
+                    and (stored.article.aligned or self.loop_secret is None))
 
     # -- writing --------------------------------------------------------------------------
 

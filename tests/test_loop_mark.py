@@ -21,7 +21,7 @@ from gateway.mail.parse import parse_message
 from gateway.runtime import Store
 from tests.autoresponse_helpers import answering_intake, outbox_rows, suppressed_events
 from tests.support import make_config
-from tests.verify_helpers import mail
+from tests.verify_helpers import SigningKey, dkim_key, key_name, mail, records_lookup, sign
 from ticketstore.models import Article, Event
 
 SECRET = b"0123456789abcdef0123456789abcdef"
@@ -154,3 +154,51 @@ def test_init_writes_a_private_site_secret(tmp_path: Path) -> None:
     assert stat.S_IMODE((old / "site.secret").stat().st_mode) == 0o600
     assert (old / "site.secret").read_text() != secret.read_text()
     assert os.listdir(old) == ["site.secret"]
+
+
+# -- one of our addresses in From -----------------------------------------------------------
+
+OUR_FROM = "Support <support@helpdesk.example>"
+
+
+def _through(config: Config, store: Store, raw: bytes, records: dict[str, bytes]) -> None:
+    """Stored by the intake with the auto-responder and DKIM checked against `records`."""
+    from autoresponse.autoresponder import AutoResponder
+    from gateway.intake.core import Intake
+    from gateway.intake.verify.verifier import Verifier
+
+    intake = Intake(config, store.factory, responder=AutoResponder(config),
+                    verifier=Verifier.from_config(config, records_lookup(records)))
+    intake.sync_queues()
+    intake.process(raw, ENV)
+
+
+def test_a_forged_from_of_ours_does_not_silence_the_agents(site: Config,
+                                                           site_store: Store) -> None:
+    _through(site, site_store, mail(sender=OUR_FROM), {})
+    assert [o.kind for o in outbox_rows(site_store)] == ["agent-notification"]
+    assert [e["event"] for e in suppressed_events(site_store)] == ["new-ticket"]  # no answer to us
+
+
+def test_a_from_of_ours_proven_by_dkim_is_our_own_mail(
+        site: Config, site_store: Store, tmp_path_factory: pytest.TempPathFactory) -> None:
+    key: SigningKey = dkim_key(tmp_path_factory.mktemp("key"))
+    signed = sign(mail(sender=OUR_FROM), "helpdesk.example", key)
+    _through(site, site_store, signed, {key_name("helpdesk.example"): key.txt()})
+    assert outbox_rows(site_store) == []
+    assert ("agent-notification", "loop") in [(e["event"], e["check"])
+                                              for e in suppressed_events(site_store)]
+
+
+def test_without_a_secret_a_from_of_ours_is_our_own_mail(tmp_path: Path, db_url: str) -> None:
+    from gateway.runtime import open_store
+
+    config = make_config(tmp_path, db_url, queues=AGENTS)
+    store = open_store(config)
+    try:
+        _through(config, store, mail(sender=OUR_FROM), {})
+        assert outbox_rows(store) == []
+        assert ("agent-notification", "loop") in [(e["event"], e["check"])
+                                                  for e in suppressed_events(store)]
+    finally:
+        store.dispose()
