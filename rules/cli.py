@@ -9,12 +9,14 @@ from pathlib import Path
 
 from gateway.runtime import load_or_exit
 
+from .advice import identity_warnings
 from .evaluate import MATCHED, NOT_MATCHED
 from .reader import check_rules, rule_files
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """Report every problem as `file:line: rule 'name': what is wrong`; exit 1 if any."""
+    """Report every problem as `file:line: rule 'name': what is wrong`; exit 1 if any.
+    Warnings (rules.advice) are printed too and do not change the exit code."""
     config = load_or_exit(args.config)
     directory = config.path(config.rules.dir)
     if not directory.is_dir():
@@ -23,6 +25,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     ruleset, problems = check_rules(directory, config.queue_names, config.rules.max_match_chars)
     for p in problems:
         print(p)
+    for warning in identity_warnings(ruleset):
+        print(warning)
     files = len(rule_files(directory))
     if problems:
         print(f"{len(problems)} problem(s) in {directory}", file=sys.stderr)

@@ -92,6 +92,68 @@ def test_check_reports_file_line_rule_and_exits_1(
     ]
 
 
+CLOSERS = """
+[[rule]]
+name = "anyone closes"
+from = "nagios@monitoring.example"
+state = "closed"
+
+[[rule]]
+name = "any signer closes"
+from = "nagios@*"
+aligned = true
+state = "closed"
+
+[[rule]]
+name = "not aligned closes"
+from = "nagios@monitoring.example"
+not_aligned = true
+state = "closed"
+
+[[rule]]
+name = "nagios closes"
+from = ["nagios@monitoring.example", "icinga@monitoring.example"]
+dmarc = "pass"
+state = "closed"
+
+[[rule]]
+name = "opens"
+from_domain = "monitoring.example"
+state = "open"
+"""
+
+
+def test_check_warns_of_rules_that_close_tickets_on_the_senders_word(
+    site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    closers = site / "rules" / "30-close.toml"
+    closers.write_text(CLOSERS)
+    assert run(site, "check") == 0  # warnings: the rules load as before
+    out = capsys.readouterr().out.splitlines()
+    assert out[:3] == [
+        f"{closers}:2: rule 'anyone closes': warning: closes tickets without "
+        "`aligned = true`: anyone can write its From (docs/rules.md, \"Rules that change "
+        "state need a verified sender\")",
+        f"{closers}:7: rule 'any signer closes': warning: closes tickets for a From "
+        "pattern, not an exact address: any domain can sign its own mail",
+        f"{closers}:13: rule 'not aligned closes': warning: closes tickets without "
+        "`aligned = true`: anyone can write its From (docs/rules.md, \"Rules that change "
+        "state need a verified sender\")",
+    ]
+    assert out[3].startswith("ok: 8 rules in 2 files")
+
+
+def test_the_starter_rules_draw_no_warning(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib import resources
+
+    starter = Path(str(resources.files("gateway").joinpath("starter", "rules")))
+    (tmp_path / "ticketgate.toml").write_text(CONFIG.replace('dir = "rules"',
+                                                            f'dir = "{starter}"'))
+    assert main(["-c", str(tmp_path / "ticketgate.toml"), "rules", "check"]) == 0
+    assert capsys.readouterr().out.startswith("ok: ")
+
+
 def write_eml(site: Path, raw: bytes) -> str:
     p = site / "m.eml"
     p.write_bytes(raw)
