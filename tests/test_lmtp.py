@@ -377,7 +377,7 @@ class _BuggyIntake(Intake):
 
 
 class _LockedIntake(Intake):
-    def store(self, session: Any, p: Any, touches: Any = None) -> Any:
+    def store(self, session: Any, p: Any, touches: Any) -> Any:
         raise OperationalError("INSERT", {}, Exception("database is locked"))
 
 

@@ -177,7 +177,7 @@ def test_a_batch_touches_its_follow_ups_tickets_last_and_in_id_order(intake: Int
 class _FailsAfterWriting(Intake):
     """Stores a follow-up, then fails like a bug would: its savepoint is rolled back."""
 
-    def store(self, conn: Connection, p: object, touches: Touches | None = None) -> object:
+    def store(self, conn: Connection, p: object, touches: Touches) -> object:
         disposition = super().store(conn, p, touches)  # type: ignore[arg-type]
         if "poison" in p.msg.subject:  # type: ignore[attr-defined]
             raise RuntimeError("bug after a partial write")
@@ -212,7 +212,7 @@ class _Probes(Intake):
     watched = 0
     locked: bool | None = None
 
-    def store(self, conn: Connection, p: object, touches: Touches | None = None) -> object:
+    def store(self, conn: Connection, p: object, touches: Touches) -> object:
         if "probe" in p.msg.subject:  # type: ignore[attr-defined]
             with self.engine.connect() as other:
                 try:

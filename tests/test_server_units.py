@@ -129,7 +129,7 @@ def _one_batch(intake: Intake, count: int, special: int, subject: str
 class _FailsOnSubject(Intake):
     """Fails (like a bug would) after writing part of one message."""
 
-    def store(self, conn: Any, p: Any, touches: Any = None) -> Any:
+    def store(self, conn: Any, p: Any, touches: Any) -> Any:
         disposition = super().store(conn, p, touches)
         if "poison" in p.msg.subject:
             raise RuntimeError("bug after a partial write")
@@ -167,7 +167,7 @@ def test_an_integrity_race_alone_in_its_batch_is_retried(intake: Intake) -> None
     class _Collides(Intake):
         calls = 0
 
-        def store(self, conn: Any, p: Any, touches: Any = None) -> Any:
+        def store(self, conn: Any, p: Any, touches: Any) -> Any:
             self.calls += 1
             if self.calls == 1:
                 super().store(conn, p, touches)
@@ -246,7 +246,7 @@ class _DatabaseRollsBack(Intake):
     """Stores, then has the database end the transaction the way SQLite does after a
     full disk or an I/O error (a ROLLBACK the writer did not ask for)."""
 
-    def store(self, conn: Any, p: Any, touches: Any = None) -> Any:
+    def store(self, conn: Any, p: Any, touches: Any) -> Any:
         disposition = super().store(conn, p, touches)
         if "doomed" in p.msg.subject:
             conn.connection.dbapi_connection.execute("ROLLBACK")

@@ -34,7 +34,7 @@ def _tickets(intake: Intake) -> int:
 class _Invalidates(Intake):
     """Loses its connection (like a server restart would) in the middle of a message."""
 
-    def store(self, conn: Any, p: Any, touches: Any = None) -> Any:
+    def store(self, conn: Any, p: Any, touches: Any) -> Any:
         if "lose" in p.msg.subject:
             conn.invalidate()
             raise sa_exc.OperationalError("SELECT", {}, Exception("server closed the connection"),

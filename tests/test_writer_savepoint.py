@@ -29,7 +29,7 @@ class _DatabaseErrorAfterWriting(Intake):
     rest of the batch commits only if the savepoint really rolled back.
     """
 
-    def store(self, conn: Any, p: Any, touches: Any = None) -> Any:
+    def store(self, conn: Any, p: Any, touches: Any) -> Any:
         disposition = super().store(conn, p, touches)
         if "broken" in p.msg.subject:
             conn.execute(text("SELECT no_such_column FROM tickets"))
@@ -39,7 +39,7 @@ class _DatabaseErrorAfterWriting(Intake):
 class _NestsItsOwn(Intake):
     """Uses a SQLAlchemy savepoint inside the writer's own, and fails inside it."""
 
-    def store(self, conn: Any, p: Any, touches: Any = None) -> Any:
+    def store(self, conn: Any, p: Any, touches: Any) -> Any:
         with conn.begin_nested():
             disposition = super().store(conn, p, touches)
             if "broken" in p.msg.subject:

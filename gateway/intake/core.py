@@ -107,12 +107,11 @@ class Intake:
         return Prepared(raw, envelope, msg, classification, route, message_id, chash, queue,
                         verdict)
 
-    def store(self, conn: Connection, p: Prepared, touches: Touches | None = None,
-              ) -> Disposition:
+    def store(self, conn: Connection, p: Prepared, touches: Touches) -> Disposition:
         """Thread and write one prepared message on `conn`, inside its transaction.
 
-        With `touches` (a batch), a follow-up that changes nothing of its ticket but
-        `updated_at` leaves that to the batch's end (transaction.touch_tickets).
+        A follow-up that changes nothing of its ticket but `updated_at` leaves that to
+        `touches`, written just before COMMIT (gateway/intake/transaction.py says why).
         """
         now = self.clock()
         duplicate = find_duplicate(conn, p.message_id, p.content_hash)
@@ -157,7 +156,7 @@ class Intake:
                 events.append((None, "reopened", {"message_id": p.message_id}))
             if d.outcome is Outcome.FOLLOW_UP and not d.from_stranger:
                 changes.update(follow_up_changes(d.ticket, p.route, now, events))
-            if changes or touches is None:
+            if changes:
                 ticket = update_ticket(conn, d.ticket, {**changes, "updated_at": now})
             else:
                 ticket = touches.touch(d.ticket, now)

@@ -86,8 +86,7 @@ def touch_tickets(conn: Connection, touches: Touches) -> None:
 class Stores(Protocol):
     """What is stored with: `gateway.intake.core.Intake`."""
 
-    def store(self, conn: Connection, p: Prepared, touches: Touches | None = None,
-              ) -> Disposition: ...
+    def store(self, conn: Connection, p: Prepared, touches: Touches) -> Disposition: ...
 
 
 class RetryAlone(Exception):
