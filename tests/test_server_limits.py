@@ -157,6 +157,29 @@ def test_refusals_are_counted_per_sender_and_hour(tmp_path: Path, db_url: str) -
     assert "last_at" in rows[0].detail and "last_at" not in rows[1].detail
 
 
+def test_past_the_senders_of_an_hour_the_others_share_one_row(tmp_path: Path,
+                                                               db_url: str) -> None:
+    from gateway.intake.size_events import OTHER_SENDERS, SENDERS_PER_HOUR
+    from gateway.runtime import open_store
+    from tests.support import make_config
+
+    store = open_store(make_config(tmp_path, db_url))
+    at = dt.datetime(2026, 12, 7, 10, 5, tzinfo=dt.UTC)
+    senders = [f"s{i}@rotating.example" for i in range(SENDERS_PER_HOUR + 7)]
+    try:
+        with store.engine.begin() as conn:
+            record_size_rejections(conn, [SizeRejection(s, 10, 5) for s in senders], at)
+            record_size_rejections(conn, [SizeRejection(senders[0], 10, 5)], at)  # has a row
+        with store.factory() as session:
+            rows = session.scalars(select(Event).order_by(Event.id)).all()
+    finally:
+        store.dispose()
+    assert len(rows) == SENDERS_PER_HOUR + 1
+    assert [r.detail["mail_from"] for r in rows] == [*senders[:SENDERS_PER_HOUR], OTHER_SENDERS]
+    assert rows[0].occurrences == 2 and rows[-1].occurrences == 7
+    assert sum(r.occurrences for r in rows) == len(senders) + 1
+
+
 # -- protocol mends --------------------------------------------------------------------------
 
 

@@ -4,7 +4,9 @@ Anyone who can connect may repeat `MAIL FROM:<> SIZE=999999999999` as fast as th
 replies come; one row per refusal would let them fill the events table. A refusal
 instead adds to its sender's row of the current hour (`Event.occurrences`), which keeps
 the largest size and the first recipients seen. The first refusal's row looks as it
-always did; later ones add `last_at`.
+always did; later ones add `last_at`. A sender that changes its address every time
+would still make a row each: past `SENDERS_PER_HOUR` senders in an hour, the others'
+refusals are counted together in one row whose `mail_from` is `OTHER_SENDERS`.
 
 Runs on the caller's connection, inside its transaction (the daemon's writer, under
 the writers' lock; the pipe's own transaction).
@@ -15,13 +17,16 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, Row, func, insert, select, update
 
 from ticketstore.models import Event
 
 KIND = "size-rejected"
 RCPT_KEPT = 20  # recipients kept per row: a flood may name a new one every time
+SENDERS_PER_HOUR = 100  # rows of their own per hour; the other senders share one
+OTHER_SENDERS = "(other senders)"  # not an address: nobody can send as it
 _E = Event.__table__
 
 
@@ -55,16 +60,18 @@ def record_size_rejections(conn: Connection, rejections: Iterable[SizeRejection]
     """Add each sender's refusals to its row of this hour, or start that row."""
     since = window_start(now)
     for r in rejections:
-        row = conn.execute(
-            select(_E.c.id, _E.c.occurrences, _E.c.detail)
-            .where(_E.c.kind == KIND, _E.c.created_at >= since, _E.c.ticket_id.is_(None),
-                   _E.c.detail["mail_from"].as_string() == r.mail_from)
-            .order_by(_E.c.id.desc()).limit(1)
-        ).first()
+        sender = r.mail_from
+        row = _row_of(conn, since, sender)
+        if row is None and conn.execute(
+                select(func.count()).where(_E.c.kind == KIND, _E.c.created_at >= since,
+                                           _E.c.ticket_id.is_(None))
+        ).scalar_one() >= SENDERS_PER_HOUR:
+            sender = OTHER_SENDERS
+            row = _row_of(conn, since, sender)
         if row is None:
             conn.execute(insert(_E).values(
                 kind=KIND, created_at=now, occurrences=r.count,
-                detail={"size": r.size, "limit": r.limit, "mail_from": r.mail_from,
+                detail={"size": r.size, "limit": r.limit, "mail_from": sender,
                         "rcpt_to": r.rcpt_to[:RCPT_KEPT]}))
             continue
         detail = dict(row.detail)
@@ -73,3 +80,13 @@ def record_size_rejections(conn: Connection, rejections: Iterable[SizeRejection]
                       last_at=now.isoformat())
         conn.execute(update(_E).where(_E.c.id == row.id)
                      .values(occurrences=row.occurrences + r.count, detail=detail))
+
+
+def _row_of(conn: Connection, since: dt.datetime, mail_from: str) -> Row[Any] | None:
+    """`mail_from`'s row of the hour that began at `since`."""
+    return conn.execute(
+        select(_E.c.id, _E.c.occurrences, _E.c.detail)
+        .where(_E.c.kind == KIND, _E.c.created_at >= since, _E.c.ticket_id.is_(None),
+               _E.c.detail["mail_from"].as_string() == mail_from)
+        .order_by(_E.c.id.desc()).limit(1)
+    ).first()
