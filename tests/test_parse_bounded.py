@@ -47,3 +47,41 @@ def test_headers_past_the_message_budget_are_kept_as_written() -> None:
     assert tags[-1] == WORD
     decoded = sum(len(t) for t in tags if t == "abé")
     assert decoded <= headers.MESSAGE_DECODE_LIMIT
+
+
+# -- many MIME parts -------------------------------------------------------------------------
+
+def _parts(count: int, text: str = "see the logs") -> bytes:
+    part = ("--B\r\nContent-Type: text/plain; name=a{n}.txt\r\n"
+            "Content-Disposition: attachment\r\n\r\nx{n}\r\n")
+    return ("From: a@customer.example\r\nTo: support@helpdesk.example\r\nSubject: s\r\n"
+            "Message-ID: <p@customer.example>\r\nContent-Type: multipart/mixed; boundary=B\r\n"
+            f"\r\n--B\r\nContent-Type: text/plain\r\n\r\n{text}\r\n"
+            + "".join(part.format(n=n) for n in range(count - 1)) + "--B--\r\n").encode()
+
+
+def test_parts_past_the_limit_are_not_read_and_the_message_says_so() -> None:
+    from gateway.mail.mimetree import MAX_PARTS
+
+    parsed = parse_message(_parts(3 * MAX_PARTS))
+    assert parsed.text == "see the logs"  # the first parts are read as always
+    assert len(parsed.attachments) == MAX_PARTS - 1
+    assert parsed.attachments[-1].filename == f"a{MAX_PARTS - 2}.txt"
+    assert any(d.startswith(f"more than {MAX_PARTS} MIME parts") for d in parsed.defects)
+    assert parsed.raw.endswith(b"--B--\r\n")  # kept whole
+
+
+def test_a_message_of_exactly_the_limit_is_read_whole() -> None:
+    from gateway.mail.mimetree import MAX_PARTS
+
+    parsed = parse_message(_parts(MAX_PARTS))
+    assert len(parsed.attachments) == MAX_PARTS - 1
+    assert not any("MIME parts" in d for d in parsed.defects)
+
+
+def test_lines_that_only_look_like_delimiters_are_not_parts() -> None:
+    """A pasted SQL dump: thousands of `-- ` lines in one text part."""
+    dump = "\r\n".join(f"-- table {n}\r\nSELECT {n};" for n in range(5000))
+    parsed = parse_message(_parts(2, text=dump))
+    assert parsed.text.count("-- table") == 5000 and len(parsed.attachments) == 1
+    assert parsed.defects == ()

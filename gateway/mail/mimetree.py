@@ -12,7 +12,7 @@ runs from the blank line to the line end before the next delimiter line. Only th
 of a part with a clean header block and an explicit type other than multipart/* and
 message/* is cut. Should the stdlib not find every placeholder as the whole payload of
 one part (a broken structure read differently), the message is parsed whole: the tree is
-always the one the stdlib makes of the raw bytes.
+always the one the stdlib makes of the raw bytes, up to its first MAX_PARTS parts.
 """
 
 from __future__ import annotations
@@ -27,6 +27,12 @@ from email.message import Message
 from email.parser import BytesHeaderParser
 
 BIG_BODY = 64 * 1024  # bodies from this size on are cut out
+# The parts read of one message. The stdlib holds each part as objects of its own: tens of
+# thousands of tiny parts cost 13x the message in memory and seconds per MB, and each
+# would become an attachment row. Past this many, the rest is not read (the raw message,
+# stored whole, still has it).
+MAX_PARTS = 1000
+_BOUNDARY_PARAM = re.compile(rb'boundary\s*=\s*(?:"([^"\r\n]+)"|([^\s;"]+))', re.IGNORECASE)
 _MAX_HEADER_BLOCK = 64 * 1024
 _DASHES = re.compile(rb"--[^\r\n]*")  # a delimiter line if it starts a line
 _BLANK_LINE = re.compile(rb"(?:\r\n|\n|\r(?!\n))(\r\n|\n|\r)")
@@ -35,9 +41,16 @@ _BLANK_LINE = re.compile(rb"(?:\r\n|\n|\r(?!\n))(\r\n|\n|\r)")
 class MimeTree:
     """A message parsed by the stdlib; `payload` and `flatten` put the big bodies back."""
 
-    def __init__(self, raw: bytes, big_body: int = BIG_BODY) -> None:
-        self.raw = raw
+    def __init__(self, raw: bytes, big_body: int = BIG_BODY, max_parts: int = MAX_PARTS,
+                 ) -> None:
         self.defects: list[str] = []
+        end = _end_of_parts(raw, max_parts)
+        if end is not None:
+            self.defects.append(f"more than {max_parts} MIME parts: only the first "
+                                f"{max_parts} were read (the raw message keeps them all)")
+        self.whole = raw
+        # Cut before that part: a multipart without its close delimiter is a tree all the same.
+        self.raw = raw if end is None else raw[:end]
         self._cut: list[memoryview] = []  # the bodies replaced by placeholders, in order
         self._marker = b"ticketgate-cut-" + secrets.token_hex(8).encode() + b"-"
         self._bodies: dict[int, memoryview] = {}  # id(part) -> its body in raw
@@ -53,7 +66,7 @@ class MimeTree:
         except Exception as exc:  # RecursionError on absurd nesting: the headers only
             self.defects.append(f"unparsable structure: {type(exc).__name__}")
             self._cut, self._bodies = [], {}
-            return BytesHeaderParser().parsebytes(self.raw)
+            return BytesHeaderParser().parsebytes(self.whole)
 
     def _parse_cut(self, cuts: list[tuple[int, int]]) -> Message | None:
         """The tree with `cuts` replaced by placeholders; None if any is not a whole body."""
@@ -116,6 +129,22 @@ def _decode(part: Message, body: memoryview) -> bytes:
     scratch.set_payload(str(body, "ascii", "surrogateescape"))
     data = scratch.get_payload(decode=True)
     return data if isinstance(data, bytes) else b""
+
+
+def _end_of_parts(raw: bytes, most: int) -> int | None:
+    """Where the delimiter line of part `most + 1` starts, if the message has that many
+    (delimiter lines of a boundary some Content-Type declares; a close one is none)."""
+    boundaries = {m.group(1) or m.group(2) for m in _BOUNDARY_PARAM.finditer(raw)}
+    if not boundaries:
+        return None
+    parts = 0
+    for line in _DASHES.finditer(raw):
+        start = line.start()
+        if start and raw[start - 1] in b"\r\n" and line.group()[2:].rstrip() in boundaries:
+            parts += 1
+            if parts > most:
+                return start
+    return None
 
 
 def _big_bodies(raw: bytes, big: int) -> list[tuple[int, int]]:
