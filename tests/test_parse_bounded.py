@@ -85,3 +85,39 @@ def test_lines_that_only_look_like_delimiters_are_not_parts() -> None:
     parsed = parse_message(_parts(2, text=dump))
     assert parsed.text.count("-- table") == 5000 and len(parsed.attachments) == 1
     assert parsed.defects == ()
+
+
+# -- a huge header block ---------------------------------------------------------------------
+
+def _junk_headers(before: str, after: str, fields: int = 120_000) -> bytes:
+    junk = "".join(f"X-Junk-{n}: {'x' * 8}\r\n" for n in range(fields))  # ~2.5 MB
+    return f"{before}{junk}{after}\r\nthe body\r\n".encode()
+
+
+def test_fields_past_the_header_limit_are_not_read() -> None:
+    from gateway.mail.mimetree import MAX_HEADER_BLOCK
+
+    raw = _junk_headers("From: Ana <ana@customer.example>\r\n", "Subject: hidden\r\n")
+    assert len(raw) > 2 * MAX_HEADER_BLOCK
+    parsed = parse_message(raw)
+    assert parsed.from_address == "ana@customer.example" and parsed.subject == ""
+    assert parsed.text.strip() == "the body"
+    assert sum(len(v) for v in parsed.headers.values()) < MAX_HEADER_BLOCK // 20
+    assert any(d.startswith(f"header block over {MAX_HEADER_BLOCK} bytes") for d in parsed.defects)
+    assert parsed.raw == raw
+
+
+def test_a_header_block_under_the_limit_is_read_whole() -> None:
+    parsed = parse_message(_junk_headers("", "Subject: seen\r\n", fields=20_000))
+    assert parsed.subject == "seen" and len(parsed.headers["x-junk-19999"]) == 1
+    assert parsed.defects == ()
+
+
+def test_the_cut_falls_at_a_line_end_so_no_field_is_half_read() -> None:
+    from gateway.mail.mimetree import MimeTree
+
+    raw = b"Subject: one\r\nX-A: two\r\nX-B: three\r\n\r\nbody\r\n"
+    for limit in (raw.index(b"X-B: th") + 6, raw.index(b"\r\nX-B") + 1):  # in X-B, in a CRLF
+        tree = MimeTree(raw, max_head=limit)
+        assert tree.root["x-a"] == "two" and tree.root["x-b"] is None
+        assert tree.root.get_payload() == "body\r\n" and tree.root.defects == []

@@ -112,6 +112,17 @@ def test_a_missing_key_fails_and_a_malformed_signature_is_permerror(key: Signing
     assert _verdict(_verifier(key), broken).dkim == "permerror"
 
 
+def test_a_header_block_past_the_parse_limit_is_not_verified(key: SigningKey) -> None:
+    """dkimpy would hold every field (8x the block): such a signature is unusable."""
+    from gateway.mail.mimetree import MAX_HEADER_BLOCK
+
+    junk = b"".join(b"X-Junk-%d: xxxxxxxx\r\n" % n for n in range(MAX_HEADER_BLOCK // 20))
+    small = b"".join(b"X-Junk-%d: xxxxxxxx\r\n" % n for n in range(1000))
+    assert _verdict(_verifier(key), sign(small + mail(), CUSTOMER, key)).dkim == "pass"
+    v = _verdict(_verifier(key), sign(junk + mail(), CUSTOMER, key))
+    assert (v.dkim, v.aligned) == ("permerror", False)
+
+
 def test_the_best_signature_counts(key: SigningKey) -> None:
     """A mailing list's failing signature does not hide the author's valid one."""
     raw = sign(mail(), CUSTOMER, key)
@@ -133,6 +144,18 @@ def test_a_trusted_arc_sealer_vouches_for_a_signature_a_list_broke(key: SigningK
     tampered = listed.replace(b"on fire", b"paid to a new IBAN")
     assert _verdict(_verifier(key, domains, trusted_arc_sealers=("lists.example",)),
                     tampered).aligned is False
+
+
+def test_an_arc_chain_past_the_header_limit_is_not_read(key: SigningKey) -> None:
+    from gateway.mail.mimetree import MAX_HEADER_BLOCK
+
+    junk = b"".join(b"X-Junk-%d: xxxxxxxx\r\n" % n for n in range(MAX_HEADER_BLOCK // 20))
+    first, rest = mail().split(b"\r\n", 1)  # From first: read, whatever follows
+    bloated = forward_through_list(sign(first + b"\r\n" + junk + rest, CUSTOMER, key), key,
+                                   "lists.example")
+    v = _verdict(_verifier(key, (CUSTOMER, "lists.example"),
+                           trusted_arc_sealers=("lists.example",)), bloated)
+    assert (v.dkim, v.aligned, v.source) == ("permerror", False, "dkimpy")
 
 
 # -- DNS failures ---------------------------------------------------------------------------

@@ -32,6 +32,10 @@ BIG_BODY = 64 * 1024  # bodies from this size on are cut out
 # would become an attachment row. Past this many, the rest is not read (the raw message,
 # stored whole, still has it).
 MAX_PARTS = 1000
+# The bytes of the message's own header block read; the same for fields past it (hundreds
+# of thousands of fields cost 14x the message). Real mail stays far below: Postfix keeps
+# at most 100 KB of one field, sendmail 32 KB of all.
+MAX_HEADER_BLOCK = 1024 * 1024
 _BOUNDARY_PARAM = re.compile(rb'boundary\s*=\s*(?:"([^"\r\n]+)"|([^\s;"]+))', re.IGNORECASE)
 _MAX_HEADER_BLOCK = 64 * 1024
 _DASHES = re.compile(rb"--[^\r\n]*")  # a delimiter line if it starts a line
@@ -42,13 +46,18 @@ class MimeTree:
     """A message parsed by the stdlib; `payload` and `flatten` put the big bodies back."""
 
     def __init__(self, raw: bytes, big_body: int = BIG_BODY, max_parts: int = MAX_PARTS,
-                 ) -> None:
+                 max_head: int = MAX_HEADER_BLOCK) -> None:
         self.defects: list[str] = []
+        self.whole = raw
+        head = _head_cut(raw, max_head)
+        if head is not None:
+            self.defects.append(f"header block over {max_head} bytes: the fields past it "
+                                "were not read (the raw message keeps them)")
+            raw = raw[:head[0]] + raw[head[1]:]
         end = _end_of_parts(raw, max_parts)
         if end is not None:
             self.defects.append(f"more than {max_parts} MIME parts: only the first "
                                 f"{max_parts} were read (the raw message keeps them all)")
-        self.whole = raw
         # Cut before that part: a multipart without its close delimiter is a tree all the same.
         self.raw = raw if end is None else raw[:end]
         self._cut: list[memoryview] = []  # the bodies replaced by placeholders, in order
@@ -129,6 +138,23 @@ def _decode(part: Message, body: memoryview) -> bytes:
     scratch.set_payload(str(body, "ascii", "surrogateescape"))
     data = scratch.get_payload(decode=True)
     return data if isinstance(data, bytes) else b""
+
+
+def head_too_long(raw: bytes, most: int = MAX_HEADER_BLOCK) -> bool:
+    """Is the message's own header block longer than `most` bytes? (Not worth reading,
+    by us or by dkimpy.)"""
+    return _head_cut(raw, most) is not None
+
+
+def _head_cut(raw: bytes, most: int) -> tuple[int, int] | None:
+    """(end of the last whole line within `most` bytes, start of the blank line) when the
+    message's header block is longer than `most` bytes."""
+    blank = _BLANK_LINE.search(raw)
+    if (blank.start(1) if blank else len(raw)) <= most:
+        return None
+    # A CR kept without its LF still ends the line for the stdlib.
+    keep = max(raw.rfind(b"\n", 0, most), raw.rfind(b"\r", 0, most)) + 1
+    return keep, blank.start(1) if blank else len(raw)
 
 
 def _end_of_parts(raw: bytes, most: int) -> int | None:

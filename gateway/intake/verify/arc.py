@@ -13,6 +13,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from gateway.mail.mimetree import head_too_long
+
 from .authresults import TrustedResults, results_of
 from .signatures import QUIET
 
@@ -33,6 +35,8 @@ def trusted_arc_results(raw: bytes, trusted: tuple[str, ...],
     import dkim  # only for sealed mail at sites that trust a sealer
 
     sealers = {t.lower().rstrip(".") for t in trusted}
+    if head_too_long(raw):  # as for DKIM (signatures.py): not read
+        return None
     try:
         cv, instances, reason = dkim.arc_verify(raw, logger=QUIET, dnsfunc=dnsfunc)
     except Exception as exc:  # DNS trouble (DnsTempError) or dkimpy choking: no ARC

@@ -12,6 +12,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from gateway.mail.mimetree import MAX_HEADER_BLOCK, head_too_long
+
 from .resolver import DnsTempError
 
 log = logging.getLogger("ticketgate.verify")
@@ -38,6 +40,9 @@ def check_signatures(
     import dkim  # only for signed mail: an unsigned message's pipe run never loads it
 
     out: list[Signature] = []
+    if head_too_long(raw):  # dkimpy would hold every field of it: 8x the block in memory
+        log.debug("dkim: header block over %d bytes: not verified", MAX_HEADER_BLOCK)
+        return (Signature("", "permerror"),) * min(count, MAX_SIGNATURES)
     try:
         d = dkim.DKIM(raw, logger=QUIET, minkey=1024)
     except Exception as exc:  # an unreadable message: every signature is unusable
