@@ -95,15 +95,15 @@ def _junk_headers(before: str, after: str, fields: int = 120_000) -> bytes:
 
 
 def test_fields_past_the_header_limit_are_not_read() -> None:
-    from gateway.mail.mimetree import MAX_HEADER_BLOCK
+    from gateway.mail.mimetree import MAX_HEADER_BYTES
 
     raw = _junk_headers("From: Ana <ana@customer.example>\r\n", "Subject: hidden\r\n")
-    assert len(raw) > 2 * MAX_HEADER_BLOCK
+    assert len(raw) > 2 * MAX_HEADER_BYTES
     parsed = parse_message(raw)
     assert parsed.from_address == "ana@customer.example" and parsed.subject == ""
     assert parsed.text.strip() == "the body"
-    assert sum(len(v) for v in parsed.headers.values()) < MAX_HEADER_BLOCK // 20
-    assert any(d.startswith(f"header block over {MAX_HEADER_BLOCK} bytes") for d in parsed.defects)
+    assert sum(len(v) for v in parsed.headers.values()) < MAX_HEADER_BYTES // 20
+    assert any(d.startswith(f"header block over {MAX_HEADER_BYTES} bytes") for d in parsed.defects)
     assert parsed.raw == raw
 
 

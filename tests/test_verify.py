@@ -114,9 +114,9 @@ def test_a_missing_key_fails_and_a_malformed_signature_is_permerror(key: Signing
 
 def test_a_header_block_past_the_parse_limit_is_not_verified(key: SigningKey) -> None:
     """dkimpy would hold every field (8x the block): such a signature is unusable."""
-    from gateway.mail.mimetree import MAX_HEADER_BLOCK
+    from gateway.mail.mimetree import MAX_HEADER_BYTES
 
-    junk = b"".join(b"X-Junk-%d: xxxxxxxx\r\n" % n for n in range(MAX_HEADER_BLOCK // 20))
+    junk = b"".join(b"X-Junk-%d: xxxxxxxx\r\n" % n for n in range(MAX_HEADER_BYTES // 20))
     small = b"".join(b"X-Junk-%d: xxxxxxxx\r\n" % n for n in range(1000))
     assert _verdict(_verifier(key), sign(small + mail(), CUSTOMER, key)).dkim == "pass"
     v = _verdict(_verifier(key), sign(junk + mail(), CUSTOMER, key))
@@ -147,9 +147,9 @@ def test_a_trusted_arc_sealer_vouches_for_a_signature_a_list_broke(key: SigningK
 
 
 def test_an_arc_chain_past_the_header_limit_is_not_read(key: SigningKey) -> None:
-    from gateway.mail.mimetree import MAX_HEADER_BLOCK
+    from gateway.mail.mimetree import MAX_HEADER_BYTES
 
-    junk = b"".join(b"X-Junk-%d: xxxxxxxx\r\n" % n for n in range(MAX_HEADER_BLOCK // 20))
+    junk = b"".join(b"X-Junk-%d: xxxxxxxx\r\n" % n for n in range(MAX_HEADER_BYTES // 20))
     first, rest = mail().split(b"\r\n", 1)  # From first: read, whatever follows
     bloated = forward_through_list(sign(first + b"\r\n" + junk + rest, CUSTOMER, key), key,
                                    "lists.example")

@@ -12,7 +12,9 @@ runs from the blank line to the line end before the next delimiter line. Only th
 of a part with a clean header block and an explicit type other than multipart/* and
 message/* is cut. Should the stdlib not find every placeholder as the whole payload of
 one part (a broken structure read differently), the message is parsed whole: the tree is
-always the one the stdlib makes of the raw bytes, up to its first MAX_PARTS parts.
+always the one the stdlib makes of the raw bytes, up to its first MAX_PARTS parts and
+MAX_HEADER_BYTES of the message's own header block (hostile shapes: the rest stays in the
+raw message, and a defect says what was not read).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ MAX_PARTS = 1000
 # The bytes of the message's own header block read; the same for fields past it (hundreds
 # of thousands of fields cost 14x the message). Real mail stays far below: Postfix keeps
 # at most 100 KB of one field, sendmail 32 KB of all.
-MAX_HEADER_BLOCK = 1024 * 1024
+MAX_HEADER_BYTES = 1024 * 1024
 _BOUNDARY_PARAM = re.compile(rb'boundary\s*=\s*(?:"([^"\r\n]+)"|([^\s;"]+))', re.IGNORECASE)
 _MAX_HEADER_BLOCK = 64 * 1024
 _DASHES = re.compile(rb"--[^\r\n]*")  # a delimiter line if it starts a line
@@ -46,14 +48,14 @@ class MimeTree:
     """A message parsed by the stdlib; `payload` and `flatten` put the big bodies back."""
 
     def __init__(self, raw: bytes, big_body: int = BIG_BODY, max_parts: int = MAX_PARTS,
-                 max_head: int = MAX_HEADER_BLOCK) -> None:
+                 max_head: int = MAX_HEADER_BYTES) -> None:
         self.defects: list[str] = []
-        self.whole = raw
         head = _head_cut(raw, max_head)
         if head is not None:
             self.defects.append(f"header block over {max_head} bytes: the fields past it "
                                 "were not read (the raw message keeps them)")
             raw = raw[:head[0]] + raw[head[1]:]
+        self.unparted = raw  # what the headers-only fallback reads (all parts as text)
         end = _end_of_parts(raw, max_parts)
         if end is not None:
             self.defects.append(f"more than {max_parts} MIME parts: only the first "
@@ -75,7 +77,7 @@ class MimeTree:
         except Exception as exc:  # RecursionError on absurd nesting: the headers only
             self.defects.append(f"unparsable structure: {type(exc).__name__}")
             self._cut, self._bodies = [], {}
-            return BytesHeaderParser().parsebytes(self.whole)
+            return BytesHeaderParser().parsebytes(self.unparted)
 
     def _parse_cut(self, cuts: list[tuple[int, int]]) -> Message | None:
         """The tree with `cuts` replaced by placeholders; None if any is not a whole body."""
@@ -140,7 +142,7 @@ def _decode(part: Message, body: memoryview) -> bytes:
     return data if isinstance(data, bytes) else b""
 
 
-def head_too_long(raw: bytes, most: int = MAX_HEADER_BLOCK) -> bool:
+def head_too_long(raw: bytes, most: int = MAX_HEADER_BYTES) -> bool:
     """Is the message's own header block longer than `most` bytes? (Not worth reading,
     by us or by dkimpy.)"""
     return _head_cut(raw, most) is not None

@@ -32,11 +32,11 @@ class SealedResults:
 def trusted_arc_results(raw: bytes, trusted: tuple[str, ...],
                         dnsfunc: Callable[..., bytes | None]) -> SealedResults | None:
     """The newest trusted sealer's recorded results, when the chain validates; else None."""
+    if head_too_long(raw):  # as for DKIM (signatures.py): not read
+        return None
     import dkim  # only for sealed mail at sites that trust a sealer
 
     sealers = {t.lower().rstrip(".") for t in trusted}
-    if head_too_long(raw):  # as for DKIM (signatures.py): not read
-        return None
     try:
         cv, instances, reason = dkim.arc_verify(raw, logger=QUIET, dnsfunc=dnsfunc)
     except Exception as exc:  # DNS trouble (DnsTempError) or dkimpy choking: no ARC

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.mail.mimetree import MAX_HEADER_BLOCK, head_too_long
+from gateway.mail.mimetree import MAX_HEADER_BYTES, head_too_long
 
 from .resolver import DnsTempError
 
@@ -37,12 +37,12 @@ def check_signatures(
     raw: bytes, count: int, dnsfunc: Callable[..., bytes | None]
 ) -> tuple[Signature, ...]:
     """Verify the first `count` (at most MAX_SIGNATURES) DKIM-Signature headers."""
+    if head_too_long(raw):  # dkimpy would hold every field of it: 8x the block in memory
+        log.debug("dkim: header block over %d bytes: not verified", MAX_HEADER_BYTES)
+        return (Signature("", "permerror"),) * min(count, MAX_SIGNATURES)
     import dkim  # only for signed mail: an unsigned message's pipe run never loads it
 
     out: list[Signature] = []
-    if head_too_long(raw):  # dkimpy would hold every field of it: 8x the block in memory
-        log.debug("dkim: header block over %d bytes: not verified", MAX_HEADER_BLOCK)
-        return (Signature("", "permerror"),) * min(count, MAX_SIGNATURES)
     try:
         d = dkim.DKIM(raw, logger=QUIET, minkey=1024)
     except Exception as exc:  # an unreadable message: every signature is unusable
