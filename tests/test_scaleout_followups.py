@@ -21,7 +21,8 @@ from sqlalchemy import exc as sa_exc
 
 from gateway.config import Config
 from gateway.intake.core import Intake
-from gateway.intake.outcome import Outcome
+from gateway.intake.outcome import Disposition, Outcome
+from gateway.intake.prepared import Prepared
 from gateway.intake.transaction import CONFLICT_ATTEMPTS, Touches, store_alone, touch_tickets
 from gateway.mail.envelope import Envelope
 from gateway.runtime import open_store
@@ -128,13 +129,16 @@ def _tickets(intake: Intake, count: int) -> list[tuple[int, str]]:
     return [(rows[n], n) for n in numbers if n is not None]
 
 
-def _updated_at(intake: Intake, ticket_id: int) -> object:
+def _updated_at(intake: Intake, ticket_id: int) -> dt.datetime:
     with intake.engine.connect() as conn:
-        return conn.scalar(select(Ticket.updated_at).where(Ticket.id == ticket_id))
+        at = conn.scalar(select(Ticket.updated_at).where(Ticket.id == ticket_id))
+    assert at is not None
+    return at
 
 
-def _batch(intake: Intake, raws: list[bytes]) -> list[object]:
-    """`raws` stored by one group-commit batch (all queued before the writer starts)."""
+def _batch(intake: Intake, raws: list[bytes]) -> list[Disposition | BaseException]:
+    """`raws` stored by one group-commit batch (all queued before the writer starts):
+    each one's disposition, or what it raised."""
     committer = GroupCommitter(intake.engine)
     futures = [committer.submit(intake, intake.prepare(raw, ENVELOPE)) for raw in raws]
     committer.start()
@@ -144,10 +148,14 @@ def _batch(intake: Intake, raws: list[bytes]) -> list[object]:
         committer.stop()
 
 
+def _outcomes(results: list[Disposition | BaseException]) -> list[Outcome | str]:
+    return [r.outcome if isinstance(r, Disposition) else type(r).__name__ for r in results]
+
+
 def test_a_batch_touches_its_follow_ups_tickets_last_and_in_id_order(intake: Intake) -> None:
     (low, low_number), (high, high_number) = _tickets(intake, 2)
     before = _updated_at(intake, low), _updated_at(intake, high)
-    statements: list[tuple[str, object]] = []
+    statements: list[tuple[str, list[dict[str, object]]]] = []
 
     def seen(conn: Connection, statement: object, multiparams: list[dict[str, object]],
              params: dict[str, object], options: object) -> None:
@@ -162,24 +170,22 @@ def test_a_batch_touches_its_follow_ups_tickets_last_and_in_id_order(intake: Int
                                   message(3, "a new problem")])
     finally:
         event.remove(intake.engine, "before_execute", seen)
-    assert [r.outcome for r in results] == [Outcome.FOLLOW_UP, Outcome.FOLLOW_UP,  # type: ignore[attr-defined]
-                                            Outcome.CREATED]
+    assert _outcomes(results) == [Outcome.FOLLOW_UP, Outcome.FOLLOW_UP, Outcome.CREATED]
     kinds = [k for k, _ in statements]
     touched = [i for i, (k, _) in enumerate(statements) if k == "UPDATE tickets"]
     assert len(touched) == 1, kinds
     last_write = max(i for i, k in enumerate(kinds) if k.startswith("INSERT INTO"))
     assert touched[0] > last_write, f"a ticket row was locked mid-batch: {kinds}"
-    params = statements[touched[0]][1]
-    assert [p["ticket_id"] for p in params] == [low, high]  # type: ignore[index,union-attr]
-    assert _updated_at(intake, low) > before[0] and _updated_at(intake, high) > before[1]  # type: ignore[operator]
+    assert [p["ticket_id"] for p in statements[touched[0]][1]] == [low, high]
+    assert _updated_at(intake, low) > before[0] and _updated_at(intake, high) > before[1]
 
 
 class _FailsAfterWriting(Intake):
     """Stores a follow-up, then fails like a bug would: its savepoint is rolled back."""
 
-    def store(self, conn: Connection, p: object, touches: Touches) -> object:
-        disposition = super().store(conn, p, touches)  # type: ignore[arg-type]
-        if "poison" in p.msg.subject:  # type: ignore[attr-defined]
+    def store(self, conn: Connection, p: Prepared, touches: Touches) -> Disposition:
+        disposition = super().store(conn, p, touches)
+        if "poison" in p.msg.subject:
             raise RuntimeError("bug after a partial write")
         return disposition
 
@@ -188,9 +194,9 @@ def test_a_failed_message_of_a_batch_does_not_touch_its_ticket(intake: Intake) -
     [(ticket, number)] = _tickets(intake, 1)
     before = _updated_at(intake, ticket)
     buggy = _FailsAfterWriting(intake.config, intake.factory)
-    results = _batch(buggy, [message(1, f"Re: [Ticket#{number}] poison"),  # type: ignore[arg-type]
+    results = _batch(buggy, [message(1, f"Re: [Ticket#{number}] poison"),
                              message(2, "a new problem")])
-    assert isinstance(results[0], RuntimeError) and results[1].outcome is Outcome.CREATED  # type: ignore[attr-defined]
+    assert _outcomes(results) == ["RuntimeError", Outcome.CREATED]
     assert _updated_at(intake, ticket) == before
 
 
@@ -212,8 +218,8 @@ class _Probes(Intake):
     watched = 0
     locked: bool | None = None
 
-    def store(self, conn: Connection, p: object, touches: Touches) -> object:
-        if "probe" in p.msg.subject:  # type: ignore[attr-defined]
+    def store(self, conn: Connection, p: Prepared, touches: Touches) -> Disposition:
+        if "probe" in p.msg.subject:
             with self.engine.connect() as other:
                 try:
                     other.execute(text("SELECT id FROM tickets WHERE id = :id "
@@ -223,7 +229,7 @@ class _Probes(Intake):
                     assert getattr(exc.orig, "sqlstate", None) == "55P03", exc
                     self.locked = True
                 other.rollback()
-        return super().store(conn, p, touches)  # type: ignore[arg-type]
+        return super().store(conn, p, touches)
 
 
 def test_a_batch_does_not_hold_a_follow_ups_ticket_while_storing_the_rest(
@@ -234,7 +240,7 @@ def test_a_batch_does_not_hold_a_follow_ups_ticket_while_storing_the_rest(
     probing.watched = ticket
     results = _batch(probing, [message(1, f"Re: [Ticket#{number}] status"),
                                message(2, "probe: a new problem")])
-    assert [r.outcome for r in results] == [Outcome.FOLLOW_UP, Outcome.CREATED]  # type: ignore[attr-defined]
+    assert _outcomes(results) == [Outcome.FOLLOW_UP, Outcome.CREATED]
     assert probing.locked is False, "another writer would wait for the whole batch"
 
 
