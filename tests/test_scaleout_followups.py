@@ -57,8 +57,10 @@ def _count(url: str, model: object) -> int:
 
 # -- the writer retries what PostgreSQL reports as a lost conflict ------------------------
 
-def _fail_next_articles(engine: Engine, times: int, sqlstate: str) -> None:
-    """Make PostgreSQL itself refuse the next `times` article inserts with `sqlstate`."""
+def _fail_next_articles(engine: Engine, times: int, sqlstate: str,
+                        table: str = "articles", when: str = "INSERT") -> None:
+    """Make PostgreSQL itself refuse the next `times` inserts into `table` (or `when`
+    statements on it) with `sqlstate`."""
     with engine.begin() as conn:
         # A sequence: unlike a counter row, nextval() survives the rollback it causes.
         conn.execute(text("DROP SEQUENCE IF EXISTS fail_seq"))
@@ -71,8 +73,8 @@ def _fail_next_articles(engine: Engine, times: int, sqlstate: str) -> None:
               END IF;
               RETURN NEW;
             END $$ LANGUAGE plpgsql"""))
-        conn.execute(text("DROP TRIGGER IF EXISTS fail_article ON articles"))
-        conn.execute(text("CREATE TRIGGER fail_article BEFORE INSERT ON articles "
+        conn.execute(text(f"DROP TRIGGER IF EXISTS fail_article ON {table}"))
+        conn.execute(text(f"CREATE TRIGGER fail_article BEFORE {when} ON {table} "
                           "FOR EACH ROW EXECUTE FUNCTION fail_article()"))
 
 
@@ -242,6 +244,21 @@ def test_a_batch_does_not_hold_a_follow_ups_ticket_while_storing_the_rest(
                                message(2, "probe: a new problem")])
     assert _outcomes(results) == [Outcome.FOLLOW_UP, Outcome.CREATED]
     assert probing.locked is False, "another writer would wait for the whole batch"
+
+
+def test_a_deadlock_while_touching_the_tickets_costs_no_message(
+        pg_intake: tuple[Intake, Engine]) -> None:
+    """The touches run outside every message's savepoint: losing them loses the batch's
+    transaction, and each message is stored again alone."""
+    intake, engine = pg_intake
+    [(ticket, number)] = _tickets(intake, 1)
+    before = _updated_at(intake, ticket)
+    _fail_next_articles(engine, 1, "40P01", table="tickets", when="UPDATE")
+    results = _batch(intake, [message(n, f"Re: [Ticket#{number}] status") for n in (1, 2)]
+                     + [message(3, "a new problem")])
+    assert _outcomes(results) == [Outcome.FOLLOW_UP, Outcome.FOLLOW_UP, Outcome.CREATED]
+    assert _count(engine.url.render_as_string(False), Article) == 4
+    assert _updated_at(intake, ticket) > before
 
 
 # -- several serve processes, real LMTP clients --------------------------------------------
