@@ -4,6 +4,8 @@ Speed itself is measured by `make bench BENCH_ARGS=shapes`, not here."""
 
 from __future__ import annotations
 
+import pytest
+
 from gateway.mail import headers
 from gateway.mail.parse import decode_header_value, parse_message
 
@@ -121,3 +123,59 @@ def test_the_cut_falls_at_a_line_end_so_no_field_is_half_read() -> None:
         tree = MimeTree(raw, max_head=limit)
         assert tree.root["x-a"] == "two" and tree.root["x-b"] is None
         assert tree.root.get_payload() == "body\r\n" and tree.root.defects == []
+
+
+# -- header fields inside MIME parts ---------------------------------------------------------
+
+def _fields(count: int) -> str:
+    return "".join(f"X-Junk-{n}: xxxxxxxx\r\n" for n in range(count))  # ~22 bytes each
+
+
+def _multipart(*parts: str) -> bytes:
+    body = "".join(f"--B\r\n{part}\r\n" for part in parts)
+    return ("From: a@customer.example\r\nSubject: s\r\nMessage-ID: <m@customer.example>\r\n"
+            f"Content-Type: multipart/mixed; boundary=B\r\n\r\n{body}--B--\r\n").encode()
+
+
+TEXT = "Content-Type: text/plain\r\n\r\nplease help"
+NOTE = "Content-Type: text/plain; name=note.txt\r\nContent-Disposition: attachment\r\n\r\nnote"
+
+
+@pytest.mark.parametrize("shape", ["fields", "forwarded", "report", "report-unclosed"])
+def test_parts_past_the_header_budget_are_not_read(shape: str) -> None:
+    from gateway.mail.mimetree import MAX_HEADER_BYTES
+
+    junk = _fields(MAX_HEADER_BYTES // 20)
+    blocks = "\r\n".join([_fields(MAX_HEADER_BYTES // 200)] * 20)  # each far under the budget
+    bloated = {
+        "fields": f"Content-Type: text/plain\r\n{junk}\r\nbody",
+        "forwarded": f"Content-Type: message/rfc822\r\n\r\nSubject: fwd\r\n{junk}\r\nbody",
+        "report": f"Content-Type: message/delivery-status\r\n\r\n{blocks}",
+        "report-unclosed": f"Content-Type: message/delivery-status\r\n\r\n{blocks}",
+    }[shape]
+    raw = _multipart(TEXT, NOTE, bloated, NOTE)
+    if shape == "report-unclosed":
+        raw = raw.removesuffix(b"\r\n--B\r\n" + NOTE.encode() + b"\r\n--B--\r\n")
+    parsed = parse_message(raw)
+    assert parsed.text == "please help" and [a.filename for a in parsed.attachments] == [
+        "note.txt"]
+    assert any(d.startswith(f"header fields of MIME parts over {MAX_HEADER_BYTES} bytes")
+               for d in parsed.defects), parsed.defects
+
+
+def test_the_header_budget_is_for_all_parts_together() -> None:
+    from gateway.mail.mimetree import MAX_HEADER_BYTES
+
+    third = f"Content-Type: text/plain; name=a.txt\r\n{_fields(MAX_HEADER_BYTES // 66)}\r\na"
+    parsed = parse_message(_multipart(TEXT, third, third, third, NOTE))
+    assert [a.filename for a in parsed.attachments] == ["a.txt", "a.txt"]
+    assert any("header fields of MIME parts" in d for d in parsed.defects)
+
+
+def test_forwarded_messages_and_reports_under_the_budget_are_read_whole() -> None:
+    forwarded = "Content-Type: message/rfc822\r\n\r\nSubject: fwd\r\nFrom: b@x.example\r\n\r\nhi"
+    report = ("Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example\r\n"
+              "\r\nFinal-Recipient: rfc822; a@x.example\r\nAction: failed\r\nStatus: 5.1.1")
+    parsed = parse_message(_multipart(TEXT, forwarded, report, NOTE))
+    assert parsed.defects == ()
+    assert parsed.attachments[-1].filename == "note.txt"

@@ -42,6 +42,8 @@ _BOUNDARY_PARAM = re.compile(rb'boundary\s*=\s*(?:"([^"\r\n]+)"|([^\s;"]+))', re
 _MAX_HEADER_BLOCK = 64 * 1024
 _DASHES = re.compile(rb"--[^\r\n]*")  # a delimiter line if it starts a line
 _BLANK_LINE = re.compile(rb"(?:\r\n|\n|\r(?!\n))(\r\n|\n|\r)")
+_MESSAGE_TYPE = re.compile(rb"^content-type:[ \t]*message/([a-z0-9.+-]+)",
+                           re.IGNORECASE | re.MULTILINE)
 
 
 class MimeTree:
@@ -56,12 +58,11 @@ class MimeTree:
                                 "were not read (the raw message keeps them)")
             raw = raw[:head[0]] + raw[head[1]:]
         self.unparted = raw  # what the headers-only fallback reads (all parts as text)
-        end = _end_of_parts(raw, max_parts)
+        end = _end_of_parts(raw, max_parts, max_head)
         if end is not None:
-            self.defects.append(f"more than {max_parts} MIME parts: only the first "
-                                f"{max_parts} were read (the raw message keeps them all)")
+            self.defects.append(end[1])
         # Cut before that part: a multipart without its close delimiter is a tree all the same.
-        self.raw = raw if end is None else raw[:end]
+        self.raw = raw if end is None else raw[:end[0]]
         self._cut: list[memoryview] = []  # the bodies replaced by placeholders, in order
         self._marker = b"ticketgate-cut-" + secrets.token_hex(8).encode() + b"-"
         self._bodies: dict[int, memoryview] = {}  # id(part) -> its body in raw
@@ -159,19 +160,55 @@ def _head_cut(raw: bytes, most: int) -> tuple[int, int] | None:
     return keep, blank.start(1) if blank else len(raw)
 
 
-def _end_of_parts(raw: bytes, most: int) -> int | None:
-    """Where the delimiter line of part `most + 1` starts, if the message has that many
-    (delimiter lines of a boundary some Content-Type declares; a close one is none)."""
+def _end_of_parts(raw: bytes, most: int, head_bytes: int) -> tuple[int, str] | None:
+    """Where to stop reading parts, and why: at the delimiter line of part `most + 1`, or
+    of the part whose header fields pass `head_bytes` for all parts together. A part's
+    header fields are its header block, the header blocks of the message/* it holds, and
+    the whole body of a message/delivery-status (a list of header blocks). The delimiter
+    lines are those of a boundary some Content-Type declares."""
     boundaries = {m.group(1) or m.group(2) for m in _BOUNDARY_PARAM.finditer(raw)}
     if not boundaries:
         return None
-    parts = 0
+    too_many = (f"more than {most} MIME parts: only the first {most} were read (the raw "
+                "message keeps them all)")
+    too_long = (f"header fields of MIME parts over {head_bytes} bytes: the parts from there "
+                "on were not read (the raw message keeps them)")
+    parts, budget = 0, head_bytes
+    status: tuple[int, int] | None = None  # (delimiter, body) of a delivery-status part
     for line in _DASHES.finditer(raw):
         start = line.start()
-        if start and raw[start - 1] in b"\r\n" and line.group()[2:].rstrip() in boundaries:
-            parts += 1
-            if parts > most:
-                return start
+        token = line.group()[2:].rstrip()
+        closing = token.endswith(b"--") and token[:-2] in boundaries
+        if not start or raw[start - 1] not in b"\r\n" or not (closing or token in boundaries):
+            continue
+        if status is not None:  # a delivery-status body ends at the next delimiter
+            budget -= start - status[1]
+            if budget < 0:
+                return status[0], too_long
+            status = None
+        if token not in boundaries:  # a close delimiter: no part starts here
+            continue
+        parts += 1
+        if parts > most:
+            return start, too_many
+        pos = line.end()
+        while True:  # the part's header block, then those of the message/* it holds
+            blank = _BLANK_LINE.search(raw, pos, pos + budget + 4)
+            end = blank.start(1) if blank else len(raw)
+            if blank is None and pos + budget + 4 < len(raw):
+                return start, too_long
+            budget -= end - pos
+            if budget < 0:
+                return start, too_long
+            kind = _MESSAGE_TYPE.search(raw, pos, end)
+            if blank is None or kind is None:
+                break
+            if kind.group(1).lower() == b"delivery-status":
+                status = start, blank.end()
+                break
+            pos = blank.start(1)  # the held message's header block follows the blank line
+    if status is not None and len(raw) - status[1] > budget:  # never closed
+        return status[0], too_long
     return None
 
 
