@@ -12,9 +12,10 @@ runs from the blank line to the line end before the next delimiter line. Only th
 of a part with a clean header block and an explicit type other than multipart/* and
 message/* is cut. Should the stdlib not find every placeholder as the whole payload of
 one part (a broken structure read differently), the message is parsed whole: the tree is
-always the one the stdlib makes of the raw bytes, up to its first MAX_PARTS parts and
-MAX_HEADER_BYTES of the message's own header block (hostile shapes: the rest stays in the
-raw message, and a defect says what was not read).
+always the one the stdlib makes of the raw bytes, up to its first MAX_PARTS parts,
+MAX_HEADER_BYTES of the message's own header block and as much of header fields in all
+parts together (hostile shapes: the stdlib keeps each field as objects of its own, 14-16x
+their size; the rest stays in the raw message, and a defect says what was not read).
 """
 
 from __future__ import annotations
