@@ -3,7 +3,9 @@
 It registers a reload in `ctx.reload_hooks` (SIGHUP), then polls the rule files' names,
 mtimes and sizes every `[rules] watch_interval` seconds (0 = SIGHUP only). Each reload
 publishes `ctx.state["rules"]` for the status page; a failed one records its problems
-with `ctx.record_error("rules", ...)` and the old rules stay in force. The router is
+with `ctx.record_error("rules", ...)` and the old rules stay in force. The rules in
+force at start and after each reload are checked for what `rules check` warns of
+(rules/advice.py), logged as warnings. The router is
 looked up on `ctx.intake` every time: a config reload swaps in a new intake.
 """
 
@@ -19,6 +21,7 @@ from typing import Any, Protocol
 from gateway.config import Config
 from gateway.intake.ports import Router
 
+from .advice import identity_warnings
 from .router import ReloadingRouter
 
 log = logging.getLogger("ticketgate.rules")
@@ -56,13 +59,22 @@ def reload_and_publish(ctx: Context) -> bool:
         ctx.record_error("rules", str(p))
     ctx.counters["rules_reloads_failed" if problems else "rules_reloads"] += 1
     ctx.state["rules"] = router.status()
+    if not problems:
+        warn_about(router)
     return not problems
+
+
+def warn_about(router: ReloadingRouter) -> None:
+    """Log what `rules check` warns of (rules/advice.py): the rules load all the same."""
+    for warning in identity_warnings(router.ruleset):
+        log.warning("%s", warning)
 
 
 async def run(ctx: Context, stopping: asyncio.Event) -> None:
     router = current_router(ctx)
     if router is not None:
         ctx.state["rules"] = router.status()
+        warn_about(router)
     def on_sighup() -> None:
         reload_and_publish(ctx)
 

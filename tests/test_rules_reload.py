@@ -148,6 +148,42 @@ def test_watcher_service_reloads_on_change_and_on_sighup_hook(
         store.dispose()
 
 
+CLOSER = '[[rule]]\nname = "recovery"\nfrom = "nagios@monitoring.example"\nstate = "closed"\n'
+
+
+def test_the_watcher_logs_what_rules_check_warns_of(
+    tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from gateway.runtime import open_store
+
+    config = make_config(tmp_path, sqlite_url, rules={"watch_interval": 0})
+    rules_dir = config.path(config.rules.dir)
+    write_rule(rules_dir, "Billing")
+    (rules_dir / "20-close.toml").write_text(CLOSER)
+    store = open_store(config, create=False)
+    upgrade(store.engine)
+    ctx = DaemonContext(config, store, Intake(config, store.factory, router=load_router(config)))
+
+    async def start_and_stop() -> None:
+        stopping = asyncio.Event()
+        task = asyncio.create_task(watch.run(ctx, stopping))
+        await asyncio.sleep(0.05)
+        stopping.set()
+        await task
+
+    warning = "rule 'recovery': warning: closes tickets without `aligned = true`"
+    try:
+        with caplog.at_level("WARNING", logger="ticketgate.rules"):
+            asyncio.run(start_and_stop())
+            assert warning in caplog.text  # at start
+            caplog.clear()
+            write_rule(rules_dir, "Sales")
+            assert watch.reload_and_publish(ctx)
+            assert warning in caplog.text  # and after a reload
+    finally:
+        store.dispose()
+
+
 # -- a real `ticketgate serve` --------------------------------------------------------------
 
 SERVE_CONFIG = """
