@@ -335,6 +335,15 @@ def _children(pid: int) -> set[int]:
     return {int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
 
 
+def _worker_started(pid: int) -> bool:
+    """Past exec: the child runs `serve --worker` (stopped between fork and exec, it
+    would stop the master too, which waits there for the exec)."""
+    try:
+        return b"--worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 def _health(served: Served) -> dict[str, Any]:
     port = int(served.log.read_text().split("status page listening on http://127.0.0.1:")[1]
                .split("/")[0])
@@ -352,9 +361,10 @@ def test_a_restarted_worker_that_never_gets_ready_is_killed(served: Served) -> N
     before = _children(served.proc.pid)
     victim = served.worker_pids()[0]
     os.kill(victim, signal.SIGKILL)
-    # Its replacement is stopped as soon as it exists: long before it could be ready.
+    # Its replacement is stopped as soon as it runs: long before it could be ready.
     hung = wait_until("the replacement worker", lambda: next(
-        iter(_children(served.proc.pid) - before - {victim}), None), timeout=20)
+        (c for c in _children(served.proc.pid) - before - {victim} if _worker_started(c)),
+        None), timeout=20)
     os.kill(hung, signal.SIGSTOP)
     try:
         health = _health(served)
