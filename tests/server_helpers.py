@@ -12,10 +12,14 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, select
 
 from gateway.config import Config
 from gateway.handoff import lmtp_payload
+from gateway.intake.core import Intake
+from gateway.intake.outcome import Disposition
+from gateway.intake.prepared import Prepared
+from gateway.intake.transaction import Touches
 from gateway.server.app import Daemon
 from tests.support import make_config
 from ticketstore.db import make_engine, upgrade
@@ -140,6 +144,17 @@ class RunningDaemon:
 
 
 _SOCKET_DIRS: list[Path] = []
+
+
+class FailsOnPoison(Intake):
+    """Fails like a bug would after writing a message whose subject says "poison": what
+    its SAVEPOINT (or its transaction) must undo."""
+
+    def store(self, conn: Connection, p: Prepared, touches: Touches) -> Disposition:
+        disposition = super().store(conn, p, touches)
+        if "poison" in p.msg.subject:
+            raise RuntimeError("bug after a partial write")
+        return disposition
 
 
 def short_socket_dir() -> Path:

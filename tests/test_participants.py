@@ -346,13 +346,19 @@ def test_held_messages_can_go_to_another_ticket_or_be_discarded(
 # -- proof -----------------------------------------------------------------------------
 
 
-def test_a_reply_with_only_references_to_our_auto_response_threads(
-        make_intake: MakeIntake) -> None:
-    intake = opened(make_intake())
+def our_answer(intake: Intake) -> str:
+    """The Message-ID of our auto-response to the ticket, waiting in the outbox."""
     ours = f"ticketgate.{N}.a1@helpdesk.example"
     with intake.factory() as s, s.begin():
         s.add(OutboxMessage(ticket_id=the_ticket(intake).id, kind="auto-reply",
                             rcpt_to="ana@customer.example", message_id=ours, message=b"x"))
+    return ours
+
+
+def test_a_reply_with_only_references_to_our_auto_response_threads(
+        make_intake: MakeIntake) -> None:
+    intake = opened(make_intake())
+    ours = our_answer(intake)
     raw = reply("Ana <ana@customer.example>", N, subject="Re: your request",
                 extra=f"References: <{ours}>\n")
     d = deliver(intake, raw)
@@ -375,10 +381,7 @@ def test_a_reply_by_proof_threads_whoever_sent_it_and_they_join(
 def test_a_bounce_of_our_answer_threads_though_its_sender_takes_no_part(
         make_intake: MakeIntake) -> None:
     intake = opened(make_intake())
-    ours = f"ticketgate.{N}.a1@helpdesk.example"
-    with intake.factory() as s, s.begin():
-        s.add(OutboxMessage(ticket_id=the_ticket(intake).id, kind="auto-reply",
-                            rcpt_to="ana@customer.example", message_id=ours, message=b"x"))
+    ours = our_answer(intake)
     bounce = (
         "From: MAILER-DAEMON@mx.customer.example\nTo: support@helpdesk.example\n"
         f"Subject: Undelivered Mail Returned to Sender: [Ticket#{N}] merger\n"

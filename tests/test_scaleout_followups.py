@@ -28,6 +28,7 @@ from gateway.mail.envelope import Envelope
 from gateway.runtime import open_store
 from gateway.server.groupcommit import GroupCommitter
 from tests.scaleout_helpers import deliver, serve_instances
+from tests.server_helpers import FailsOnPoison
 from tests.support import make_config
 from ticketstore.db import make_engine
 from ticketstore.models import Article, Ticket
@@ -182,20 +183,10 @@ def test_a_batch_touches_its_follow_ups_tickets_last_and_in_id_order(intake: Int
     assert _updated_at(intake, low) > before[0] and _updated_at(intake, high) > before[1]
 
 
-class _FailsAfterWriting(Intake):
-    """Stores a follow-up, then fails like a bug would: its savepoint is rolled back."""
-
-    def store(self, conn: Connection, p: Prepared, touches: Touches) -> Disposition:
-        disposition = super().store(conn, p, touches)
-        if "poison" in p.msg.subject:
-            raise RuntimeError("bug after a partial write")
-        return disposition
-
-
 def test_a_failed_message_of_a_batch_does_not_touch_its_ticket(intake: Intake) -> None:
     [(ticket, number)] = _tickets(intake, 1)
     before = _updated_at(intake, ticket)
-    buggy = _FailsAfterWriting(intake.config, intake.factory)
+    buggy = FailsOnPoison(intake.config, intake.factory)
     results = _batch(buggy, [message(1, f"Re: [Ticket#{number}] poison"),
                              message(2, "a new problem")])
     assert _outcomes(results) == ["RuntimeError", Outcome.CREATED]

@@ -20,7 +20,7 @@ from gateway.mail.envelope import Envelope
 from gateway.server import sdnotify
 from gateway.server.groupcommit import GroupCommitter
 from gateway.server.listeners import ListenAddress, ListenError, parse_listen
-from tests.server_helpers import short_socket_dir
+from tests.server_helpers import FailsOnPoison, short_socket_dir
 from ticketstore.models import Article, Ticket
 
 # -- listeners ---------------------------------------------------------------------------
@@ -126,18 +126,8 @@ def _one_batch(intake: Intake, count: int, special: int, subject: str
     return futures
 
 
-class _FailsOnSubject(Intake):
-    """Fails (like a bug would) after writing part of one message."""
-
-    def store(self, conn: Any, p: Any, touches: Any) -> Any:
-        disposition = super().store(conn, p, touches)
-        if "poison" in p.msg.subject:
-            raise RuntimeError("bug after a partial write")
-        return disposition
-
-
 def test_one_failing_message_does_not_fail_or_leak_into_the_batch(intake: Intake) -> None:
-    futures = _one_batch(_FailsOnSubject(intake.config, intake.factory), 5, 2, "poison")
+    futures = _one_batch(FailsOnPoison(intake.config, intake.factory), 5, 2, "poison")
     with pytest.raises(RuntimeError):
         futures[2].result(1)
     assert all(f.result(1).outcome is Outcome.CREATED for i, f in enumerate(futures) if i != 2)
@@ -148,7 +138,7 @@ def test_one_failing_message_does_not_fail_or_leak_into_the_batch(intake: Intake
 
 
 def test_a_failing_message_alone_in_its_batch_leaves_nothing_behind(intake: Intake) -> None:
-    buggy = _FailsOnSubject(intake.config, intake.factory)
+    buggy = FailsOnPoison(intake.config, intake.factory)
     committer = GroupCommitter(intake.engine)
     committer.start()
     with pytest.raises(RuntimeError):

@@ -67,12 +67,15 @@ class Touches:
 
     def touch(self, ticket: TicketSnapshot, now: dt.datetime) -> TicketSnapshot:
         """Remember `ticket` as updated at `now`; the snapshot as it will be stored."""
-        self.latest[ticket.id] = max(now, self.latest.get(ticket.id, now))
+        self._note(ticket.id, now)
         return dataclasses.replace(ticket, updated_at=now)
 
     def merge(self, other: Touches) -> None:
         for ticket_id, at in other.latest.items():
-            self.latest[ticket_id] = max(at, self.latest.get(ticket_id, at))
+            self._note(ticket_id, at)
+
+    def _note(self, ticket_id: int, at: dt.datetime) -> None:
+        self.latest[ticket_id] = max(at, self.latest.get(ticket_id, at))
 
 
 def touch_tickets(conn: Connection, touches: Touches) -> None:

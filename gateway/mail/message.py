@@ -38,6 +38,8 @@ class ParsedMessage:
     headers: dict[str, tuple[str, ...]] = field(default_factory=dict)
     content_type: str = "text/plain"
     defects: tuple[str, ...] = ()
+    # Its own header block was longer than mimetree.MAX_HEADER_BYTES: fields were not read.
+    head_cut: bool = False
 
     def header(self, name: str) -> str:
         """First value of a header, decoded, or ''."""

@@ -54,11 +54,12 @@ class MimeTree:
                  max_head: int = MAX_HEADER_BYTES) -> None:
         self.defects: list[str] = []
         head = _head_cut(raw, max_head)
+        self.head_cut = head is not None
         if head is not None:
             self.defects.append(f"header block over {max_head} bytes: the fields past it "
                                 "were not read (the raw message keeps them)")
             raw = raw[:head[0]] + raw[head[1]:]
-        self.unparted = raw  # what the headers-only fallback reads (all parts as text)
+        self._unparted = raw  # what the headers-only fallback reads (all parts as text)
         end = _end_of_parts(raw, max_parts, max_head)
         if end is not None:
             self.defects.append(end[1])
@@ -79,7 +80,7 @@ class MimeTree:
         except Exception as exc:  # RecursionError on absurd nesting: the headers only
             self.defects.append(f"unparsable structure: {type(exc).__name__}")
             self._cut, self._bodies = [], {}
-            return BytesHeaderParser().parsebytes(self.unparted)
+            return BytesHeaderParser().parsebytes(self._unparted)
 
     def _parse_cut(self, cuts: list[tuple[int, int]]) -> Message | None:
         """The tree with `cuts` replaced by placeholders; None if any is not a whole body."""
@@ -142,12 +143,6 @@ def _decode(part: Message, body: memoryview) -> bytes:
     scratch.set_payload(str(body, "ascii", "surrogateescape"))
     data = scratch.get_payload(decode=True)
     return data if isinstance(data, bytes) else b""
-
-
-def head_too_long(raw: bytes, most: int = MAX_HEADER_BYTES) -> bool:
-    """Is the message's own header block longer than `most` bytes? (Not worth reading,
-    by us or by dkimpy.)"""
-    return _head_cut(raw, most) is not None
 
 
 def _head_cut(raw: bytes, most: int) -> tuple[int, int] | None:

@@ -65,6 +65,7 @@ def parse_message(raw: bytes, *, big_body: int = BIG_BODY) -> ParsedMessage:
         headers=decoded_headers(root),
         content_type=scrub(content_type),
         defects=tuple(dict.fromkeys(defects)),
+        head_cut=tree.head_cut,
     )
 
 

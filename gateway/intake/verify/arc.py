@@ -13,8 +13,6 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.mail.mimetree import head_too_long
-
 from .authresults import TrustedResults, results_of
 from .signatures import QUIET
 
@@ -32,8 +30,6 @@ class SealedResults:
 def trusted_arc_results(raw: bytes, trusted: tuple[str, ...],
                         dnsfunc: Callable[..., bytes | None]) -> SealedResults | None:
     """The newest trusted sealer's recorded results, when the chain validates; else None."""
-    if head_too_long(raw):  # as for DKIM (signatures.py): not read
-        return None
     import dkim  # only for sealed mail at sites that trust a sealer
 
     sealers = {t.lower().rstrip(".") for t in trusted}

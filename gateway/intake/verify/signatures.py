@@ -12,8 +12,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.mail.mimetree import MAX_HEADER_BYTES, head_too_long
-
 from .resolver import DnsTempError
 
 log = logging.getLogger("ticketgate.verify")
@@ -37,9 +35,6 @@ def check_signatures(
     raw: bytes, count: int, dnsfunc: Callable[..., bytes | None]
 ) -> tuple[Signature, ...]:
     """Verify the first `count` (at most MAX_SIGNATURES) DKIM-Signature headers."""
-    if head_too_long(raw):  # dkimpy would hold every field of it: 8x the block in memory
-        log.debug("dkim: header block over %d bytes: not verified", MAX_HEADER_BYTES)
-        return (Signature("", "permerror"),) * min(count, MAX_SIGNATURES)
     import dkim  # only for signed mail: an unsigned message's pipe run never loads it
 
     out: list[Signature] = []

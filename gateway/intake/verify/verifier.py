@@ -21,7 +21,7 @@ from .alignment import aligns
 from .arc import trusted_arc_results
 from .authresults import trusted_results
 from .resolver import Budget, CachingResolver, TxtLookup, dnspython_lookup
-from .signatures import Signature, check_signatures
+from .signatures import MAX_SIGNATURES, Signature, check_signatures
 
 log = logging.getLogger("ticketgate.verify")
 
@@ -81,6 +81,13 @@ class Verifier:
         count = len(msg.headers.get("dkim-signature", ()))
         if not count:
             return verdict_of((), msg.from_domain, "dkimpy")
+        # A header block the parse did not read whole: dkimpy would hold every field of it
+        # (8x the block), so neither the signatures nor an ARC chain are checked.
+        if msg.head_cut:
+            log.debug("message_id=<%s> header block not read whole: dkim not verified",
+                      msg.message_id)
+            return verdict_of((Signature("", "permerror"),) * min(count, MAX_SIGNATURES),
+                              msg.from_domain, "dkimpy")
         budget = Budget(self.resolver, s.dns_timeout)
         v = verdict_of(check_signatures(msg.raw, count, budget.dnsfunc), msg.from_domain,
                        "dkimpy")
