@@ -21,6 +21,7 @@ from gateway.pipe import read_message
 from gateway.sysexits import EX_NOUSER, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE
 from tests.pipe_helpers import ticketgate, write_config
 from tests.server_helpers import MESSAGE, RunningDaemon, daemon_config, short_socket_dir
+from tests.support import wait_until
 from ticketstore.models import Article, Event, Ticket
 
 ENV = Envelope("alice@customer.example", ("support@helpdesk.example",))
@@ -71,8 +72,13 @@ def test_handoff_maps_refusals_and_failures(handoff: tuple[RunningDaemon, Config
     roomy = dataclasses.replace(config, intake=dataclasses.replace(config.intake,
                                                                    max_message_size=10**6))
     assert try_handoff(roomy, MESSAGE + b"x" * 8000 + b"\r\n", ENV) is None
-    with d.ctx.store.factory() as session:
-        assert session.scalars(select(Event).where(Event.kind == "size-rejected")).one()
+
+    def refusals() -> list[Event]:
+        with d.ctx.store.factory() as session:
+            return list(session.scalars(select(Event).where(Event.kind == "size-rejected")))
+
+    # The 552 does not wait for the refusal's record (gateway/server/size_refusals.py).
+    assert len(wait_until("the refusal to be recorded", refusals, timeout=10)) == 1
     roomy_required = dataclasses.replace(roomy, pipe=dataclasses.replace(
         roomy.pipe, require_daemon=True))
     assert try_handoff(roomy_required, MESSAGE + b"x" * 8000 + b"\r\n", ENV) == EX_TEMPFAIL

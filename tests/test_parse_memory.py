@@ -378,6 +378,9 @@ def test_random_structures_parse_the_same_with_bodies_cut_out(
     b'Content-Type: multipart/mixed; boundary="b"\n\n--b\n\nhello\n\n--b--\n',
     b'Content-Type: multipart/mixed; boundary="b"\n\n--b\nContent-Type: multipart/mixed;'
     b' boundary="c"\n\nno delimiter\n\n--b--\n',
+    # ... and a part the message ends in without a close delimiter loses its last line end.
+    b'Subject: s\nContent-Type: multipart/mixed; boundary="b"\n\n--b\n'
+    b"Content-Type: text/plain; charset=utf-8\n\n--c\n",
 ])
 def test_fuzzing_finds_stay_fixed(raw: bytes) -> None:
     assert _fields(parse_message(raw, big_body=1)) == _fields(_whole(raw))

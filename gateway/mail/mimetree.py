@@ -215,6 +215,11 @@ def _big_bodies(raw: bytes, big: int) -> list[tuple[int, int]]:
     boundaries: set[bytes] = set()
     cuts: list[tuple[int, int]] = []
     body = _leaf_body(raw, None, boundaries)
+    # Where the last body ends: the root's at the end of the message; a part's (in a
+    # multipart the message ends in without its close delimiter) before the last line
+    # end, which the stdlib takes with the end of the message as for a delimiter line.
+    last_end = len(raw)
+    last_line_end = 2 if raw.endswith(b"\r\n") else 1 if raw.endswith((b"\n", b"\r")) else 0
     for line in _DASHES.finditer(raw):
         start = line.start()
         if start == 0 or raw[start - 1] not in b"\r\n":
@@ -227,8 +232,9 @@ def _big_bodies(raw: bytes, big: int) -> list[tuple[int, int]]:
         if body is not None and end - body >= big:
             cuts.append((body, end))
         body = None if close else _leaf_body(raw, line.end(), boundaries)
-    if body is not None and len(raw) - body >= big:
-        cuts.append((body, len(raw)))
+        last_end = len(raw) - last_line_end
+    if body is not None and last_end - body >= big:
+        cuts.append((body, last_end))
     return cuts
 
 
